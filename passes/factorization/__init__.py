@@ -1,0 +1,1 @@
+"""sftonnx.passes.factorization (work in progress; see the issues)."""

@@ -1,0 +1,1 @@
+"""Peephole fusions (onnxscript rewrite rules) and the passes that apply them."""

@@ -1,0 +1,1 @@
+"""sftonnx.passes.pruning (work in progress; see the issues)."""

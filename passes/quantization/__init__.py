@@ -1,0 +1,1 @@
+"""sftonnx.passes.quantization (work in progress; see the issues)."""

@@ -1,0 +1,1 @@
+"""sftonnx.passes.tensor_reuse (work in progress; see the issues)."""

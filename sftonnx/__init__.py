@@ -1,0 +1,56 @@
+"""sftonnx: an ONNX graph-rewrite optimizer, verified against the original model.
+
+Public API (imported lazily, so ``import sftonnx`` stays cheap and never imports torch)::
+
+    import sftonnx
+    result = sftonnx.optimize("model.onnx", "model.opt.onnx", preset="lossless")
+    print(result.report.table())
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputError",
+    "OptimizeResult",
+    "PassConfigError",
+    "PassError",
+    "SftonnxError",
+    "VerificationError",
+    "__version__",
+    "inspect",
+    "load",
+    "optimize",
+    "save",
+]
+
+_LAZY = {
+    "optimize": "sftonnx.api",
+    "inspect": "sftonnx.api",
+    "OptimizeResult": "sftonnx.api",
+    "benchmark": "sftonnx.api",
+    "compare": "sftonnx.api",
+    "load": "sftonnx.io",
+    "save": "sftonnx.io",
+    "SftonnxError": "sftonnx.errors",
+    "InputError": "sftonnx.errors",
+    "PassConfigError": "sftonnx.errors",
+    "PassError": "sftonnx.errors",
+    "VerificationError": "sftonnx.errors",
+}
+
+if TYPE_CHECKING:
+    from sftonnx.api import OptimizeResult, inspect, optimize
+    from sftonnx.errors import InputError, PassConfigError, PassError, SftonnxError, VerificationError
+    from sftonnx.io import load, save
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sftonnx' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,214 @@
+"""Model IO: the only boundary between ``onnx.ModelProto`` / files and the ``onnx_ir`` model.
+
+Loading accepts a path (with external data next to it), raw bytes or a ``ModelProto`` and validates what
+sftonnx and onnxruntime need (a graph, known operator domains, a supported opset). Saving is atomic: the
+model and its external-data file are written to temporary names in the destination folder and renamed
+into place only once complete, so a failed run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+from typing import Union
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from sftonnx.errors import InputError
+
+__all__ = [
+    "KNOWN_DOMAINS",
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "PROTOBUF_LIMIT",
+    "ModelSource",
+    "load",
+    "model_nbytes",
+    "save",
+    "to_bytes",
+]
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
+
+#: Serialized protobuf messages cannot exceed 2 GiB; leave headroom for the graph itself.
+PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+#: Operator domains onnxruntime's CPU build implements (plus the default-domain aliases).
+KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"})
+#: Oldest default-domain opset onnxruntime still runs.
+MIN_OPSET = 7
+#: Newest default-domain opset the installed onnx knows (onnxruntime may lag a release behind).
+MAX_OPSET = onnx.defs.onnx_opset_version()
+
+
+def load(source: ModelSource, *, base_dir: str | os.PathLike | None = None, validate: bool = True) -> ir.Model:
+    """Load a model as an ``onnx_ir.Model``.
+
+    Args:
+        source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is).
+        base_dir: Folder holding external data for a bytes/``ModelProto`` source (defaults to the file's folder).
+        validate: Check that the model has a graph, known domains and a supported opset.
+
+    Raises:
+        InputError: The file is missing, not an ONNX model, truncated, or uses what onnxruntime cannot run.
+    """
+    if isinstance(source, ir.Model):
+        model = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        model = _from_proto(_parse(bytes(source), "<bytes>"), base_dir)
+    elif isinstance(source, onnx.ModelProto):
+        model = _from_proto(source, base_dir)
+    elif isinstance(source, (str, os.PathLike)):
+        path = pathlib.Path(source)
+        if not path.exists():
+            raise InputError(f"model file not found: {path}")
+        if path.is_dir():
+            raise InputError(f"expected an .onnx file, got a directory: {path}")
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+        model = _from_proto(_parse(data, str(path)), base_dir or path.parent)
+    else:
+        raise InputError(f"cannot load a model from {type(source).__name__}")
+    if validate:
+        _validate(model)
+    return model
+
+
+def _parse(data: bytes, label: str) -> onnx.ModelProto:
+    if not data:
+        raise InputError(f"{label} is empty, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise InputError(f"{label} is not a valid ONNX model (protobuf parse failed: {error})") from None
+    # Protobuf parses many non-ONNX byte strings without complaint: insist on what every model has.
+    if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.opset_import:
+        raise InputError(f"{label} is not an ONNX model (no graph, IR version or opset import)")
+    return proto
+
+
+def _from_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | None) -> ir.Model:
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:  # onnx-ir rejects malformed graphs with assorted exception types
+        raise InputError(f"cannot read the model graph: {error}") from None
+    if base_dir is not None:
+        ir.external_data.set_base_dir(model.graph, base_dir)
+        for function in model.functions.values():
+            ir.external_data.set_base_dir(function, base_dir)  # type: ignore[arg-type]
+    return model
+
+
+def _validate(model: ir.Model) -> None:
+    graph = model.graph
+    if len(graph) == 0 and not graph.outputs:
+        raise InputError("model graph is empty (no nodes, no outputs)")
+    if not graph.outputs:
+        raise InputError("model graph has no outputs")
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if opset is None:
+        raise InputError("model imports no default-domain (ai.onnx) opset")
+    if opset < MIN_OPSET:
+        raise InputError(
+            f"opset {opset} is too old: onnxruntime runs opset {MIN_OPSET} and newer "
+            "(convert it first with onnx.version_converter)"
+        )
+    if opset > MAX_OPSET:
+        raise InputError(f"opset {opset} is newer than the installed onnx supports (<= {MAX_OPSET})")
+    local = {f.domain for f in model.functions.values()}
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.domain not in KNOWN_DOMAINS and node.domain not in local:
+            raise InputError(
+                f"node '{node.name or node.op_type}' uses operator {node.domain}::{node.op_type}: "
+                f"domain '{node.domain}' is not one onnxruntime implements"
+            )
+
+
+def model_nbytes(model: ir.Model) -> int:
+    """Bytes of all initializer data (graph and subgraphs); the bulk of a serialized model."""
+    total = 0
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """Serialize a model that fits in one protobuf message.
+
+    Raises:
+        InputError: The model exceeds protobuf's 2 GiB limit (save it to a file with external data instead).
+    """
+    if model_nbytes(model) > PROTOBUF_LIMIT:
+        raise InputError("model exceeds protobuf's 2 GiB limit; it can only be handled as a file with external data")
+    return ir.to_proto(model).SerializeToString()
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    overwrite: bool = True,
+    size_threshold_bytes: int = 1024,
+) -> pathlib.Path:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        model: The model to write.
+        path: Destination ``.onnx`` file.
+        external_data: ``True`` writes tensors over ``size_threshold_bytes`` to ``<name>.data`` beside the model;
+            ``None`` (default) does so only when the model would exceed protobuf's 2 GiB limit.
+        overwrite: Allow replacing an existing file.
+        size_threshold_bytes: Smallest tensor moved to external data.
+
+    Returns:
+        The path written.
+
+    Raises:
+        InputError: The destination exists and ``overwrite`` is false, or its folder does not exist.
+    """
+    path = pathlib.Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"output file exists: {path} (pass --overwrite to replace it)")
+    if not path.parent.exists():
+        raise InputError(f"output folder does not exist: {path.parent}")
+    if external_data is None:
+        external_data = model_nbytes(model) > PROTOBUF_LIMIT
+    data_name = path.name + ".data"
+    with _staging(path.parent) as staging:
+        staged_model = staging / path.name
+        if external_data:
+            # Load every tensor into memory first: the external file we are about to write may be the one
+            # the model still reads from (rewriting a model in place).
+            ir.external_data.convert_tensors_from_external(model.graph.initializers.values())
+            ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=size_threshold_bytes)
+            os.replace(staging / data_name, path.parent / data_name)
+        else:
+            staged_model.write_bytes(to_bytes(model))
+        os.replace(staged_model, path)
+    logger.debug("saved %s (external data: %s)", path, external_data)
+    return path
+
+
+@contextlib.contextmanager
+def _staging(folder: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A temporary folder next to the destination, so that the final rename is atomic (same filesystem)."""
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".sftonnx-", dir=folder))
+    try:
+        yield staging
+    finally:
+        for child in staging.iterdir():
+            child.unlink()
+        staging.rmdir()

@@ -1,0 +1,236 @@
+"""The pass contract: :class:`SftPass`, :class:`PassReport`, :class:`Numerics` and option parsing.
+
+Every sftonnx pass is an ``onnx_ir`` in-place pass, so it also runs inside onnx-ir's own PassManager.
+That manager's ``Sequential`` rebuilds a plain ``PassResult`` and drops our statistics, so
+:mod:`sftonnx.pipeline` calls passes itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import inspect
+import logging
+import types
+import typing
+from collections import Counter
+from typing import Any, ClassVar, final
+
+import onnx_ir as ir
+
+from sftonnx.errors import PassConfigError
+
+__all__ = ["Numerics", "OptionInfo", "PassReport", "SftPass", "coerce_option", "pass_options"]
+
+logger = logging.getLogger(__name__)
+
+
+class Numerics(enum.Enum):
+    """Whether a pass keeps the model's outputs (EXACT) or trades accuracy for speed/size (APPROXIMATE)."""
+
+    EXACT = "exact"
+    APPROXIMATE = "approximate"
+
+
+@dataclasses.dataclass
+class PassReport(ir.passes.PassResult):
+    """Result of one pass: the model plus what it rewrote and why it left sites alone.
+
+    Attributes:
+        changes: Counts of rewrites, keyed by past-tense snake_case names (``weights_zeroed``).
+        skipped: Counts of sites left alone, keyed by the condition (``weight_shared``).
+        details: Optional JSON-able extras (per-layer sparsity, layers kept in float, ...).
+    """
+
+    changes: Counter[str] = dataclasses.field(default_factory=Counter)
+    skipped: Counter[str] = dataclasses.field(default_factory=Counter)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class SftPass(ir.passes.InPlacePass):
+    """Base class of sftonnx passes.
+
+    Subclasses set ``name`` (the kebab-case registry/CLI name) and ``numerics``, take keyword-only typed
+    options validated in ``__init__`` (raise :class:`~sftonnx.errors.PassConfigError`), and implement
+    :meth:`rewrite`. Nothing outlives a call: counters live in the report.
+    """
+
+    name: ClassVar[str]
+    numerics: ClassVar[Numerics] = Numerics.EXACT
+    #: Whether the pass accepts calibration data (the pipeline passes ``--calibration-data`` to it).
+    uses_calibration: ClassVar[bool] = False
+
+    @final
+    def call(self, model: ir.Model) -> PassReport:
+        """Run :meth:`rewrite` and derive ``modified`` from the counted changes."""
+        report = PassReport(model, modified=False)
+        self.rewrite(model, report)
+        report.modified = sum(report.changes.values()) > 0
+        return report
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        """Rewrite ``model`` in place and count what was done in ``report``."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        """The options this instance was built with (for reports and reproducer specs)."""
+        return {name: getattr(self, name) for name in pass_options(type(self)) if hasattr(self, name)}
+
+    def spec(self) -> str:
+        """A spec string that rebuilds this pass, e.g. ``prune{rate=0.3}``."""
+        defaults = {name: info.default for name, info in pass_options(type(self)).items()}
+        given = {k: v for k, v in self.options().items() if defaults.get(k, inspect.Parameter.empty) != v}
+        if not given:
+            return self.name
+        return self.name + "{" + ", ".join(f"{k}={_format_value(v)}" for k, v in given.items()) + "}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionInfo:
+    """A pass option as declared by the constructor signature."""
+
+    name: str
+    annotation: Any
+    default: Any
+    doc: str = ""
+
+    @property
+    def type_name(self) -> str:
+        """Human-readable type, e.g. ``float`` or ``minmax|entropy``."""
+        return _type_name(self.annotation)
+
+
+def pass_options(cls: type[SftPass]) -> collections.OrderedDict[str, OptionInfo]:
+    """The keyword options of a pass class, read from its ``__init__`` signature and docstring."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: fall back to raw ones
+        hints = {}
+    docs = _arg_docs(cls.__init__.__doc__ or "") | _arg_docs(cls.__doc__ or "")
+    options: collections.OrderedDict[str, OptionInfo] = collections.OrderedDict()
+    for param in inspect.signature(cls.__init__).parameters.values():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        annotation = hints.get(param.name, param.annotation)
+        options[param.name] = OptionInfo(param.name, annotation, param.default, docs.get(param.name, ""))
+    return options
+
+
+def coerce_option(pass_name: str, info: OptionInfo, raw: str) -> Any:
+    """Parse the text ``raw`` given for an option into the option's declared type.
+
+    Raises:
+        PassConfigError: The text does not parse as that type.
+    """
+    try:
+        return _coerce(info.annotation, raw.strip())
+    except (ValueError, TypeError) as error:
+        raise PassConfigError(
+            f"{pass_name}: option '{info.name}' expects {info.type_name}, got '{raw}' ({error})"
+        ) from None
+
+
+def _coerce(annotation: Any, raw: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return _guess(raw)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and raw.lower() in ("none", "null", ""):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, raw)
+            except (ValueError, TypeError) as error:
+                errors.append(str(error))
+        raise ValueError("; ".join(errors))
+    if origin is typing.Literal:
+        for arg in args:
+            if str(arg).lower() == raw.lower():
+                return arg
+        raise ValueError(f"must be one of {'|'.join(map(str, args))}")
+    if origin in (tuple, list):
+        parts = [p for p in raw.replace(";", "|").split("|") if p.strip()] if raw else []
+        item = args[0] if args else str
+        return type(origin)(_coerce(item, p.strip()) for p in parts) if origin is list else tuple(
+            _coerce(item, p.strip()) for p in parts
+        )
+    if annotation is bool:
+        lowered = raw.lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("not a boolean")
+    if annotation is int:
+        return int(raw)
+    if annotation is float:
+        return float(raw)
+    if annotation is str:
+        return raw
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation(raw)
+    return _guess(raw)
+
+
+def _guess(raw: str) -> Any:
+    for parse in (int, float):
+        try:
+            return parse(raw)
+        except ValueError:
+            pass
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " or none" if type(None) in args else ""
+        )
+    if origin in (tuple, list):
+        return f"list of {_type_name(args[0]) if args else 'str'} (a|b|c)"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "|".join(map(str, value))
+    return str(value)
+
+
+def _arg_docs(doc: str) -> dict[str, str]:
+    """Parse the ``Args:`` section of a Google docstring into {name: first line of description}."""
+    result: dict[str, str] = {}
+    in_args = False
+    current = None
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped in ("Args:", "Options:"):
+            in_args = True
+            continue
+        if in_args:
+            if not stripped:
+                current = None
+                continue
+            if stripped.endswith(":") and " " not in stripped:
+                in_args = False
+                continue
+            name, sep, text = stripped.partition(":")
+            if sep and name.isidentifier():
+                current = name
+                result[name] = text.strip()
+            elif current:
+                result[current] += " " + stripped
+    return result
