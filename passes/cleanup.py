@@ -1,1 +1,200 @@
-"""placeholder"""
+"""Lossless clean-up passes: simplification (onnxsim), identity/dead-node elimination, CSE, dedup.
+
+These wrap well-kept implementations (onnxsim's constant folding and onnx-optimizer, onnx-ir's common
+passes) in the sftonnx pass contract: options validated up front, statistics counted, and failures of the
+wrapped tool degraded to a warning plus a report entry instead of a broken model.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from sftonnx.errors import PassConfigError
+from sftonnx.pass_infra import PassReport, SftPass
+
+__all__ = [
+    "DeduplicateInitializersPass",
+    "EliminateCommonSubexpressionsPass",
+    "EliminateDeadNodesPass",
+    "EliminateIdentityPass",
+    "SimplifyPass",
+]
+
+logger = logging.getLogger(__name__)
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB)?\s*$", re.IGNORECASE)
+
+
+def _all_nodes(model: ir.Model) -> Counter[str]:
+    histogram: Counter[str] = Counter()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        histogram[f"{node.domain}::{node.op_type}" if node.domain else node.op_type] += 1
+    for function in model.functions.values():
+        for node in ir.traversal.RecursiveGraphIterator(function):
+            histogram[node.op_type] += 1
+    return histogram
+
+
+def _count_node_delta(before: Counter[str], after: Counter[str], report: PassReport) -> None:
+    removed = sum((before - after).values())
+    added = sum((after - before).values())
+    if removed:
+        report.changes["nodes_removed"] += removed
+    if added:
+        report.changes["nodes_added"] += added
+
+
+class SimplifyPass(SftPass):
+    """Constant folding, shape-driven simplification and onnx-optimizer eliminations, via onnxsim.
+
+    The graph is topologically sorted first (onnxsim refuses unsorted graphs). When onnxsim fails on a
+    model (unsupported op, shape inference crash, a model it cannot serialize), the model is left as it
+    was, a warning is logged and the failure is recorded in the report: the rest of the pipeline goes on.
+    BatchNormalization folding is left to ``fold-bn`` (which counts and checks what it does) unless
+    ``fuse_bn`` is set.
+
+    Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
+    ``simplifier_failed``. ``details['simplifier_error']`` holds onnxsim's message.
+
+    Args:
+        max_folded_size: Largest tensor constant folding may create, e.g. ``64MB``; bigger results stay as
+            the nodes that compute them (keeps generated weights from bloating the file).
+        fuse_bn: Let onnxsim fold BatchNormalization into Conv too.
+        subgraphs: Simplify If/Loop/Scan bodies too.
+    """
+
+    name = "simplify"
+
+    def __init__(self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True) -> None:
+        if not _SIZE.match(max_folded_size):
+            raise PassConfigError(f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'")
+        self.max_folded_size = max_folded_size.strip().upper().replace(" ", "")
+        self.fuse_bn = fuse_bn
+        self.subgraphs = subgraphs
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        """Run onnxsim on a serialized copy and adopt its graph when it succeeds."""
+        import onnxsim  # heavy native module: import on use
+
+        before = _all_nodes(model)
+        common_passes.TopologicalSortPass()(model)
+        try:
+            proto = ir.to_proto(model)
+            simplified, _ = onnxsim.simplify(
+                proto,
+                check_n=0,  # we verify numerics ourselves, against the original
+                skip_fuse_bn=not self.fuse_bn,
+                include_subgraph=self.subgraphs,
+                tensor_size_threshold=self.max_folded_size,
+                certify=False,
+            )
+            new_model = ir.serde.deserialize_model(simplified)
+        except Exception as error:  # onnxsim raises assorted RuntimeError/ValueError/C++ errors
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            logger.warning("simplify: onnxsim failed, model left unsimplified: %s", message)
+            report.skipped["simplifier_failed"] += 1
+            report.details["simplifier_error"] = message
+            return
+        _adopt(model, new_model)
+        _count_node_delta(before, _all_nodes(model), report)
+
+
+def _adopt(model: ir.Model, new_model: ir.Model) -> None:
+    """Make ``model`` hold ``new_model``'s graph and functions (keeps the caller's Model object)."""
+    model.graph = new_model.graph
+    model.functions.clear()
+    model.functions.update(new_model.functions)
+    model.ir_version = max(model.ir_version, new_model.ir_version)
+
+
+class _WrappedPass(SftPass):
+    """Runs an onnx-ir common pass and counts node/initializer deltas."""
+
+    def _inner(self) -> ir.passes.PassBase:
+        raise NotImplementedError
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        """Run the wrapped onnx-ir pass and count what it removed."""
+        before = _all_nodes(model)
+        initializers = _initializer_count(model)
+        self._inner()(model)
+        _count_node_delta(before, _all_nodes(model), report)
+        removed = initializers - _initializer_count(model)
+        if removed > 0:
+            report.changes["initializers_removed"] += removed
+
+
+def _initializer_count(model: ir.Model) -> int:
+    return len(model.graph.initializers) + sum(len(g.initializers) for g in model.graph.subgraphs())
+
+
+class EliminateIdentityPass(_WrappedPass):
+    """Remove Identity nodes, rewiring their consumers (graph outputs keep their names).
+
+    Statistics: changes ``nodes_removed``.
+    """
+
+    name = "eliminate-identity"
+
+    def _inner(self) -> ir.passes.PassBase:
+        return common_passes.IdentityEliminationPass()
+
+
+class EliminateDeadNodesPass(_WrappedPass):
+    """Remove nodes and initializers that no graph output depends on.
+
+    Statistics: changes ``nodes_removed``, ``initializers_removed``.
+    """
+
+    name = "eliminate-dead"
+
+    def _inner(self) -> ir.passes.PassBase:
+        return common_passes.RemoveUnusedNodesPass()
+
+
+class EliminateCommonSubexpressionsPass(_WrappedPass):
+    """Merge nodes that compute the same op on the same inputs with the same attributes.
+
+    Nodes with subgraphs and non-deterministic ops (RandomNormal, ...) are never merged (onnx-ir's CSE).
+
+    Statistics: changes ``nodes_removed``.
+
+    Args:
+        size_limit: Largest constant (elements) compared by value when deciding that two nodes match.
+    """
+
+    name = "cse"
+
+    def __init__(self, *, size_limit: int = 10) -> None:
+        if size_limit < 0:
+            raise PassConfigError(f"cse: size_limit must be >= 0, got {size_limit}")
+        self.size_limit = size_limit
+
+    def _inner(self) -> ir.passes.PassBase:
+        return common_passes.CommonSubexpressionEliminationPass(size_limit=self.size_limit)
+
+
+class DeduplicateInitializersPass(_WrappedPass):
+    """Share initializers with identical dtype, shape and contents (main graph and subgraphs).
+
+    Statistics: changes ``initializers_removed``.
+
+    Args:
+        size_limit: Largest initializer (elements) compared byte by byte; larger ones are compared by hash.
+    """
+
+    name = "dedup"
+
+    def __init__(self, *, size_limit: int = 1 << 30) -> None:
+        if size_limit <= 0:
+            raise PassConfigError(f"dedup: size_limit must be > 0, got {size_limit}")
+        self.size_limit = size_limit
+
+    def _inner(self) -> ir.passes.PassBase:
+        return common_passes.DeduplicateHashedInitializersPass(size_limit=self.size_limit)
+

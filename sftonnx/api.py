@@ -1,0 +1,271 @@
+"""Python API: ``optimize``, ``inspect``; the CLI is a thin layer over these.
+
+Example::
+
+    import sftonnx
+
+    result = sftonnx.optimize("resnet.onnx", "resnet.opt.onnx", preset="lossless")
+    print(result.report.final.nodes, result.verification.passed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from sftonnx import io
+from sftonnx import verify as verification
+from sftonnx.errors import InputError, VerificationError
+from sftonnx.pass_infra import Numerics, SftPass
+from sftonnx.pipeline import ModelStats, Pipeline, PipelineReport, Verifier, build_passes
+
+__all__ = ["DEFAULT_PRESET", "OptimizeResult", "inspect", "optimize", "prepare_feeds"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PRESET = "lossless"
+#: Samples of user data used for verification at most (in batches), to bound run time.
+MAX_VERIFY_SAMPLES = 256
+#: Random input sets used for verification when no data is given.
+RANDOM_SAMPLES = 2
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize` returns.
+
+    Attributes:
+        model: The optimized model (``onnx_ir.Model``; ``ir.to_proto(model)`` gives a ``ModelProto``).
+        report: Per-pass statistics and the final verification.
+        verification: The final comparison with the original (``None`` with ``verify=False``).
+        output: The path written, if any.
+    """
+
+    model: ir.Model
+    report: PipelineReport
+    verification: verification.Comparison | None
+    output: pathlib.Path | None
+
+
+def prepare_feeds(
+    model: ir.Model,
+    *,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    max_samples: int = MAX_VERIFY_SAMPLES,
+    random_samples: int = RANDOM_SAMPLES,
+    seed: int = 0,
+    allow_extra: Sequence[str] = (),
+) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
+    """Feed dicts for running ``model``: user data split in batches, or seeded random inputs.
+
+    Returns:
+        ``(feeds, concrete input shapes, notes on defaults used)``.
+
+    Raises:
+        InputError: Data or shapes that do not match the model's inputs.
+    """
+    specs = verification.input_specs(model)
+    overrides = verification.parse_input_shapes(input_shapes)
+    if data is None:
+        shapes, notes = verification.resolve_shapes(specs, overrides)
+        feeds = [verification.random_feeds(specs, shapes, seed=seed + i) for i in range(random_samples)]
+        notes.append(f"verification inputs: {random_samples} random sets (floats ~ N(0,1), integers in [0,8))")
+        return feeds, shapes, notes
+    if isinstance(data, (str, os.PathLike)):
+        arrays = verification.load_npz(data, specs, allow_extra=allow_extra)
+    else:
+        arrays = _check_mapping(data, specs)
+    names = [s.name for s in specs]
+    fixed_batch = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    batch = fixed_batch.pop() if len(fixed_batch) == 1 else 32
+    limited = {k: v[:max_samples] for k, v in arrays.items() if k in names}
+    feeds = verification.batches(limited, names, batch)
+    if not feeds:
+        raise InputError("the data holds no samples")
+    shapes = {name: tuple(feeds[0][name].shape) for name in names}
+    total = len(next(iter(limited.values()))) if limited else 0
+    notes = [f"verification inputs: {total} samples of user data in batches of {batch}"]
+    return feeds, shapes, notes
+
+
+def _check_mapping(data: Mapping[str, np.ndarray], specs: Sequence[verification.InputSpec]) -> dict[str, np.ndarray]:
+    arrays = {}
+    for spec in specs:
+        if spec.name not in data:
+            raise InputError(f"data has no array for input '{spec.name}'")
+        array = np.asarray(data[spec.name])
+        if spec.shape is not None and array.ndim != len(spec.shape):
+            raise InputError(f"data '{spec.name}' has rank {array.ndim}, the model expects {spec.describe()}")
+        arrays[spec.name] = array.astype(spec.dtype, copy=False)
+    return arrays
+
+
+def optimize(
+    model: io.ModelSource,
+    output: str | os.PathLike | None = None,
+    *,
+    passes: str | Sequence[SftPass] | None = None,
+    preset: str | None = DEFAULT_PRESET,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    verify: bool = True,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    tolerance: verification.Tolerance | None = None,
+    budget: verification.Budget | None = None,
+    verify_each: bool = False,
+    dump_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    calibration_data: Any = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> OptimizeResult:
+    """Optimize a model with a pass spec or preset, verify it against the original, and optionally save it.
+
+    Args:
+        model: Path, bytes, ``onnx.ModelProto`` or ``onnx_ir.Model`` (an ``ir.Model`` is modified in place).
+        output: Where to write the result (atomically, only after verification passed).
+        passes: A pass spec (``"simplify,fold-bn"``) or pass objects; overrides ``preset``.
+        preset: A preset name (see ``sftonnx passes``), used when ``passes`` is not given.
+        data: User inputs (``.npz`` path or mapping; axis 0 = batch) for verification instead of random ones.
+        verify: Compare the result with the original in onnxruntime before returning/writing.
+        input_shapes: ``["name=1x3x224x224"]`` or ``{"name": (1, 3, 224, 224)}`` for dynamic dimensions.
+        tolerance: Limits for lossless pipelines (default ``atol=1e-4, rtol=1e-3``).
+        budget: Limits for pipelines with lossy passes (default cosine >= 0.99 per output).
+        verify_each: Check numerics after every pass, naming the pass and first tensor that diverge.
+        dump_dir: On a failing pass, save the model from just before it and a reproducer command here.
+        overwrite: Allow ``output`` to be the input path or an existing file.
+        external_data: Force (``True``) or forbid (``False``) external data; default: only past 2 GiB.
+        calibration_data: Calibration inputs (``.npz`` path, folder or iterable of feed dicts) for lossy passes.
+        progress: Called as ``progress(index, total, pass_name)`` before each pass.
+
+    Returns:
+        The optimized model, its report and the final verification.
+
+    Raises:
+        InputError: Bad model, data, shapes, spec or output path (exit 2).
+        VerificationError: The result differs from the original beyond its limits (exit 3).
+        PassError: A pass failed or broke the model (exit 1).
+    """
+    from sftonnx.passes import PRESETS, REGISTRY
+
+    output_path = pathlib.Path(output) if output is not None else None
+    if output_path is not None:
+        _check_output(model, output_path, overwrite)
+    loaded = io.load(model)
+    input_size = _file_size(model)
+
+    if passes is None:
+        if preset is None:
+            raise InputError("give a pass spec or a preset")
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
+        spec: str | Sequence[SftPass] = PRESETS[preset]
+    else:
+        spec = passes
+    if isinstance(spec, str):
+        built = build_passes(spec, REGISTRY, PRESETS, extra={"calibration_data": calibration_data})
+    else:
+        built = [(p, False) for p in spec]
+    if not built:
+        raise InputError("the pass list is empty")
+
+    feeds, shapes, notes = prepare_feeds(loaded, data=data, input_shapes=input_shapes)
+    verifier = None
+    if verify or verify_each:
+        original_source = (
+            str(model) if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
+            else io.to_bytes(loaded)
+        )
+        verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
+
+    pipeline = Pipeline(
+        built, verifier=verifier, verify_each=verify_each, dump_dir=dump_dir, input_shapes=shapes, progress=progress
+    )
+    report = pipeline.report
+    report.input_notes.extend(notes)
+    report.input_size = input_size
+    pipeline.run(loaded)
+
+    comparison = None
+    if verify and verifier is not None:
+        exact = all(p.numerics is Numerics.EXACT for p, _ in built)
+        comparison = verifier.compare(verifier.outputs(verification.session_source(loaded)), exact=exact)
+        report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
+        if not comparison.passed:
+            raise VerificationError(
+                "optimized model differs from the original: " + "; ".join(comparison.failures[:3])
+                + " (nothing written; use --verify-each to find the pass)",
+                metrics=comparison.to_json(),
+            )
+    if output_path is not None:
+        io.save(loaded, output_path, external_data=external_data, overwrite=True)
+        report.output_size = output_path.stat().st_size + _data_size(output_path)
+    return OptimizeResult(loaded, report, comparison, output_path)
+
+
+def _check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool) -> None:
+    if isinstance(source, (str, os.PathLike)):
+        src = pathlib.Path(source)
+        if src.exists() and output.exists() and src.resolve() == output.resolve() and not overwrite:
+            raise InputError(f"output path is the input path ({output}); pass --overwrite to replace the input")
+    if output.exists() and not overwrite and not (
+        isinstance(source, (str, os.PathLike)) and pathlib.Path(source).resolve() == output.resolve()
+    ):
+        raise InputError(f"output file exists: {output} (pass --overwrite to replace it)")
+    if output.is_dir():
+        raise InputError(f"output path is a directory: {output}")
+    if not output.parent.exists():
+        raise InputError(f"output folder does not exist: {output.parent}")
+
+
+def _file_size(source: io.ModelSource) -> int | None:
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_file():
+        return pathlib.Path(source).stat().st_size
+    if isinstance(source, (bytes, bytearray)):
+        return len(source)
+    return None
+
+
+def _data_size(path: pathlib.Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return data.stat().st_size if data.exists() else 0
+
+
+def inspect(
+    model: io.ModelSource,
+    *,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    memory: bool = False,
+) -> dict[str, Any]:
+    """Summarize a model: opset, inputs/outputs, op histogram, params, MACs, peak activation memory.
+
+    Args:
+        model: Path, bytes, ``ModelProto`` or ``onnx_ir.Model``.
+        input_shapes: Concrete shapes for dynamic dimensions (defaults as in verification).
+        memory: Include the static activation-memory plan (tensor lifetimes and reuse slots).
+
+    Returns:
+        A JSON-able dict (what ``sftonnx inspect --json`` prints).
+    """
+    from sftonnx.analysis import plan_memory, summarize
+
+    loaded = io.load(model)
+    specs = verification.input_specs(loaded)
+    shapes, notes = verification.resolve_shapes(specs, verification.parse_input_shapes(input_shapes))
+    summary = summarize(loaded, input_shapes=shapes, file_size=_file_size(model)).to_json()
+    summary["input_notes"] = notes
+    if memory:
+        summary["memory"] = plan_memory(loaded, input_shapes=shapes).to_json()
+    return summary
+
+
+def model_stats(model: io.ModelSource, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelStats:
+    """Nodes, parameters and MACs of a model (as the per-pass report measures them)."""
+    return ModelStats.of(io.load(model), input_shapes)

@@ -1,0 +1,314 @@
+"""The ``sftonnx`` command. The only module that prints or exits.
+
+Exit codes: 0 success; 1 a bug (traceback with ``--debug``); 2 bad usage or input; 3 verification failed.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pathlib
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sftonnx.errors import EXIT_BUG, SftonnxError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="ONNX graph-rewrite optimizer: fold, fuse, prune, factorize and quantize, verified against the original.",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guard(function: F) -> F:
+    """Turn sftonnx errors into one line on stderr and their exit code; bugs into exit 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except SftonnxError as error:
+            if _state["debug"]:
+                traceback.print_exc()
+            err.print(f"error: {error}", markup=False)
+            raise typer.Exit(error.exit_code) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # a bug: short message, traceback only with --debug
+            if _state["debug"]:
+                traceback.print_exc()
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            err.print(
+                f"internal error: {type(error).__name__}: {text} (rerun with --debug for the traceback)", markup=False
+            )
+            raise typer.Exit(EXIT_BUG) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show info logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    # onnxsim and onnxruntime can be chatty on stderr at import; keep our own logs readable.
+    logging.getLogger("onnxscript").setLevel(max(level, logging.WARNING))
+
+
+def _fmt_int(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return str(value)
+
+
+def _fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit, size in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value} B"
+
+
+def _arrow(before: Any, after: Any, fmt: Callable[[Any], str]) -> str:
+    if before == after:
+        return fmt(after)
+    return f"{fmt(before)} → {fmt(after)}"
+
+
+def _report_table(report) -> Table:
+    table = Table(title="passes", show_lines=False)
+    for column in ("pass", "status", "changes", "skipped", "time", "nodes", "params", "MACs", "error vs original"):
+        table.add_column(column, overflow="fold")
+    for row in report.rows:
+        before, after = row.before, row.after or row.before
+        changes = ", ".join(f"{k}={v}" for k, v in row.changes.items()) or "-"
+        skipped = ", ".join(f"{k}={v}" for k, v in row.skipped.items()) or "-"
+        error = "-"
+        if row.error:
+            top1 = row.error.get("top1_agreement")
+            error = f"max abs {row.error['max_abs']:.2g}, cos {row.error['cosine']:.5f}" + (
+                f", top1 {top1:.3f}" if top1 is not None else ""
+            )
+        status = row.status if not row.message else f"{row.status}: {row.message}"
+        table.add_row(
+            row.spec,
+            status,
+            changes,
+            skipped,
+            f"{row.seconds:.2f}s",
+            _arrow(before.nodes, after.nodes, str) if before and after else "?",
+            _arrow(before.params, after.params, _fmt_int) if before and after else "?",
+            _arrow(before.macs, after.macs, _fmt_int) if before and after else "?",
+            error,
+        )
+    return table
+
+
+def _write_json(path: pathlib.Path | None, payload: Any) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(json.dumps(payload, indent=2, default=str))
+    except OSError as error:
+        from sftonnx.errors import InputError
+
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+@app.command()
+@_guard
+def optimize(
+    model: Annotated[pathlib.Path, typer.Argument(help="Input .onnx model.")],
+    output: Annotated[pathlib.Path, typer.Argument(help="Where to write the optimized model.")],
+    passes: Annotated[str | None, typer.Option(help='Pass spec, e.g. "simplify,fold-bn,prune{rate=0.3}".')] = None,
+    preset: Annotated[str, typer.Option(help="Preset used when --passes is not given.")] = "lossless",
+    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
+    ] = None,
+    calibration_data: Annotated[
+        pathlib.Path | None, typer.Option(help="Calibration .npz (or folder of them) for lossy passes.")
+    ] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the numerical comparison.")] = False,
+    verify_each: Annotated[bool, typer.Option("--verify-each", help="Compare after every pass.")] = False,
+    dump_dir: Annotated[
+        pathlib.Path | None, typer.Option(help="Save the model before a failing pass here (a reproducer).")
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance (lossless pipelines).")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance (lossless pipelines).")] = 1e-3,
+    min_cosine: Annotated[float, typer.Option(help="Least cosine similarity per output (lossy pipelines).")] = 0.99,
+    report: Annotated[pathlib.Path | None, typer.Option(help="Write the report as JSON here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow replacing an existing output (or the input).")] = False,
+    external_data: Annotated[
+        bool | None, typer.Option("--external-data/--no-external-data", help="Default: only past 2 GiB.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+) -> None:
+    """Optimize MODEL into OUTPUT, verify it against the original, and print a per-pass report."""
+    from sftonnx import api
+    from sftonnx.verify import Budget, Tolerance
+
+    progress = None
+    if not quiet and err.is_terminal:
+        progress = lambda i, n, name: err.print(f"[{i + 1}/{n}] {name}", style="dim")  # noqa: E731
+    result = api.optimize(
+        model,
+        output,
+        passes=passes,
+        preset=preset,
+        data=data,
+        verify=not no_verify,
+        input_shapes=input_shape,
+        tolerance=Tolerance(atol=atol, rtol=rtol),
+        budget=Budget(min_cosine=min_cosine),
+        verify_each=verify_each,
+        dump_dir=dump_dir,
+        overwrite=overwrite,
+        external_data=external_data,
+        calibration_data=calibration_data,
+        progress=progress,
+    )
+    rep = result.report
+    _write_json(report, rep.to_json())
+    if quiet:
+        return
+    out.print(_report_table(rep))
+    for note in rep.input_notes + rep.warnings:
+        out.print(f"note: {note}", markup=False)
+    original, final = rep.original, rep.final
+    if original and final:
+        out.print(
+            f"nodes {original.nodes} → {final.nodes}, params {_fmt_int(original.params)} → {_fmt_int(final.params)}, "
+            f"MACs {_fmt_int(original.macs)} → {_fmt_int(final.macs)}, "
+            f"file {_fmt_bytes(rep.input_size)} → {_fmt_bytes(rep.output_size)}",
+            markup=False,
+        )
+    if result.verification is not None:
+        worst = result.verification.worst()
+        mode = rep.verification.get("mode") if rep.verification else ""
+        top1 = worst.get("top1_agreement")
+        out.print(
+            f"verified ({mode}): max abs error {worst['max_abs']:.3g}, min cosine {worst['cosine']:.6f}"
+            + (f", top-1 agreement {top1:.4f}" if top1 is not None else ""),
+            markup=False,
+        )
+    else:
+        out.print("not verified (--no-verify)")
+    out.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+@_guard
+def inspect(
+    model: Annotated[pathlib.Path, typer.Argument(help="The .onnx model.")],
+    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="name=1x3x224x224")] = None,
+    memory: Annotated[bool, typer.Option("--memory", help="Add the static activation-memory plan.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a model's opset, inputs/outputs, ops, parameters, MACs and activation memory."""
+    from sftonnx import api
+
+    summary = api.inspect(model, input_shapes=input_shape, memory=memory)
+    if as_json:
+        out.print_json(json.dumps(summary, default=str))
+        return
+    out.print(f"[bold]{model}[/bold]  opset {summary.get('opset_imports')}  ir {summary.get('ir_version')}")
+    for kind in ("inputs", "outputs"):
+        for item in summary.get(kind, []):
+            out.print(f"  {kind[:-1]:6} {item['name']}: {item['dtype']}{item['shape']}", markup=False)
+    out.print(
+        f"  nodes {summary.get('node_count')}, params {_fmt_int(summary.get('params'))} "
+        f"({_fmt_bytes(summary.get('param_bytes'))}), MACs {_fmt_int(summary.get('macs_total'))}, "
+        f"peak activations {_fmt_bytes(summary.get('peak_activation_bytes'))}, "
+        f"file {_fmt_bytes(summary.get('file_size'))}",
+        markup=False,
+    )
+    table = Table(title="ops")
+    table.add_column("op")
+    table.add_column("count", justify="right")
+    table.add_column("MACs", justify="right")
+    macs = summary.get("macs", {})
+    for op, count in sorted(summary.get("op_histogram", {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(op, str(count), _fmt_int(macs[op]) if op in macs else "")
+    out.print(table)
+    if memory and "memory" in summary:
+        plan = summary["memory"]
+        out.print(
+            f"memory plan: peak live activations {_fmt_bytes(plan.get('peak_activation_bytes'))}, "
+            f"arena with reuse {_fmt_bytes(plan.get('arena_bytes'))}, without reuse {_fmt_bytes(plan.get('sum_bytes'))}",
+            markup=False,
+        )
+    for note in summary.get("input_notes", []):
+        out.print(f"note: {note}", markup=False)
+
+
+@app.command(name="passes")
+@_guard
+def list_passes(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the passes with their options, and the presets."""
+    from sftonnx.pass_infra import pass_options
+    from sftonnx.passes import PRESET_DOCS, PRESETS, REGISTRY
+
+    payload = {
+        "passes": {
+            name: {
+                "numerics": cls.numerics.value,
+                "doc": (cls.__doc__ or "").strip().splitlines()[0],
+                "options": {
+                    o.name: {"type": o.type_name, "default": o.default, "doc": o.doc}
+                    for o in pass_options(cls).values()
+                },
+            }
+            for name, cls in REGISTRY.items()
+        },
+        "presets": {name: {"spec": spec, "doc": PRESET_DOCS.get(name, "")} for name, spec in PRESETS.items()},
+    }
+    if as_json:
+        out.print_json(json.dumps(payload, default=str))
+        return
+    table = Table(title="passes")
+    for column in ("pass", "numerics", "what it does", "options"):
+        table.add_column(column, overflow="fold")
+    for name, info in payload["passes"].items():
+        options = "\n".join(f"{k}: {v['type']} = {v['default']}" for k, v in info["options"].items()) or "-"
+        table.add_row(name, info["numerics"], info["doc"], options)
+    out.print(table)
+    presets = Table(title="presets")
+    for column in ("preset", "passes", "what it is for"):
+        presets.add_column(column, overflow="fold")
+    for name, info in payload["presets"].items():
+        presets.add_row(name, info["spec"], info["doc"])
+    out.print(presets)
+
+
+def main() -> None:
+    """Entry point of the ``sftonnx`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
