@@ -152,6 +152,7 @@ def to_bytes(model: ir.Model) -> bytes:
     """
     if model_nbytes(model) > PROTOBUF_LIMIT:
         raise InputError("model exceeds protobuf's 2 GiB limit; it can only be handled as a file with external data")
+    _load_external_tensors(model)  # bytes must be self-contained
     return ir.to_proto(model).SerializeToString()
 
 
@@ -192,7 +193,7 @@ def save(
         if external_data:
             # Load every tensor into memory first: the external file we are about to write may be the one
             # the model still reads from (rewriting a model in place).
-            ir.external_data.convert_tensors_from_external(model.graph.initializers.values())
+            _load_external_tensors(model)
             ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=size_threshold_bytes)
             os.replace(staging / data_name, path.parent / data_name)
         else:
@@ -200,6 +201,14 @@ def save(
         os.replace(staged_model, path)
     logger.debug("saved %s (external data: %s)", path, external_data)
     return path
+
+
+def _load_external_tensors(model: ir.Model) -> None:
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
 
 
 @contextlib.contextmanager

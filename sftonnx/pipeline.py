@@ -27,7 +27,7 @@ import onnx_ir.passes.common as common_passes
 
 from sftonnx import verify
 from sftonnx.errors import InputError, PassConfigError, PassError, VerificationError
-from sftonnx.io import PROTOBUF_LIMIT, model_nbytes
+from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
 from sftonnx.pass_infra import Numerics, PassReport, SftPass, coerce_option, pass_options
 
 __all__ = [
@@ -415,7 +415,7 @@ class Pipeline:
     def _snapshot(self, model: ir.Model) -> bytes | None:
         if not (self.verify_each or self.dump_dir) or model_nbytes(model) > PROTOBUF_LIMIT:
             return None
-        return ir.to_proto(model).SerializeToString()
+        return to_bytes(model)
 
     def _dump(self, before: bytes | None, index: int, pass_: SftPass) -> pathlib.Path | None:
         if self.dump_dir is None or before is None:

@@ -27,7 +27,7 @@ import onnx
 import onnx_ir as ir
 
 from sftonnx.errors import InputError
-from sftonnx.io import PROTOBUF_LIMIT, model_nbytes
+from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -281,7 +281,7 @@ def session_source(model: ir.Model | bytes | str | os.PathLike, workdir: str | N
     if isinstance(model, (bytes, str, os.PathLike)):
         return model if isinstance(model, bytes) else str(model)
     if model_nbytes(model) <= PROTOBUF_LIMIT:
-        return ir.to_proto(model).SerializeToString()
+        return to_bytes(model)
     folder = workdir or tempfile.mkdtemp(prefix="sftonnx-verify-")
     path = os.path.join(folder, "model.onnx")
     ir.save(model, path, external_data="model.onnx.data")

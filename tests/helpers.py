@@ -47,7 +47,9 @@ def make_model(text: str, **initializers: np.ndarray) -> ir.Model:
 def to_bytes(model: ir.Model | bytes) -> bytes:
     if isinstance(model, bytes):
         return model
-    return ir.to_proto(model).SerializeToString()
+    from sftonnx import io
+
+    return io.to_bytes(model)
 
 
 def session(model: ir.Model | bytes) -> ort.InferenceSession:

@@ -1,0 +1,124 @@
+"""The command line, through a subprocess: outputs, reports, and one-line errors with documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import onnx_ir as ir
+import pytest
+
+from tests.helpers import LIGHT_MODELS, make_model, seeded
+
+TINY = """
+<ir_version: 8, opset_import: ["" : 18]>
+tiny (float[N, 4] x) => (float[N, 3] y) {
+    i = Identity(x)
+    y = MatMul(i, w)
+}
+"""
+
+
+def sftonnx(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sftonnx.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.fixture
+def tiny_path(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    ir.save(make_model(TINY, w=seeded((4, 3))), path)
+    return path
+
+
+def test_optimize_writes_model_and_report(tiny_path, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = sftonnx("optimize", tiny_path, out, "--report", report, "--verify-each")
+    assert result.returncode == 0, result.stderr
+    assert "verified (tolerance)" in result.stdout and "nodes 2 → 1" in result.stdout
+    data = json.loads(report.read_text())
+    assert [row["name"] for row in data["rows"]][:1] == ["simplify"]
+    assert data["verification"]["passed"] is True
+    assert [n.op_type for n in ir.load(out).graph] == ["MatMul"]
+
+
+def _write(path, content: bytes):
+    path.write_bytes(content)
+    return path
+
+
+BAD_MODELS = {
+    "not_onnx": (b"hello world, not a model\n", "not"),
+    "truncated": (None, "not a valid ONNX model"),
+    "unknown_domain": (
+        '<ir_version: 8, opset_import: ["" : 18, "acme" : 1]> g (float[2] x) => (float[2] y) { y = acme.Foo(x) }',
+        "domain 'acme'",
+    ),
+    "opset_old": ('<ir_version: 8, opset_import: ["" : 4]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "too old"),
+    "opset_new": ('<ir_version: 8, opset_import: ["" : 99]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "newer"),
+    "empty_graph": ('<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => () { }', "empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MODELS))
+def test_bad_models_exit_2_with_one_line(case, tmp_path, tiny_path):
+    content, message = BAD_MODELS[case]
+    if content is None:
+        content = tiny_path.read_bytes()[:-9]
+    elif isinstance(content, str):
+        content = ir.to_proto(ir.from_onnx_text(content)).SerializeToString()
+    path = _write(tmp_path / "bad.onnx", content)
+    out = tmp_path / "out.onnx"
+    assert_clean_error(sftonnx("optimize", path, out), 2, message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input-shape", "x=2x5"], "dimension 1 is fixed to 4"),
+        (["--input-shape", "nope=2x4"], "not a model input"),
+        (["--input-shape", "x=2by4"], "expects name="),
+        (["--passes", "simplfy"], "did you mean simplify"),
+        (["--passes", "cse{size_limit=-1}"], "size_limit must be >= 0"),
+        (["--preset", "turbo"], "unknown preset"),
+    ],
+)
+def test_bad_options_exit_2(tiny_path, tmp_path, args, message):
+    out = tmp_path / "out.onnx"
+    assert_clean_error(sftonnx("optimize", tiny_path, out, *args), 2, message)
+    assert not out.exists()
+
+
+def test_missing_file_and_same_output(tiny_path, tmp_path):
+    assert_clean_error(sftonnx("optimize", tmp_path / "missing.onnx", tmp_path / "o.onnx"), 2, "not found")
+    before = tiny_path.read_bytes()
+    assert_clean_error(sftonnx("optimize", tiny_path, tiny_path), 2, "--overwrite")
+    assert tiny_path.read_bytes() == before
+
+
+def test_passes_lists_registry_and_presets():
+    result = sftonnx("passes", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert "simplify" in data["passes"] and data["presets"]["lossless"]["spec"].startswith("simplify")
+    assert data["passes"]["cse"]["options"]["size_limit"]["type"] == "int"
+
+
+@pytest.mark.skipif(not LIGHT_MODELS, reason="onnx ships no light models")
+def test_inspect_json_light_model():
+    path = next(p for p in LIGHT_MODELS if p.stem == "light_squeezenet")
+    result = sftonnx("inspect", path, "--json", "--memory")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["op_histogram"]["Conv"] == 26
+    assert data["memory"]["peak_activation_bytes"] > 0

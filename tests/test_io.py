@@ -1,0 +1,122 @@
+"""Model IO: loading from every source, validation errors, atomic and external-data saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from sftonnx import io
+from sftonnx.errors import InputError
+from tests.helpers import make_model, run_ort, seeded
+
+TINY = """
+<ir_version: 8, opset_import: ["" : 18]>
+tiny (float[N, 4] x) => (float[N, 3] y) {
+    y = MatMul(x, w)
+}
+"""
+
+
+def tiny() -> ir.Model:
+    return make_model(TINY, w=seeded((4, 3)))
+
+
+def test_load_from_path_bytes_proto_and_model(tmp_path):
+    model = tiny()
+    path = tmp_path / "m.onnx"
+    io.save(model, path)
+    proto = onnx.load(path)
+    for source in (path, str(path), path.read_bytes(), proto, model):
+        loaded = io.load(source)
+        assert [n.op_type for n in loaded.graph] == ["MatMul"]
+        np.testing.assert_array_equal(loaded.graph.initializers["w"].const_value.numpy(), seeded((4, 3)))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"this is not a model at all\n", "not"),
+        (None, "not a valid ONNX model|not an ONNX model"),  # truncated protobuf
+    ],
+)
+def test_bad_files_raise_input_error(tmp_path, content, message):
+    path = tmp_path / "bad.onnx"
+    if content is None:
+        content = ir.to_proto(tiny()).SerializeToString()[:-7]
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        io.load(path)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        io.load(tmp_path / "nope.onnx")
+    with pytest.raises(InputError, match="directory"):
+        io.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('<ir_version: 8, opset_import: ["" : 5]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "too old"),
+        ('<ir_version: 8, opset_import: ["" : 99]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "newer"),
+        (
+            '<ir_version: 8, opset_import: ["" : 18, "acme.ops" : 1]> g (float[2] x) => (float[2] y) '
+            "{ y = acme.ops.Frobnicate(x) }",
+            "acme.ops",
+        ),
+        ('<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => () { }', "empty|no outputs"),
+    ],
+)
+def test_unsupported_models_are_rejected(text, message):
+    with pytest.raises(InputError, match=message):
+        io.load(ir.to_proto(ir.from_onnx_text(text)).SerializeToString())
+
+
+def test_save_is_atomic_and_refuses_overwrite(tmp_path):
+    path = tmp_path / "out.onnx"
+    io.save(tiny(), path)
+    before = path.read_bytes()
+    with pytest.raises(InputError, match="exists"):
+        io.save(tiny(), path, overwrite=False)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]  # no staging leftovers
+
+
+def test_save_failure_leaves_no_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.onnx"
+
+    def explode(model):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io, "to_bytes", explode)
+    with pytest.raises(RuntimeError):
+        io.save(tiny(), path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_external_data_roundtrip(tmp_path):
+    big = make_model(TINY.replace("4", "512").replace("3", "256"), w=seeded((512, 256)))
+    path = tmp_path / "ext.onnx"
+    io.save(big, path, external_data=True)
+    assert (tmp_path / "ext.onnx.data").stat().st_size == 512 * 256 * 4
+    assert path.stat().st_size < 10_000
+    loaded = io.load(path)
+    x = seeded((2, 512), seed=1)
+    expected = x @ seeded((512, 256))
+    np.testing.assert_allclose(run_ort(loaded, {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
+    # Rewriting a model that reads its weights from the data file it is about to replace.
+    io.save(loaded, path, external_data=True)
+    np.testing.assert_allclose(run_ort(io.load(path), {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_model_over_protobuf_limit_goes_external(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "PROTOBUF_LIMIT", 10)  # pretend 48 bytes of weights is past 2 GiB
+    path = tmp_path / "m.onnx"
+    io.save(tiny(), path)
+    assert (tmp_path / "m.onnx.data").exists()
+    with pytest.raises(InputError, match="2 GiB"):
+        io.to_bytes(tiny())
