@@ -40,6 +40,7 @@ __all__ = [
     "InputSpec",
     "OutputMetrics",
     "Tolerance",
+    "calibration_feeds",
     "compare_outputs",
     "find_first_divergence",
     "input_specs",
@@ -521,3 +522,62 @@ def find_first_divergence(
         elif not np.array_equal(cand, ref):
             return name
     return None
+
+
+# --------------------------------------------------------------------------------------- calibration
+def calibration_feeds(
+    source: str | os.PathLike | Iterable[Mapping[str, np.ndarray]],
+    specs: Sequence[InputSpec],
+    *,
+    batch_size: int = 16,
+    max_samples: int | None = None,
+) -> Iterable[dict[str, np.ndarray]]:
+    """Stream calibration feed dicts from an ``.npz``, a folder of ``.npz`` files, or an iterable of dicts.
+
+    Files are read one at a time and split into batches of ``batch_size`` along axis 0, so memory is bounded
+    by one file plus one batch. Every array is checked against the input specs (names, rank, fixed dims).
+
+    Raises:
+        InputError: A missing file/folder, an empty folder, or arrays that do not match the inputs.
+    """
+    names = [spec.name for spec in specs]
+    seen = 0
+
+    def limited(feeds: Iterable[dict[str, np.ndarray]]) -> Iterable[dict[str, np.ndarray]]:
+        nonlocal seen
+        for feed in feeds:
+            if max_samples is not None and seen >= max_samples:
+                return
+            count = len(next(iter(feed.values()))) if feed else 0
+            if max_samples is not None and seen + count > max_samples:
+                feed = {k: v[: max_samples - seen] for k, v in feed.items()}
+                count = max_samples - seen
+            seen += count
+            yield feed
+
+    if isinstance(source, (str, os.PathLike)):
+        path = pathlib.Path(source)
+        if path.is_dir():
+            files = sorted(path.glob("*.npz"))
+            if not files:
+                raise InputError(f"calibration folder {path} holds no .npz files")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise InputError(f"calibration data not found: {path}")
+
+        def from_files() -> Iterable[dict[str, np.ndarray]]:
+            for file in files:
+                data = load_npz(file, specs, allow_extra=("labels",))
+                yield from batches(data, names, batch_size)
+
+        return limited(from_files())
+
+    def from_iterable() -> Iterable[dict[str, np.ndarray]]:
+        for index, feed in enumerate(source):  # type: ignore[union-attr]
+            missing = [n for n in names if n not in feed]
+            if missing:
+                raise InputError(f"calibration batch {index} has no array for input(s) {', '.join(missing)}")
+            yield {n: np.asarray(feed[n], dtype=next(s.dtype for s in specs if s.name == n)) for n in names}
+
+    return limited(from_iterable())
