@@ -6,10 +6,10 @@ neither copied nor loaded), dynamic input dimensions are filled in, and
 ``onnx.shape_inference.infer_shapes(..., data_prop=True)`` runs on that. Results are looked up by value name;
 a value the inference did not reach falls back to the shape and type recorded on the ``onnx_ir`` value.
 
-Dynamic dimensions: the caller's ``input_shapes`` give full shapes for named graph inputs; the symbols they bind
-(``batch`` in ``["batch", 3, 224, 224]``) are reused for the same symbol in other inputs. Any remaining
-dimension that is batch-like (axis 0, or a symbol whose name contains ``batch``) is taken as 1; other symbolic
-dimensions stay symbolic, and whatever depends on them has no static size.
+Dynamic dimensions: the caller's ``input_shapes`` give full shapes for named graph inputs; the symbols
+they bind (``batch`` in ``["batch", 3, 224, 224]``) are reused for the same symbol in other inputs. Any
+remaining dimension that is batch-like (axis 0, or a symbol whose name contains ``batch``) is taken as 1;
+other symbolic dimensions stay symbolic, and whatever depends on them has no static size.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class ShapeTable:
             return own
         if own is None:
             return inferred
-        return TensorInfo(inferred.dtype or own.dtype, inferred.shape if inferred.shape is not None else own.shape)
+        shape = inferred.shape if inferred.shape is not None else own.shape
+        return TensorInfo(inferred.dtype or own.dtype, shape)
 
     def static_shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         """The value's shape when fully known, else ``None``."""
@@ -113,7 +114,9 @@ class ShapeTable:
         return None if info is None else info.nbytes
 
 
-def infer_tensor_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ShapeTable:
+def infer_tensor_shapes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> ShapeTable:
     """Run onnx shape inference (with data propagation) on a skeleton copy of ``model``.
 
     Args:
@@ -144,7 +147,8 @@ def infer_tensor_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int
             if info is not None:
                 table.tensors[value_info.name] = info
         for tensor in graph.initializer:
-            table.tensors[tensor.name] = TensorInfo(_dtype(tensor.data_type), tuple(int(d) for d in tensor.dims))
+            dims = tuple(int(d) for d in tensor.dims)
+            table.tensors[tensor.name] = TensorInfo(_dtype(tensor.data_type), dims)
     return table
 
 
@@ -213,7 +217,7 @@ def _fill_input_shapes(
     inputs = {vi.name: vi for vi in graph.input if vi.name not in initializers}
     unknown = sorted(set(requested) - set(inputs))
     if unknown:
-        raise InputError(f"input_shapes names unknown inputs {unknown}; the model's inputs are {sorted(inputs)}")
+        raise InputError(f"input_shapes names unknown inputs {unknown}; the inputs are {sorted(inputs)}")
     symbols: dict[str, int] = {}
     for name, shape in requested.items():
         dims = inputs[name].type.tensor_type.shape.dim
@@ -221,10 +225,10 @@ def _fill_input_shapes(
             continue  # rank unknown: the requested shape is taken as is
         if len(dims) != len(shape):
             raise InputError(f"input '{name}' has rank {len(dims)}, input_shapes gives {tuple(shape)}")
-        for axis, (dim, size) in enumerate(zip(dims, shape)):
+        for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
             if dim.HasField("dim_value") and dim.dim_value != size:
                 raise InputError(
-                    f"input '{name}' has static size {dim.dim_value} on axis {axis}, input_shapes gives {size}"
+                    f"input '{name}' has size {dim.dim_value} on axis {axis}, input_shapes gives {size}"
                 )
             if dim.HasField("dim_param"):
                 symbols.setdefault(dim.dim_param, int(size))
@@ -279,7 +283,8 @@ def _from_type_proto(type_proto: onnx.TypeProto) -> TensorInfo | None:
     shape: tuple[Dim, ...] | None = None
     if tensor_type.HasField("shape"):
         shape = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor_type.shape.dim
         )
     return TensorInfo(_dtype(tensor_type.elem_type), shape)
 
