@@ -140,6 +140,7 @@ def test_conv_transpose_macs():
 
 
 def test_gemm_macs_honour_trans_a_and_trans_b():
+    # transA only swaps M and K (MACs are M * K * N either way); transB decides which dim of B is N.
     model = make_model(GEMM, b=seeded((7, 5)), c=seeded(7))
     assert count_macs(model) == {"Gemm": GEMM_MACS, UNKNOWN_SHAPE: 0}
 
