@@ -1,1 +1,10 @@
-"""Peephole fusions (onnxscript rewrite rules) and the passes that apply them."""
+"""Peephole fusions (onnxscript rewrite rules) and the passes that apply them.
+
+* :class:`FoldBatchNormPass` (``fold-bn``): Conv/ConvTranspose/Gemm + BatchNormalization -> one node.
+
+The shared rule base and the apply-and-count driver are in :mod:`sftonnx.passes.fusion._rules`.
+"""
+
+from sftonnx.passes.fusion.batch_norm import FoldBatchNormPass
+
+__all__ = ["FoldBatchNormPass"]
