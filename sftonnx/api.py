@@ -62,7 +62,7 @@ def prepare_feeds(
     max_samples: int = MAX_VERIFY_SAMPLES,
     random_samples: int = RANDOM_SAMPLES,
     seed: int = 0,
-    allow_extra: Sequence[str] = (),
+    allow_extra: Sequence[str] = ("labels",),
 ) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
     """Feed dicts for running ``model``: user data split in batches, or seeded random inputs.
 
@@ -185,8 +185,13 @@ def optimize(
         )
         verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
 
+    # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch.
+    stat_shapes, _ = verification.resolve_shapes(
+        verification.input_specs(loaded), verification.parse_input_shapes(input_shapes)
+    )
     pipeline = Pipeline(
-        built, verifier=verifier, verify_each=verify_each, dump_dir=dump_dir, input_shapes=shapes, progress=progress
+        built, verifier=verifier, verify_each=verify_each, dump_dir=dump_dir, input_shapes=stat_shapes,
+        progress=progress,
     )
     report = pipeline.report
     report.input_notes.extend(notes)

@@ -28,7 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="ONNX graph-rewrite optimizer: fold, fuse, prune, factorize and quantize, verified against the original.",
 )
-out = Console(highlight=False, soft_wrap=True)
+# Wide tables when piped to a file or CI log (rich would otherwise wrap at 80 columns).
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
