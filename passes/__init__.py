@@ -7,7 +7,6 @@ README list exactly what exists.
 
 from __future__ import annotations
 
-from sftonnx.pass_infra import SftPass
 from sftonnx.passes.cleanup import (
     DeduplicateInitializersPass,
     EliminateCommonSubexpressionsPass,
@@ -15,6 +14,8 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+
+from sftonnx.pass_infra import SftPass
 
 __all__ = ["PRESETS", "PRESET_DOCS", "REGISTRY"]
 

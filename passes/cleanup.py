@@ -70,9 +70,13 @@ class SimplifyPass(SftPass):
 
     name = "simplify"
 
-    def __init__(self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True) -> None:
+    def __init__(
+        self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True
+    ) -> None:
         if not _SIZE.match(max_folded_size):
-            raise PassConfigError(f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'")
+            raise PassConfigError(
+                f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'"
+            )
         self.max_folded_size = max_folded_size.strip().upper().replace(" ", "")
         self.fuse_bn = fuse_bn
         self.subgraphs = subgraphs
@@ -197,4 +201,3 @@ class DeduplicateInitializersPass(_WrappedPass):
 
     def _inner(self) -> ir.passes.PassBase:
         return common_passes.DeduplicateHashedInitializersPass(size_limit=self.size_limit)
-

@@ -77,7 +77,9 @@ def prepare_feeds(
     if data is None:
         shapes, notes = verification.resolve_shapes(specs, overrides)
         feeds = [verification.random_feeds(specs, shapes, seed=seed + i) for i in range(random_samples)]
-        notes.append(f"verification inputs: {random_samples} random sets (floats ~ N(0,1), integers in [0,8))")
+        notes.append(
+            f"verification inputs: {random_samples} random sets (floats ~ N(0,1), integers in [0,8))"
+        )
         return feeds, shapes, notes
     if isinstance(data, (str, os.PathLike)):
         arrays = verification.load_npz(data, specs, allow_extra=allow_extra)
@@ -96,7 +98,9 @@ def prepare_feeds(
     return feeds, shapes, notes
 
 
-def _check_mapping(data: Mapping[str, np.ndarray], specs: Sequence[verification.InputSpec]) -> dict[str, np.ndarray]:
+def _check_mapping(
+    data: Mapping[str, np.ndarray], specs: Sequence[verification.InputSpec]
+) -> dict[str, np.ndarray]:
     arrays = {}
     for spec in specs:
         if spec.name not in data:
@@ -180,7 +184,8 @@ def optimize(
     verifier = None
     if verify or verify_each:
         original_source = (
-            str(model) if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
+            str(model)
+            if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
             else io.to_bytes(loaded)
         )
         verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
@@ -190,7 +195,11 @@ def optimize(
         verification.input_specs(loaded), verification.parse_input_shapes(input_shapes)
     )
     pipeline = Pipeline(
-        built, verifier=verifier, verify_each=verify_each, dump_dir=dump_dir, input_shapes=stat_shapes,
+        built,
+        verifier=verifier,
+        verify_each=verify_each,
+        dump_dir=dump_dir,
+        input_shapes=stat_shapes,
         progress=progress,
     )
     report = pipeline.report
@@ -205,7 +214,8 @@ def optimize(
         report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
         if not comparison.passed:
             raise VerificationError(
-                "optimized model differs from the original: " + "; ".join(comparison.failures[:3])
+                "optimized model differs from the original: "
+                + "; ".join(comparison.failures[:3])
                 + " (nothing written; use --verify-each to find the pass)",
                 metrics=comparison.to_json(),
             )
@@ -219,9 +229,15 @@ def _check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool)
     if isinstance(source, (str, os.PathLike)):
         src = pathlib.Path(source)
         if src.exists() and output.exists() and src.resolve() == output.resolve() and not overwrite:
-            raise InputError(f"output path is the input path ({output}); pass --overwrite to replace the input")
-    if output.exists() and not overwrite and not (
-        isinstance(source, (str, os.PathLike)) and pathlib.Path(source).resolve() == output.resolve()
+            raise InputError(
+                f"output path is the input path ({output}); pass --overwrite to replace the input"
+            )
+    if (
+        output.exists()
+        and not overwrite
+        and not (
+            isinstance(source, (str, os.PathLike)) and pathlib.Path(source).resolve() == output.resolve()
+        )
     ):
         raise InputError(f"output file exists: {output} (pass --overwrite to replace it)")
     if output.is_dir():
@@ -271,6 +287,8 @@ def inspect(
     return summary
 
 
-def model_stats(model: io.ModelSource, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> ModelStats:
+def model_stats(
+    model: io.ModelSource, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> ModelStats:
     """Nodes, parameters and MACs of a model (as the per-pass report measures them)."""
     return ModelStats.of(io.load(model), input_shapes)

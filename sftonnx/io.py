@@ -14,7 +14,6 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Iterator
-from typing import Union
 
 import onnx
 import onnx_ir as ir
@@ -36,19 +35,23 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
 
 #: Serialized protobuf messages cannot exceed 2 GiB; leave headroom for the graph itself.
 PROTOBUF_LIMIT = 2**31 - 64 * 2**20
 #: Operator domains onnxruntime's CPU build implements (plus the default-domain aliases).
-KNOWN_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"})
+KNOWN_DOMAINS = frozenset(
+    {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
+)
 #: Oldest default-domain opset onnxruntime still runs.
 MIN_OPSET = 7
 #: Newest default-domain opset the installed onnx knows (onnxruntime may lag a release behind).
 MAX_OPSET = onnx.defs.onnx_opset_version()
 
 
-def load(source: ModelSource, *, base_dir: str | os.PathLike | None = None, validate: bool = True) -> ir.Model:
+def load(
+    source: ModelSource, *, base_dir: str | os.PathLike | None = None, validate: bool = True
+) -> ir.Model:
     """Load a model as an ``onnx_ir.Model``.
 
     Args:
@@ -151,7 +154,9 @@ def to_bytes(model: ir.Model) -> bytes:
         InputError: The model exceeds protobuf's 2 GiB limit (save it to a file with external data instead).
     """
     if model_nbytes(model) > PROTOBUF_LIMIT:
-        raise InputError("model exceeds protobuf's 2 GiB limit; it can only be handled as a file with external data")
+        raise InputError(
+            "model exceeds protobuf's 2 GiB limit; it can only be handled as a file with external data"
+        )
     _load_external_tensors(model)  # bytes must be self-contained
     return ir.to_proto(model).SerializeToString()
 

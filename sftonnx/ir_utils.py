@@ -97,7 +97,9 @@ def make_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Add ``array`` as a new initializer of ``graph`` under a fresh name and return its value."""
     unique = fresh_name(graph, name)
     tensor = ir.tensor(array, name=unique)
-    value = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    value = ir.Value(
+        name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
     graph.register_initializer(value)
     return value
 

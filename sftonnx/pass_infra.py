@@ -156,8 +156,10 @@ def _coerce(annotation: Any, raw: str) -> Any:
     if origin in (tuple, list):
         parts = [p for p in raw.replace(";", "|").split("|") if p.strip()] if raw else []
         item = args[0] if args else str
-        return type(origin)(_coerce(item, p.strip()) for p in parts) if origin is list else tuple(
-            _coerce(item, p.strip()) for p in parts
+        return (
+            type(origin)(_coerce(item, p.strip()) for p in parts)
+            if origin is list
+            else tuple(_coerce(item, p.strip()) for p in parts)
         )
     if annotation is bool:
         lowered = raw.lower()

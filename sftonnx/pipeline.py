@@ -75,7 +75,9 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
             for part in [p for p in body.split(",") if p.strip()]:
                 key, sep, value = part.partition("=")
                 if not sep or not key.strip():
-                    raise PassConfigError(f"pass spec '{spec}': option '{part.strip()}' of '{name}' needs key=value")
+                    raise PassConfigError(
+                        f"pass spec '{spec}': option '{part.strip()}' of '{name}' needs key=value"
+                    )
                 options[key.strip()] = value.strip()
             position = close + 1
         elif position < len(text) and text[position] == "}":
@@ -171,12 +173,13 @@ class ModelStats:
     @classmethod
     def of(cls, model: ir.Model, input_shapes: Mapping[str, tuple[int, ...]] | None) -> ModelStats:
         """Measure ``model`` (MACs need shape inference; ``None`` when it fails)."""
-        from sftonnx.analysis import count_macs, parameter_stats
+        from sftonnx.analysis import UNKNOWN_SHAPE, count_macs, parameter_stats
 
         nodes = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
         params, param_bytes = parameter_stats(model)
         try:
-            macs: int | None = int(sum(count_macs(model, input_shapes=dict(input_shapes or {})).values()))
+            counted = count_macs(model, input_shapes=dict(input_shapes or {}))
+            macs: int | None = int(sum(v for k, v in counted.items() if k != UNKNOWN_SHAPE))
         except Exception as error:  # analysis is advisory; never fail a pipeline over it
             logger.debug("MAC count failed: %s", error)
             macs = None
@@ -393,15 +396,23 @@ class Pipeline:
         if versus_original.outputs:
             row.error = versus_original.worst()
         # An exact pass must be lossless relative to what it was given, even after lossy passes drifted.
-        check = versus_original if all_exact else (
-            self.verifier.compare(outputs, exact=True, reference=previous_outputs) if exact else versus_original
+        check = (
+            versus_original
+            if all_exact
+            else (
+                self.verifier.compare(outputs, exact=True, reference=previous_outputs)
+                if exact
+                else versus_original
+            )
         )
         if check.passed:
             return outputs
         row.status, row.message = "failed", "; ".join(check.failures[:3])
         divergent = None
         if exact and before_bytes is not None and isinstance(current, bytes):
-            divergent = verify.find_first_divergence(before_bytes, current, self.verifier.feeds[0], self.verifier.tolerance)
+            divergent = verify.find_first_divergence(
+                before_bytes, current, self.verifier.feeds[0], self.verifier.tolerance
+            )
         dumped = self._dump(before_bytes, index, pass_)
         where = f"; first diverging tensor: '{divergent}'" if divergent else ""
         dump = f"; model before the pass saved to {dumped}" if dumped else ""
@@ -445,7 +456,9 @@ class _StructureChecker:
         first = self._problems(original)
         if first.get("checker"):
             self.run_checker = False
-            self.notes.append(f"the input model fails the onnx checker, so passes are not held to it: {first['checker']}")
+            self.notes.append(
+                f"the input model fails the onnx checker, so passes are not held to it: {first['checker']}"
+            )
         if first.get("inference"):
             self.run_inference = False
             self.notes.append(
@@ -481,10 +494,16 @@ class _StructureChecker:
                 try:
                     if large:
                         onnx.shape_inference.infer_shapes_path(
-                            path, os.path.join(folder, "inferred.onnx"), check_type=True, strict_mode=True, data_prop=True
+                            path,
+                            os.path.join(folder, "inferred.onnx"),
+                            check_type=True,
+                            strict_mode=True,
+                            data_prop=True,
                         )
                     else:
-                        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+                        onnx.shape_inference.infer_shapes(
+                            proto, check_type=True, strict_mode=True, data_prop=True
+                        )
                 except Exception as error:  # InferenceError and C++ errors
                     problems["inference"] = _first_line(error)
         return problems

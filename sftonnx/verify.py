@@ -111,10 +111,14 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             raise InputError(f"input '{value.name}' has type {value.type}: only tensor inputs are supported")
         dtype = _NP_DTYPES.get(value.dtype) if value.dtype is not None else None
         if dtype is None:
-            raise InputError(f"input '{value.name}' has element type {value.dtype}, which sftonnx cannot feed")
+            raise InputError(
+                f"input '{value.name}' has element type {value.dtype}, which sftonnx cannot feed"
+            )
         shape = None
         if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape.dims)
+            shape = tuple(
+                d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape.dims
+            )
         specs.append(InputSpec(value.name or "", np.dtype(dtype), shape))
     return specs
 
@@ -122,7 +126,9 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
 _SHAPE_ARG = re.compile(r"^\s*([^=]+?)\s*=\s*(\d+(?:\s*[x,]\s*\d+)*)\s*$")
 
 
-def parse_input_shapes(items: Iterable[str] | Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+def parse_input_shapes(
+    items: Iterable[str] | Mapping[str, Sequence[int]] | None,
+) -> dict[str, tuple[int, ...]]:
     """Parse ``name=1x3x224x224`` strings (or pass a mapping through) into ``{name: shape}``.
 
     Raises:
@@ -170,7 +176,7 @@ def resolve_shapes(
                         f"--input-shape {spec.name}: rank {len(shape)} given, the model expects rank "
                         f"{len(spec.shape)} ({spec.describe()})"
                     )
-                for axis, (given, fixed) in enumerate(zip(shape, spec.shape)):
+                for axis, (given, fixed) in enumerate(zip(shape, spec.shape, strict=False)):
                     if isinstance(fixed, int) and fixed != given:
                         raise InputError(
                             f"--input-shape {spec.name}: dimension {axis} is fixed to {fixed} in the model, "
@@ -210,9 +216,9 @@ def random_feeds(
     return feeds
 
 
-def load_npz(path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra: Sequence[str] = ()) -> dict[
-    str, np.ndarray
-]:
+def load_npz(
+    path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
     """Load user data: one array per model input (axis 0 = batch), checked against the input specs.
 
     Args:
@@ -244,7 +250,7 @@ def load_npz(path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra
                     f"{path.name}: '{spec.name}' has shape {list(array.shape)}, the model expects "
                     f"{spec.describe()}"
                 )
-            for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape)):
+            for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=False)):
                 if isinstance(fixed, int) and fixed != got:
                     raise InputError(
                         f"{path.name}: '{spec.name}' dimension {axis} is {got}, the model fixes it to {fixed}"
@@ -260,7 +266,9 @@ def load_npz(path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra
         data[spec.name] = array
     unknown = set(arrays) - {s.name for s in specs} - set(allow_extra)
     if unknown:
-        logger.warning("%s: ignoring arrays that are not model inputs: %s", path.name, ", ".join(sorted(unknown)))
+        logger.warning(
+            "%s: ignoring arrays that are not model inputs: %s", path.name, ", ".join(sorted(unknown))
+        )
     sizes = {len(a) for a in data.values() if a.ndim}
     if len(sizes) > 1:
         raise InputError(f"{path.name}: inputs have different numbers of samples (axis 0): {sorted(sizes)}")
@@ -270,7 +278,9 @@ def load_npz(path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra
     return data
 
 
-def batches(data: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int) -> list[dict[str, np.ndarray]]:
+def batches(
+    data: Mapping[str, np.ndarray], names: Sequence[str], batch_size: int
+) -> list[dict[str, np.ndarray]]:
     """Split user data along axis 0 into feed dicts of at most ``batch_size`` samples."""
     total = min(len(data[name]) for name in names) if names else 0
     return [{name: data[name][i : i + batch_size] for name in names} for i in range(0, total, batch_size)]
@@ -377,11 +387,17 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
-        return {"passed": self.passed, "failures": self.failures, "outputs": [m.to_json() for m in self.outputs]}
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "outputs": [m.to_json() for m in self.outputs],
+        }
 
 
 def _classifier_like(array: np.ndarray) -> bool:
-    squeezed = array.reshape(array.shape[: 2]) if array.ndim > 2 and all(d == 1 for d in array.shape[2:]) else array
+    squeezed = (
+        array.reshape(array.shape[:2]) if array.ndim > 2 and all(d == 1 for d in array.shape[2:]) else array
+    )
     return squeezed.ndim == 2 and squeezed.shape[1] > 1 and np.dtype(array.dtype).kind == "f"
 
 
@@ -407,7 +423,7 @@ def compare_outputs(
     for index, name in enumerate(names):
         exp = [sample[index] for sample in expected]
         act = [sample[index] if index < len(sample) else None for sample in actual]
-        if any(a is None or a.shape != e.shape for a, e in zip(act, exp)):
+        if any(a is None or a.shape != e.shape for a, e in zip(act, exp, strict=False)):
             got = [None if a is None else list(a.shape) for a in act]
             metrics.append(OutputMetrics(name, float("inf"), float("inf"), 0.0, None, False, shape_ok=False))
             failures.append(f"output '{name}': shape {got[0]} instead of {list(exp[0].shape)}")
@@ -429,7 +445,7 @@ def compare_outputs(
         if all(_classifier_like(e) for e in exp):
             agree = [
                 np.argmax(e.reshape(e.shape[0], -1), axis=1) == np.argmax(a.reshape(a.shape[0], -1), axis=1)
-                for e, a in zip(exp, act)
+                for e, a in zip(exp, act, strict=False)
             ]
             top1 = float(np.mean(np.concatenate(agree)))
         within = True
@@ -502,10 +518,10 @@ def find_first_divergence(
         ref_session = make_session(ref_source, optimization="disable")
         cand_session = make_session(cand_source, optimization="disable")
         ref_values = dict(
-            zip([o.name for o in ref_session.get_outputs()], run_model(ref_session, [feeds])[0])
+            zip([o.name for o in ref_session.get_outputs()], run_model(ref_session, [feeds])[0], strict=False)
         )
         cand_values = dict(
-            zip([o.name for o in cand_session.get_outputs()], run_model(cand_session, [feeds])[0])
+            zip([o.name for o in cand_session.get_outputs()], run_model(cand_session, [feeds])[0], strict=False)
         )
     except Exception as error:  # the search is a diagnostic: never let it hide the real failure
         logger.debug("divergence search failed: %s", error)

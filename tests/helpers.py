@@ -33,7 +33,9 @@ def make_model(text: str, **initializers: np.ndarray) -> ir.Model:
         if name in model.graph.initializers:
             model.graph.initializers[name].const_value = tensor
         else:
-            value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+            value = ir.Value(
+                name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+            )
             # Rewire uses of a graph value with this name (declared as an input or used by nodes).
             model.graph.register_initializer(value)
             for node in model.graph:
@@ -85,14 +87,19 @@ def run_ort(model: ir.Model | bytes, feeds: dict[str, np.ndarray]) -> list[np.nd
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 
 
-def assert_same_outputs(original: ir.Model | bytes, optimized: ir.Model | bytes, seed: int = 0,
-                        atol: float = EXACT_ATOL, rtol: float = EXACT_RTOL) -> None:
+def assert_same_outputs(
+    original: ir.Model | bytes,
+    optimized: ir.Model | bytes,
+    seed: int = 0,
+    atol: float = EXACT_ATOL,
+    rtol: float = EXACT_RTOL,
+) -> None:
     """Both models give the same outputs (within the lossless tolerance) on seeded random inputs."""
     feeds = random_feeds(original, seed)
     expected = run_ort(original, feeds)
     actual = run_ort(optimized, feeds)
     assert len(expected) == len(actual)
-    for e, a in zip(expected, actual):
+    for e, a in zip(expected, actual, strict=False):
         assert e.shape == a.shape, (e.shape, a.shape)
         np.testing.assert_allclose(a, e, atol=atol, rtol=rtol)
 
@@ -104,11 +111,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denominator) if denominator else float(np.allclose(a, b))
 
 
-def assert_within_budget(original: ir.Model | bytes, optimized: ir.Model | bytes, *, min_cosine: float,
-                         seed: int = 0) -> None:
+def assert_within_budget(
+    original: ir.Model | bytes, optimized: ir.Model | bytes, *, min_cosine: float, seed: int = 0
+) -> None:
     """Lossy passes: every output keeps at least ``min_cosine`` similarity to the original."""
     feeds = random_feeds(original, seed)
-    for e, a in zip(run_ort(original, feeds), run_ort(optimized, feeds)):
+    for e, a in zip(run_ort(original, feeds), run_ort(optimized, feeds), strict=False):
         assert e.shape == a.shape
         assert cosine(e, a) >= min_cosine, cosine(e, a)
 

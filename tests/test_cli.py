@@ -21,8 +21,13 @@ tiny (float[N, 4] x) => (float[N, 3] y) {
 
 
 def sftonnx(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sftonnx.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sftonnx.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
@@ -63,8 +68,14 @@ BAD_MODELS = {
         '<ir_version: 8, opset_import: ["" : 18, "acme" : 1]> g (float[2] x) => (float[2] y) { y = acme.Foo(x) }',
         "domain 'acme'",
     ),
-    "opset_old": ('<ir_version: 8, opset_import: ["" : 4]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "too old"),
-    "opset_new": ('<ir_version: 8, opset_import: ["" : 99]> g (float[2] x) => (float[2] y) { y = Relu(x) }', "newer"),
+    "opset_old": (
+        '<ir_version: 8, opset_import: ["" : 4]> g (float[2] x) => (float[2] y) { y = Relu(x) }',
+        "too old",
+    ),
+    "opset_new": (
+        '<ir_version: 8, opset_import: ["" : 99]> g (float[2] x) => (float[2] y) { y = Relu(x) }',
+        "newer",
+    ),
     "empty_graph": ('<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => () { }', "empty"),
 }
 

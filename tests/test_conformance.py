@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from sftonnx.passes import PRESETS, REGISTRY
 
 from sftonnx import io
 from sftonnx.errors import InputError
 from sftonnx.pass_infra import Numerics
-from sftonnx.passes import PRESETS, REGISTRY
 from sftonnx.pipeline import Pipeline, build_passes
 from tests.helpers import EXACT_ATOL, EXACT_RTOL, LIGHT_MODELS, ONNX_DATA, assert_same_outputs, session
 
@@ -62,7 +62,7 @@ def _data_sets(model_dir: pathlib.Path, proto: onnx.ModelProto):
 def _assert_close(actual, expected, label: str) -> None:
     if isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), label
-        for a, e in zip(actual, expected):
+        for a, e in zip(actual, expected, strict=False):
             _assert_close(a, e, label)
         return
     actual, expected = np.asarray(actual), np.asarray(expected)
@@ -96,13 +96,13 @@ def test_pass_keeps_stored_outputs(model_dir: pathlib.Path, spec: str) -> None:
         reference = [_run(original, feeds) for feeds, _ in data]
     except Exception as error:  # onnxruntime's own limits, not ours
         pytest.skip(f"onnxruntime cannot run the original: {str(error).splitlines()[0][:120]}")
-    for (feeds, expected), got in zip(data, reference):
+    for (_, expected), got in zip(data, reference, strict=False):
         _assert_close(got, expected, "onnxruntime vs stored (sanity)")
 
     model = io.load(original)
     Pipeline(build_passes(spec, REGISTRY, PRESETS)).run(model)
     optimized = ir.to_proto(model).SerializeToString()
-    for (feeds, expected), got in zip(data, [_run(optimized, feeds) for feeds, _ in data]):
+    for (_, expected), got in zip(data, [_run(optimized, feeds) for feeds, _ in data], strict=False):
         _assert_close(got, expected, f"{spec} on {model_dir.name}")
 
 

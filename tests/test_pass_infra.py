@@ -21,11 +21,24 @@ class _Toy(SftPass):
 
     name = "toy"
 
-    def __init__(self, *, rate: float = 0.5, method: Literal["minmax", "entropy"] = "minmax",
-                 per_channel: bool = True, layers: tuple[str, ...] = (), limit: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rate: float = 0.5,
+        method: Literal["minmax", "entropy"] = "minmax",
+        per_channel: bool = True,
+        layers: tuple[str, ...] = (),
+        limit: int | None = None,
+    ) -> None:
         if not 0 < rate < 1:
             raise PassConfigError(f"toy: rate must be in (0, 1), got {rate}")
-        self.rate, self.method, self.per_channel, self.layers, self.limit = rate, method, per_channel, layers, limit
+        self.rate, self.method, self.per_channel, self.layers, self.limit = (
+            rate,
+            method,
+            per_channel,
+            layers,
+            limit,
+        )
 
     def rewrite(self, model, report: PassReport) -> None:
         pass
@@ -46,11 +59,17 @@ def test_parse_spec_errors(bad):
 
 
 def test_options_are_typed():
-    (toy, from_preset), = build_passes(
+    ((toy, from_preset),) = build_passes(
         "toy{rate=0.3, method=ENTROPY, per_channel=false, layers=a|b, limit=none}", REGISTRY, PRESETS
     )
     assert not from_preset
-    assert (toy.rate, toy.method, toy.per_channel, toy.layers, toy.limit) == (0.3, "entropy", False, ("a", "b"), None)
+    assert (toy.rate, toy.method, toy.per_channel, toy.layers, toy.limit) == (
+        0.3,
+        "entropy",
+        False,
+        ("a", "b"),
+        None,
+    )
     assert toy.spec() == "toy{rate=0.3, method=entropy, per_channel=false, layers=a|b}"
 
 
@@ -72,7 +91,9 @@ def test_bad_specs(spec, message):
 
 def test_presets_expand_and_are_marked():
     assert resolve_spec("both,toy", REGISTRY, PRESETS) == [
-        ("toy", {}, True), ("toy", {"rate": "0.25"}, True), ("toy", {}, False)
+        ("toy", {}, True),
+        ("toy", {"rate": "0.25"}, True),
+        ("toy", {}, False),
     ]
 
 
@@ -84,7 +105,9 @@ def test_report_counts_decide_modified():
             report.changes["things_done"] += 2
             report.skipped["thing_shared"] += 1
 
-    model = ir.from_onnx_text('<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => (float[2] y) { y = Relu(x) }')
+    model = ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => (float[2] y) { y = Relu(x) }'
+    )
     report = Counting()(model)
     assert report.modified and report.changes == {"things_done": 2} and report.skipped == {"thing_shared": 1}
     assert not _Toy()(model).modified

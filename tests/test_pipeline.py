@@ -12,7 +12,7 @@ from sftonnx import api
 from sftonnx.errors import InputError, PassError, VerificationError
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.pipeline import Pipeline, Verifier
-from sftonnx.verify import Budget, random_feeds, input_specs, resolve_shapes
+from sftonnx.verify import Budget, input_specs, random_feeds, resolve_shapes
 from tests.helpers import make_model, seeded
 
 TWO_LAYERS = """
@@ -52,8 +52,12 @@ class BreakStructure(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         last = list(model.graph)[-1]
-        bogus = ir.Value(name="bogus", shape=ir.Shape([7]), type=ir.TensorType(ir.DataType.FLOAT),
-                         const_value=ir.tensor(np.ones(7, np.float32), name="bogus"))
+        bogus = ir.Value(
+            name="bogus",
+            shape=ir.Shape([7]),
+            type=ir.TensorType(ir.DataType.FLOAT),
+            const_value=ir.tensor(np.ones(7, np.float32), name="bogus"),
+        )
         model.graph.register_initializer(bogus)
         last.replace_input_with(1, bogus)
         report.changes["inputs_rewired"] += 1
@@ -87,20 +91,25 @@ class Noop(SftPass):
 def verifier_for(model: ir.Model) -> Verifier:
     specs = input_specs(model)
     shapes, _ = resolve_shapes(specs, {"x": (3, 4)})
-    return Verifier(ir.to_proto(model).SerializeToString(), [random_feeds(specs, shapes)], budget=Budget(min_cosine=0.99))
+    return Verifier(
+        ir.to_proto(model).SerializeToString(), [random_feeds(specs, shapes)], budget=Budget(min_cosine=0.99)
+    )
 
 
 def test_verify_each_names_pass_and_first_divergent_tensor(tmp_path):
     model = two_layers()
-    pipeline = Pipeline([Noop(), ScaleSecondWeight()], verifier=verifier_for(model), verify_each=True,
-                        dump_dir=tmp_path)
+    pipeline = Pipeline(
+        [Noop(), ScaleSecondWeight()], verifier=verifier_for(model), verify_each=True, dump_dir=tmp_path
+    )
     with pytest.raises(VerificationError, match="bad-scale") as caught:
         pipeline.run(model)
     assert caught.value.pass_name == "bad-scale"
     assert caught.value.first_divergent == "y"
     dumped = tmp_path / "before_01_bad-scale.onnx"
     assert dumped.exists() and "bad-scale" in (tmp_path / "reproduce.txt").read_text()
-    np.testing.assert_array_equal(ir.load(dumped).graph.initializers["w2"].const_value.numpy(), seeded((5, 3), seed=1))
+    np.testing.assert_array_equal(
+        ir.load(dumped).graph.initializers["w2"].const_value.numpy(), seeded((5, 3), seed=1)
+    )
 
 
 def test_lossy_pass_is_held_to_budget_and_later_exact_pass_to_its_input():
@@ -110,7 +119,9 @@ def test_lossy_pass_is_held_to_budget_and_later_exact_pass_to_its_input():
     # An exact pass after a lossy one is compared with the model it was given, so its drift must be zero.
     model = two_layers()
     with pytest.raises(VerificationError, match="bad-scale"):
-        Pipeline([LossyScale(), ScaleSecondWeight()], verifier=verifier_for(model), verify_each=True).run(model)
+        Pipeline([LossyScale(), ScaleSecondWeight()], verifier=verifier_for(model), verify_each=True).run(
+            model
+        )
 
 
 def test_structure_breakage_names_the_pass():

@@ -83,7 +83,12 @@ def test_metrics_and_limits():
 
 def test_nan_in_same_place_is_equal_and_new_nan_is_not():
     expected = [[np.array([np.nan, 1.0], np.float32)]]
-    assert verify.compare_outputs(["o"], expected, [[np.array([np.nan, 1.0], np.float32)]],
-                                  tolerance=verify.Tolerance()).passed
-    assert not verify.compare_outputs(["o"], [[np.array([0.0, 1.0], np.float32)]],
-                                      [[np.array([np.nan, 1.0], np.float32)]], tolerance=verify.Tolerance()).passed
+    assert verify.compare_outputs(
+        ["o"], expected, [[np.array([np.nan, 1.0], np.float32)]], tolerance=verify.Tolerance()
+    ).passed
+    assert not verify.compare_outputs(
+        ["o"],
+        [[np.array([0.0, 1.0], np.float32)]],
+        [[np.array([np.nan, 1.0], np.float32)]],
+        tolerance=verify.Tolerance(),
+    ).passed

@@ -31,7 +31,9 @@ class ActivationRunner:
             stats.update(batch["conv1_out"])
     """
 
-    def __init__(self, model: ir.Model, names: Sequence[str], *, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    def __init__(
+        self, model: ir.Model, names: Sequence[str], *, providers: Sequence[str] = ("CPUExecutionProvider",)
+    ):
         from sftonnx import io
         from sftonnx.verify import make_session
 
@@ -58,7 +60,7 @@ class ActivationRunner:
         """For each feed dict, the requested tensors (plus the feeds themselves, for input names)."""
         for feed in feeds:
             inputs = {k: v for k, v in feed.items() if k in self.input_names}
-            outputs = dict(zip(self.output_names, self.session.run(None, inputs)))
+            outputs = dict(zip(self.output_names, self.session.run(None, inputs), strict=False))
             result = {}
             for name in self.names:
                 if name in outputs:
@@ -69,7 +71,9 @@ class ActivationRunner:
                     result[name] = self.constants[name]
             yield result
 
-    def reduce(self, feeds: Iterable[Mapping[str, np.ndarray]], update: Callable[[dict[str, np.ndarray]], None]) -> int:
+    def reduce(
+        self, feeds: Iterable[Mapping[str, np.ndarray]], update: Callable[[dict[str, np.ndarray]], None]
+    ) -> int:
         """Stream every batch through ``update``; returns the number of batches seen."""
         count = 0
         for batch in self.run(feeds):

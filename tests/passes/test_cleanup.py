@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-
-from sftonnx.errors import PassConfigError
 from sftonnx.passes.cleanup import (
     DeduplicateInitializersPass,
     EliminateCommonSubexpressionsPass,
@@ -14,6 +12,8 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+
+from sftonnx.errors import PassConfigError
 from tests.helpers import assert_same_outputs, make_model, op_types, seeded, to_bytes
 
 FOLDABLE = """
@@ -113,10 +113,14 @@ g (float[2] x) => (float[2] y) { r = Relu(x)  y = Identity(r) }
 
 
 def test_dead_nodes_and_unused_initializers_removed():
-    model = make_model("""
+    model = make_model(
+        """
 <ir_version: 8, opset_import: ["" : 18]>
 g (float[N, 4] x) => (float[N, 3] y) { unused = MatMul(x, w2)  y = MatMul(x, w) }
-""", w=seeded((4, 3)), w2=seeded((4, 5)))
+""",
+        w=seeded((4, 3)),
+        w2=seeded((4, 5)),
+    )
     report = EliminateDeadNodesPass()(model)
     assert report.changes == {"nodes_removed": 1, "initializers_removed": 1}
     assert list(model.graph.initializers) == ["w"]
@@ -146,14 +150,19 @@ def test_cse_bad_option():
 
 def test_dedup_shares_identical_initializers_only():
     weight = seeded((4, 3))
-    model = make_model("""
+    model = make_model(
+        """
 <ir_version: 8, opset_import: ["" : 18]>
 g (float[N, 4] x) => (float[N, 3] y, float[N, 3] z, float[N, 3] u) {
     y = MatMul(x, w1)
     z = MatMul(x, w2)
     u = MatMul(x, w3)
 }
-""", w1=weight, w2=weight.copy(), w3=weight + 1e-3)
+""",
+        w1=weight,
+        w2=weight.copy(),
+        w3=weight + 1e-3,
+    )
     original = to_bytes(model)
     report = DeduplicateInitializersPass()(model)
     assert report.changes == {"initializers_removed": 1}
