@@ -385,7 +385,7 @@ def apply_rules(model: ir.Model, rules: Sequence[RewriteRule], commute: Sequence
         applied = 0
         for graph in list(all_graphs(model)):
             for node in graph:
-                if node.graph is not graph:  # removed earlier in this sweep
+                if node.graph is None:  # removed earlier in this sweep
                     continue
                 for rule in variants:
                     delta = rule.try_rewrite(model, graph, node)

@@ -228,6 +228,34 @@ g (bool cond, float[1,4,6,6] x, float[6,4,3,3] w, float[6] s, float[6] bb, float
         np.testing.assert_allclose(run_ort(model, feeds)[0], expected, atol=EXACT_ATOL, rtol=EXACT_RTOL)
 
 
+def test_folds_inside_a_model_local_function():
+    # Functions cannot hold initializers: the folded weight and bias become Constant nodes.
+    w = ", ".join(f"{v:.4f}" for v in seeded((3 * 2 * 3 * 3,), 1))
+    text = f"""<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[1,2,5,5] x) => (float[1,3,5,5] y) {{
+    y = local.ConvBn(x)
+}}
+<domain: "local", opset_import: ["" : 17]>
+ConvBn (a) => (z) {{
+    w = Constant<value=float[3,2,3,3] {{{w}}}>()
+    s = Constant<value=float[3] {{1.5, -0.5, 2.0}}>()
+    bb = Constant<value=float[3] {{0.1, 0.2, 0.3}}>()
+    m = Constant<value=float[3] {{1.0, -1.0, 0.5}}>()
+    v = Constant<value=float[3] {{0.5, 2.0, 1.0}}>()
+    c = Conv<pads=[1,1,1,1]>(a, w)
+    z = BatchNormalization(c, s, bb, m, v)
+}}"""
+    model = ir.from_onnx_text(text)
+    original = ir.to_proto(model).SerializeToString()
+    report = FoldBatchNormPass()(model)
+    assert report.changes == {"conv_bn_folded": 1}
+    function = next(iter(model.functions.values()))
+    assert [node.op_type for node in function][-3:] == ["Constant", "Constant", "Conv"]
+    assert not model.graph.initializers
+    check_model(model)
+    assert_same_outputs(original, model)
+
+
 def test_folds_legacy_ir3_initializers_listed_as_inputs():
     # IR 3 requires every initializer to be a graph input; there they are constants, not overridable.
     model = conv_bn_model()
