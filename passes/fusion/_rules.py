@@ -184,7 +184,7 @@ class FusionRule(RewriteRuleClassBase):
     matched operand on either side.
     """
 
-    name: ClassVar[str]
+    name: str
     commute: ClassVar[bool] = False
 
     def __init__(self, context: FusionContext) -> None:
@@ -217,6 +217,13 @@ class FusionRule(RewriteRuleClassBase):
                     return self.fail(match, "intermediate_has_other_consumers", repr(value.name))
         return None
 
+    @staticmethod
+    def producer_of(value: ir.Value) -> ir.Node:
+        """The node computing ``value`` (values bound to a pattern node's output always have one)."""
+        node = value.producer()
+        assert node is not None, value
+        return node
+
     def remember(self, root: ir.Node, checked: object) -> MatchResult:
         """Keep what ``check()`` computed for the site rooted at ``root`` for ``rewrite()``; succeed."""
         self._checked[root] = checked
@@ -245,6 +252,7 @@ class LinearTarget:
 
     Attributes:
         node: The producer node.
+        weight_value: The weight input.
         weight: The weight's contents (``None`` when only its shape is known).
         weight_shape: The weight's shape.
         bias: The bias (Conv ``B`` / Gemm ``C``) contents, ``None`` when the input is absent.
@@ -253,9 +261,10 @@ class LinearTarget:
         dtype: The weight's dtype, which fused tensors are cast back to.
     """
 
-    def __init__(self, node: ir.Node, weight: np.ndarray | None, weight_shape: tuple[int, ...],
-                 bias: np.ndarray | None, dtype: np.dtype) -> None:
+    def __init__(self, node: ir.Node, weight_value: ir.Value, weight: np.ndarray | None,
+                 weight_shape: tuple[int, ...], bias: np.ndarray | None, dtype: np.dtype) -> None:
         self.node = node
+        self.weight_value = weight_value
         self.weight = weight
         self.weight_shape = weight_shape
         self.bias = bias
@@ -271,6 +280,11 @@ class LinearTarget:
         else:
             self.channels = weight_shape[0]
             self.rank = len(weight_shape)
+
+    @property
+    def weight_name(self) -> str:
+        """A base for names of tensors derived from the weight."""
+        return self.weight_value.name or "weight"
 
     def scaled_weight(self, scale: np.ndarray) -> np.ndarray:
         """``W * s`` along the output-channel axis, computed in float64, cast to the weight dtype."""
@@ -325,17 +339,19 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
     """
     context = rule.context
     weight_value = node.inputs[1] if len(node.inputs) > 1 else None
+    if weight_value is None:
+        return rule.fail(match, "weight_not_constant")
     weight = context.array(weight_value)
     if weight is not None:
         weight_shape, dtype = tuple(weight.shape), weight.dtype
-    elif modifies_weight or weight_value is None:
+    elif modifies_weight:
         return rule.fail(match, "weight_not_constant")
     else:
         shape = weight_value.shape
         dtype_ir = weight_value.dtype
         if shape is None or not shape.is_static() or dtype_ir is None:
             return rule.fail(match, "weight_shape_unknown")
-        weight_shape = tuple(int(d) for d in shape)
+        weight_shape = tuple(shape.numpy())
         try:
             dtype = np.dtype(dtype_ir.numpy())
         except Exception:  # dtypes numpy cannot express
@@ -355,7 +371,7 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
     bias = context.array(bias_value)
     if bias_value is not None and bias is None:
         return rule.fail(match, "bias_not_constant")
-    target = LinearTarget(node, weight, weight_shape, bias, dtype)
+    target = LinearTarget(node, weight_value, weight, weight_shape, bias, dtype)
     if bias is not None:
         if node.op_type == "Gemm":
             ok = bias.ndim <= 2 and (bias.ndim == 0 or bias.shape[-1] in (1, target.channels))
@@ -392,7 +408,7 @@ def apply_rules(model: ir.Model, rules: Sequence[RewriteRule], commute: Sequence
                     if delta is None:
                         continue
                     _commit(model, graph, node, delta, context)
-                    report.changes[rule.name] += 1
+                    report.changes[rule.name or type(rule).__name__] += 1
                     applied += 1
                     break
         logger.debug("sweep %d: %d rewrites", sweep, applied)
@@ -423,6 +439,7 @@ def _commit(model: ir.Model, graph: ir.Graph | ir.Function, root: ir.Node, delta
 
 def _as_constant_node(value: ir.Value) -> ir.Node:
     """A Constant node producing ``value``'s tensor, taking over ``value``'s uses and name."""
+    assert value.const_value is not None
     node = ir.Node("", "Constant", [], [ir.AttrTensor("value", value.const_value)], num_outputs=1)
     output = node.outputs[0]
     output.type, output.shape, output.const_value = value.type, value.shape, value.const_value

@@ -61,7 +61,7 @@ class _FoldAffineRule(FusionRule):
         operand = self.context.array(c)
         if operand is None:
             return self.fail(context, "operand_not_constant")
-        target = inspect_linear(self, context, produced.producer(), modifies_weight=self.affine == "Mul")
+        target = inspect_linear(self, context, self.producer_of(produced), modifies_weight=self.affine == "Mul")
         if isinstance(target, MatchResult):
             return target
         if operand.ndim > target.rank:
@@ -76,18 +76,18 @@ class _FoldAffineRule(FusionRule):
         if not np.all(np.isfinite(values)):
             return self.fail(context, "operand_not_finite")
         per_channel = np.broadcast_to(values.reshape(-1), (target.channels,)).copy()
-        return self.remember(combined.producer(), (target, per_channel))
+        return self.remember(self.producer_of(combined), (target, per_channel))
 
     def rewrite(self, op, x: ir.Value, c: ir.Value, produced: ir.Value, combined: ir.Value, **_):
         """Emit the producer with the constant folded into its weight (Mul) and bias."""
-        target, per_channel = self.recall(combined.producer())
+        target, per_channel = self.recall(self.producer_of(combined))
         node: ir.Node = target.node
-        base = node.name or node.inputs[1].name or "weight"
+        base = node.name or target.weight_name
         if self.affine == "Mul":
             weight = self.new_constant(op, target.scaled_weight(per_channel), f"{base}_weight_scaled")
             bias_array = target.fused_bias(per_channel, None)
         else:
-            weight = node.inputs[1]
+            weight = target.weight_value
             bias_array = target.fused_bias(None, per_channel)
         bias = None if bias_array is None else self.new_constant(op, bias_array, f"{base}_bias_folded")
         return target.emit(op, x, weight, bias)

@@ -62,14 +62,14 @@ class _FoldBatchNormRule(FusionRule):
     def check(self, context: MatchContext, x: ir.Value, produced: ir.Value, normalized: ir.Value,
               **_) -> MatchResult:
         """Guards, in order; each failure names the skip key counted by the pass."""
-        bn = normalized.producer()
+        bn = self.producer_of(normalized)
         if _in_training_mode(bn, self.context.opset):
             return self.fail(context, "bn_training_mode")
         if any(v.uses() or v.is_graph_output() for v in bn.outputs[1:]):
             return self.fail(context, "bn_extra_outputs_used")
         if (failed := self.check_intermediates(context)) is not None:
             return failed
-        target = inspect_linear(self, context, produced.producer(), modifies_weight=True)
+        target = inspect_linear(self, context, self.producer_of(produced), modifies_weight=True)
         if isinstance(target, MatchResult):
             return target
         params = self._params(bn)
@@ -86,9 +86,9 @@ class _FoldBatchNormRule(FusionRule):
 
     def rewrite(self, op, x: ir.Value, produced: ir.Value, normalized: ir.Value, **_):
         """Emit the producer with ``W' = W * s`` and ``b' = (b - mean) * s + beta``."""
-        target, scale, shift = self.recall(normalized.producer())
+        target, scale, shift = self.recall(self.producer_of(normalized))
         node = target.node
-        weight_name = node.inputs[1].name or "weight"
+        weight_name = target.weight_name
         weight = self.new_constant(op, target.scaled_weight(scale), f"{weight_name}_bn_folded")
         bias_name = f"{node.name or weight_name}_bias_bn_folded"
         bias = self.new_constant(op, target.fused_bias(scale, shift), bias_name)

@@ -85,7 +85,7 @@ class MatMulAddToGemm(FusionRule):
 
     def rewrite(self, op, a: ir.Value, b: ir.Value, c: ir.Value, product: ir.Value, **_):
         """Emit ``Gemm(a, b, c)`` with default attributes."""
-        matmul = product.producer()
+        matmul = self.producer_of(product)
         return op.op("Gemm", a, b, c, _domain=matmul.domain, _name=matmul.name)
 
 
