@@ -14,23 +14,43 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+from sftonnx.passes.fusion.affine import FoldAffinePass
+from sftonnx.passes.fusion.batch_norm import FoldBatchNormPass
+from sftonnx.passes.fusion.matmul_add import FuseMatMulAddPass
+from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
+from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
+from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
 
 from sftonnx.pass_infra import SftPass
 
 __all__ = ["PRESETS", "PRESET_DOCS", "REGISTRY"]
 
 REGISTRY: dict[str, type[SftPass]] = {
-    SimplifyPass.name: SimplifyPass,
-    EliminateDeadNodesPass.name: EliminateDeadNodesPass,
-    EliminateIdentityPass.name: EliminateIdentityPass,
-    EliminateCommonSubexpressionsPass.name: EliminateCommonSubexpressionsPass,
-    DeduplicateInitializersPass.name: DeduplicateInitializersPass,
+    cls.name: cls
+    for cls in (
+        SimplifyPass,
+        EliminateIdentityPass,
+        EliminateDeadNodesPass,
+        EliminateCommonSubexpressionsPass,
+        DeduplicateInitializersPass,
+        FoldBatchNormPass,
+        FoldAffinePass,
+        FuseMatMulAddPass,
+        ShareWeightsPass,
+        ScheduleMemoryPass,
+        OrtOfflinePass,
+    )
 }
 
 PRESETS: dict[str, str] = {
-    "lossless": "simplify,eliminate-identity,cse,dedup,eliminate-dead",
+    "lossless": (
+        "simplify,fold-bn,fold-affine,matmul-add-to-gemm,eliminate-identity,cse,dedup,share-weights,"
+        "eliminate-dead,schedule-memory"
+    ),
+    "fast-cpu": "lossless,ort-offline{level=extended}",
 }
 
 PRESET_DOCS: dict[str, str] = {
-    "lossless": "Numerically equivalent clean-up and folding; the default.",
+    "lossless": "Numerically equivalent folding, fusion and clean-up in standard ONNX; the default.",
+    "fast-cpu": "lossless, then onnxruntime's extended fusions saved offline (contrib ops: runs on onnxruntime only).",
 }

@@ -15,6 +15,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from sftonnx.errors import PassConfigError
+from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
 
 __all__ = [
@@ -70,13 +71,9 @@ class SimplifyPass(SftPass):
 
     name = "simplify"
 
-    def __init__(
-        self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True
-    ) -> None:
+    def __init__(self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True) -> None:
         if not _SIZE.match(max_folded_size):
-            raise PassConfigError(
-                f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'"
-            )
+            raise PassConfigError(f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'")
         self.max_folded_size = max_folded_size.strip().upper().replace(" ", "")
         self.fuse_bn = fuse_bn
         self.subgraphs = subgraphs
@@ -104,16 +101,8 @@ class SimplifyPass(SftPass):
             report.skipped["simplifier_failed"] += 1
             report.details["simplifier_error"] = message
             return
-        _adopt(model, new_model)
+        adopt_model(model, new_model)
         _count_node_delta(before, _all_nodes(model), report)
-
-
-def _adopt(model: ir.Model, new_model: ir.Model) -> None:
-    """Make ``model`` hold ``new_model``'s graph and functions (keeps the caller's Model object)."""
-    model.graph = new_model.graph
-    model.functions.clear()
-    model.functions.update(new_model.functions)
-    model.ir_version = max(model.ir_version, new_model.ir_version)
 
 
 class _WrappedPass(SftPass):

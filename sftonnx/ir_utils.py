@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
+    "adopt_model",
     "all_graphs",
     "attr",
     "constant_array",
@@ -97,9 +98,7 @@ def make_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """Add ``array`` as a new initializer of ``graph`` under a fresh name and return its value."""
     unique = fresh_name(graph, name)
     tensor = ir.tensor(array, name=unique)
-    value = ir.Value(
-        name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
-    )
+    value = ir.Value(name=unique, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)
     return value
 
@@ -109,3 +108,14 @@ def opset_version(model: ir.Model, domain: str = "") -> int:
     if domain == "":
         return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     return model.opset_imports.get(domain, 0)
+
+
+def adopt_model(model: ir.Model, new_model: ir.Model) -> None:
+    """Make ``model`` hold ``new_model``'s graph and functions, keeping the caller's ``Model`` object.
+
+    For in-place passes built on tools that return a new model (onnxsim, onnxruntime's offline optimizer).
+    """
+    model.graph = new_model.graph
+    model.functions.clear()
+    model.functions.update(new_model.functions)
+    model.ir_version = max(model.ir_version, new_model.ir_version)

@@ -35,7 +35,7 @@ import onnx_ir as ir
 from sftonnx.analysis.shapes import ShapeTable, infer_tensor_shapes
 from sftonnx.errors import InputError
 
-__all__ = ["MemoryPlan", "TensorLifetime", "plan_memory", "topological_order"]
+__all__ = ["MemoryPlan", "TensorLifetime", "constant_values", "node_reads", "plan_memory", "topological_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def topological_order(graph: ir.Graph) -> list[ir.Node]:
     waiting = [0] * len(nodes)
     dependants: list[list[int]] = [[] for _ in nodes]
     for position, node in enumerate(nodes):
-        producers = {index[p] for v in _reads(node) if (p := v.producer()) is not None and p in index}
+        producers = {index[p] for v in node_reads(node) if (p := v.producer()) is not None and p in index}
         producers.discard(position)
         waiting[position] = len(producers)
         for producer in producers:
@@ -179,7 +179,7 @@ def plan_memory(
     if shapes is None:
         shapes = infer_tensor_shapes(model, input_shapes)
     order = topological_order(graph) if order is None else _checked_order(graph, order)
-    constants = _constant_values(graph, order)
+    constants = constant_values(graph, order)
     last = max(len(order) - 1, 0)
 
     values: list[ir.Value] = []
@@ -190,7 +190,7 @@ def plan_memory(
             values.append(value)
             start[value] = end[value] = 0
     for step, node in enumerate(order):
-        for value in _reads(node):
+        for value in node_reads(node):
             if value in start:
                 end[value] = max(end[value], step)
         for value in node.outputs:
@@ -248,7 +248,7 @@ def plan_memory(
     )
 
 
-def _reads(node: ir.Node) -> list[ir.Value]:
+def node_reads(node: ir.Node) -> list[ir.Value]:
     """Values ``node`` reads: its inputs and whatever its subgraphs read (outer or not)."""
     reads = [value for value in node.inputs if value is not None]
     for attribute in node.attributes.values():
@@ -272,7 +272,7 @@ def _checked_order(graph: ir.Graph, order: Sequence[ir.Node]) -> list[ir.Node]:
         raise ValueError("order must list every node of the main graph exactly once")
     done: set[ir.Node] = set()
     for node in order:
-        for value in _reads(node):
+        for value in node_reads(node):
             producer = value.producer()
             if producer in nodes and producer not in done and producer is not node:
                 raise ValueError(
@@ -283,7 +283,7 @@ def _checked_order(graph: ir.Graph, order: Sequence[ir.Node]) -> list[ir.Node]:
     return order
 
 
-def _constant_values(graph: ir.Graph, order: Sequence[ir.Node]) -> set[ir.Value]:
+def constant_values(graph: ir.Graph, order: Sequence[ir.Node]) -> set[ir.Value]:
     """Initializers and everything computable from them alone (folded at load time, so weights)."""
     constants: set[ir.Value] = set(graph.initializers.values())
     for node in order:
