@@ -23,8 +23,12 @@ node the pattern is rooted at), so a site that two commuted variants both reject
 
 What counts as a constant (:meth:`FusionContext.array`): an initializer, a ``Constant`` node, and the
 small constant expressions exporters leave behind: ``ConstantOfShape`` of a constant shape (onnx's
-``light_*`` models store every weight that way), ``Unsqueeze`` of a constant (Caffe2 "scale" layers) and
-``Identity`` of a constant. A fold materializes them into a new initializer; the old nodes go dead.
+``light_*`` models store every weight that way), ``Unsqueeze`` of a constant (Caffe2 "scale" layers),
+``Identity``, ``Shape`` of a constant, ``Expand`` and ``Cast``/``CastLike`` to a float type (torch's
+zero bias of a bias-less Conv: ``Expand(CastLike(0, x), Shape(w))``). A fold materializes them into a
+new initializer; the old nodes go dead. Readers of a weight that only look at its shape or dtype
+(``Shape``, ``Size``, ``CastLike``'s second input) do not make it shared; they are moved to the
+rewritten weight.
 An initializer that is also a graph input is a default the caller may override when ``ir_version >= 4``,
 so it is not a constant there; IR < 4 required every initializer to be listed as an input, so there it
 is one (onnxruntime's ``Graph::CanOverrideInitializer`` draws the same line).
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -91,6 +95,7 @@ class FusionContext:
         self._arrays: dict[ir.Value, np.ndarray | None] = {}
         self._names: set[str] | None = None
         self._skips: dict[ir.Node, str] = {}
+        self._after_commit: list[Callable[[], None]] = []
 
     # -- constants ---------------------------------------------------------------------------------
 
@@ -118,7 +123,55 @@ class FusionContext:
             return self._constant_of_shape(producer)
         if is_op(producer, "Unsqueeze"):
             return self._unsqueeze(producer)
+        if is_op(producer, "Shape"):
+            return self._shape(producer)
+        if is_op(producer, "Expand"):
+            return self._expand(producer)
+        if is_op(producer, "Cast") or is_op(producer, "CastLike"):
+            return self._cast(producer)
         return None
+
+    def _input(self, node: ir.Node, index: int) -> np.ndarray | None:
+        return self.array(node.inputs[index]) if len(node.inputs) > index else None
+
+    def _shape(self, node: ir.Node) -> np.ndarray | None:
+        # Only of a constant: a declared shape elsewhere may be stale or symbolic.
+        data = self._input(node, 0)
+        if data is None:
+            return None
+        start, end = attr(node, "start", 0), attr(node, "end")
+        return np.array(data.shape[start:end], dtype=np.int64)  # slicing clamps as Shape-15 specifies
+
+    def _expand(self, node: ir.Node) -> np.ndarray | None:
+        data, shape = self._input(node, 0), self._input(node, 1)
+        if data is None or shape is None or shape.ndim != 1:
+            return None
+        try:
+            target = np.broadcast_shapes(data.shape, tuple(int(d) for d in shape))
+        except ValueError:
+            return None
+        if int(np.prod(target, dtype=np.int64)) > _MAX_MATERIALIZED:
+            return None
+        return np.broadcast_to(data, target).copy()
+
+    def _cast(self, node: ir.Node) -> np.ndarray | None:
+        # To float types only, from float/int/bool: where numpy's conversion is ONNX's (no saturation rules).
+        data = self._input(node, 0)
+        if data is None or data.dtype.kind not in "fiub":
+            return None
+        if node.op_type == "Cast":
+            to = attr(node, "to")
+            dtype_ir = None if to is None else ir.DataType(to)
+        else:
+            like = node.inputs[1] if len(node.inputs) > 1 else None
+            dtype_ir = None if like is None else like.dtype
+        if dtype_ir is None:
+            return None
+        try:
+            dtype = np.dtype(dtype_ir.numpy())
+        except Exception:  # types numpy cannot express
+            return None
+        return data.astype(dtype) if dtype in FLOAT_DTYPES else None
 
     def _constant_of_shape(self, node: ir.Node) -> np.ndarray | None:
         shape = self.array(node.inputs[0] if node.inputs else None)
@@ -158,6 +211,10 @@ class FusionContext:
             candidate = f"{base}_{index}"
         self._names.add(candidate)
         return candidate
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the rewrite being built is in place (dropped if it is not applied)."""
+        self._after_commit.append(callback)
 
     # -- skips -------------------------------------------------------------------------------------
 
@@ -259,6 +316,9 @@ class LinearTarget:
         channels: Number of output channels.
         rank: Rank of the producer's output (the channel axis is 1).
         dtype: The weight's dtype, which fused tensors are cast back to.
+        metadata_uses: Other ``(node, input index)`` readers of the weight that only read its shape or
+            dtype (``Shape``, ``Size``, ``CastLike``'s second input, as torch exports emit them); they do
+            not make the weight "shared" and are moved to the rewritten weight.
     """
 
     def __init__(self, node: ir.Node, weight_value: ir.Value, weight: np.ndarray | None,
@@ -269,6 +329,7 @@ class LinearTarget:
         self.weight_shape = weight_shape
         self.bias = bias
         self.dtype = dtype
+        self.metadata_uses: list[tuple[ir.Node, int]] = []
         self.group = int(attr(node, "group", 1))
         self.trans_b = bool(attr(node, "transB", 0))
         if node.op_type == "Gemm":
@@ -318,6 +379,23 @@ class LinearTarget:
             bias = bias + np.asarray(shift, np.float64).reshape(-1)
         return bias.astype(self.dtype)
 
+    def move_metadata_uses(self, new_weight: ir.Value) -> Callable[[], None]:
+        """A callback moving :attr:`metadata_uses` to ``new_weight`` (for after the rewrite is in place).
+
+        Only where ``new_weight`` became an initializer of the reader's own graph, so it is visible and
+        defined before the reader; elsewhere readers keep the original weight, which then stays alive.
+        """
+        old_weight, uses = self.weight_value, list(self.metadata_uses)
+
+        def move() -> None:
+            if not new_weight.is_initializer():
+                return
+            for user, index in uses:
+                if user.graph is new_weight.graph and user.inputs[index] is old_weight:
+                    user.replace_input_with(index, new_weight)
+
+        return move
+
     def emit(self, op, x: ir.Value, weight: ir.Value, bias: ir.Value | None) -> ir.Value:
         """A copy of the producer reading ``weight`` and ``bias``; Gemm's ``beta`` (folded) is dropped."""
         attributes = dict(self.node.attributes)
@@ -364,14 +442,18 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
             return rule.fail(match, "unsupported_weight_shape", str(weight_shape))
     elif len(weight_shape) < 3 or group < 1 or weight_shape[0] % group:
         return rule.fail(match, "unsupported_weight_shape", f"{weight_shape} group={group}")
-    if modifies_weight and not context.clone_shared_weights:
-        if any(use.node is not node for use in weight_value.uses()):
+    metadata_uses: list[tuple[ir.Node, int]] = []
+    if modifies_weight:
+        others = [(use.node, use.idx) for use in weight_value.uses() if use.node is not node]
+        metadata_uses = [(user, index) for user, index in others if _reads_metadata_only(user, index)]
+        if len(metadata_uses) < len(others) and not context.clone_shared_weights:
             return rule.fail(match, "weight_shared", repr(weight_value.name))
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
     bias = context.array(bias_value)
     if bias_value is not None and bias is None:
         return rule.fail(match, "bias_not_constant")
     target = LinearTarget(node, weight_value, weight, weight_shape, bias, dtype)
+    target.metadata_uses = metadata_uses
     if bias is not None:
         if node.op_type == "Gemm":
             ok = bias.ndim <= 2 and (bias.ndim == 0 or bias.shape[-1] in (1, target.channels))
@@ -380,6 +462,11 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
         if not ok:
             return rule.fail(match, "unsupported_bias_shape", str(bias.shape))
     return target
+
+
+def _reads_metadata_only(node: ir.Node, index: int) -> bool:
+    """Whether input ``index`` of ``node`` is read for its shape or dtype only (same for a scaled copy)."""
+    return is_op(node, "Shape") or is_op(node, "Size") or (is_op(node, "CastLike") and index == 1)
 
 
 def apply_rules(model: ir.Model, rules: Sequence[RewriteRule], commute: Sequence[bool],
@@ -404,10 +491,13 @@ def apply_rules(model: ir.Model, rules: Sequence[RewriteRule], commute: Sequence
                 if node.graph is None:  # removed earlier in this sweep
                     continue
                 for rule in variants:
+                    context._after_commit.clear()
                     delta = rule.try_rewrite(model, graph, node)
                     if delta is None:
                         continue
                     _commit(model, graph, node, delta, context)
+                    for callback in context._after_commit:
+                        callback()
                     report.changes[rule.name or type(rule).__name__] += 1
                     applied += 1
                     break

@@ -85,6 +85,7 @@ class _FoldAffineRule(FusionRule):
         base = node.name or target.weight_name
         if self.affine == "Mul":
             weight = self.new_constant(op, target.scaled_weight(per_channel), f"{base}_weight_scaled")
+            self.context.after_commit(target.move_metadata_uses(weight))
             bias_array = target.fused_bias(per_channel, None)
         else:
             weight = target.weight_value
@@ -120,7 +121,7 @@ class FoldAffinePass(FusionPass):
     new tensors as initializers; for Add only the bias changes and the weight input is kept. Runs in the
     main graph, in If/Loop/Scan bodies and in model-local functions. ``c``, ``W`` and ``b`` may be
     initializers, ``Constant`` nodes or constant expressions (``ConstantOfShape``, ``Unsqueeze``,
-    ``Identity`` of constants).
+    ``Identity``, ``Shape``, ``Expand``, ``Cast`` of constants; see :mod:`sftonnx.passes.fusion._rules`).
 
     Declines (``skipped`` keys): ``intermediate_is_graph_output``, ``intermediate_has_other_consumers``
     (the producer's output is a graph output / read by another node), ``operand_not_constant``,

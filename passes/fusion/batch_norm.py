@@ -90,6 +90,7 @@ class _FoldBatchNormRule(FusionRule):
         node = target.node
         weight_name = target.weight_name
         weight = self.new_constant(op, target.scaled_weight(scale), f"{weight_name}_bn_folded")
+        self.context.after_commit(target.move_metadata_uses(weight))
         bias_name = f"{node.name or weight_name}_bias_bn_folded"
         bias = self.new_constant(op, target.fused_bias(scale, shift), bias_name)
         return target.emit(op, x, weight, bias)
@@ -153,8 +154,8 @@ class FoldBatchNormPass(FusionPass):
     the old weight is left for dead-node cleanup. Runs in the main graph, in If/Loop/Scan bodies and in
     model-local functions (there, the new tensors are ``Constant`` nodes). ``W``, ``b`` and the
     BatchNormalization parameters may be initializers, ``Constant`` nodes or constant expressions
-    (``ConstantOfShape`` of a constant shape, ``Unsqueeze``/``Identity`` of a constant), which are
-    materialized. Initializers that are also graph inputs are overridable in IR >= 4 and not folded.
+    (``ConstantOfShape``, ``Unsqueeze``, ``Identity``, ``Shape``, ``Expand``, ``Cast`` of constants;
+    see :mod:`sftonnx.passes.fusion._rules`), which are materialized. Initializers that are also graph inputs are overridable in IR >= 4 and not folded.
 
     Declines (``skipped`` keys): ``bn_training_mode`` (``training_mode=1``, or ``is_test=0`` before
     opset 7), ``bn_extra_outputs_used`` (running mean/var outputs read), ``intermediate_is_graph_output``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from sftonnx.passes.fusion import FoldBatchNormPass
 
 from sftonnx.errors import PassConfigError
@@ -256,6 +257,32 @@ ConvBn (a) => (z) {{
     assert_same_outputs(original, model)
 
 
+def test_folds_torch_export_idioms():
+    # torch.onnx.export (dynamo, optimize=False) gives a bias-less Conv a zero bias computed as
+    # Expand(CastLike(0, x), Shape(w)); the Shape reader does not make the weight "shared" and is moved
+    # to the folded weight, so the original can be dropped. A second Shape reader stays live (output).
+    text = f"""{HEADER}
+g (float[1,4,8,8] x, float[6,4,3,3] w, float[6] s, float[6] bb, float[6] m, float[6] v)
+  => (float[1,6,8,8] y, int64[4] wshape) {{
+    ws = Shape<start=0, end=1>(w)
+    zero = Constant<value=float {{0.0}}>()
+    zl = CastLike(zero, x)
+    b = Expand(zl, ws)
+    c = Conv<pads=[1,1,1,1]>(x, w, b)
+    y = BatchNormalization(c, s, bb, m, v)
+    wshape = Shape(w)
+}}"""
+    model = make_model(text, w=seeded((6, 4, 3, 3), 1), **bn_params(6))
+    weight = model.graph.initializers["w"]
+    original = ir.to_proto(model).SerializeToString()
+    report = FoldBatchNormPass()(model)
+    assert report.changes == {"conv_bn_folded": 1}
+    assert not report.skipped
+    assert not weight.uses()  # both Shape readers moved to the folded weight
+    check_model(model)
+    assert_same_outputs(original, model)
+
+
 def test_folds_legacy_ir3_initializers_listed_as_inputs():
     # IR 3 requires every initializer to be a graph input; there they are constants, not overridable.
     model = conv_bn_model()
@@ -293,6 +320,12 @@ def assert_unchanged(model: ir.Model, expected_skips: dict[str, int], pass_=None
 
 def test_skips_shared_weight():
     model = make_model(SHARED, w=seeded((3, 4, 1, 1), 1), **bn_params(3), **bn_params(3, seed=20, suffix="2"))
+    assert_unchanged(model, {"weight_shared": 2})
+
+
+def test_skips_weight_read_by_another_op_even_if_only_a_shape_op_reads_it_too():
+    text = SHARED.replace("    c2 = Conv(x, w)", "    ws = Shape(w)\n    c2 = Conv(x, w)")
+    model = make_model(text, w=seeded((3, 4, 1, 1), 1), **bn_params(3), **bn_params(3, seed=20, suffix="2"))
     assert_unchanged(model, {"weight_shared": 2})
 
 
@@ -404,4 +437,26 @@ def test_light_models(path, weights):
     expected = run_unoptimized(original, feeds)
     actual = run_unoptimized(model, feeds)
     for e, a in zip(expected, actual, strict=True):
+        np.testing.assert_allclose(a, e, atol=EXACT_ATOL, rtol=EXACT_RTOL)
+
+
+# -- the models/ zoo (torch exports, dynamo, optimize=False) -----------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.torch
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_zoo_torch_exports(name):
+    models = pytest.importorskip("models")
+    model = ir.load(models.ensure(name))
+    batchnorms = sum(1 for node in model.graph if node.op_type == "BatchNormalization")
+    original = ir.to_proto(model).SerializeToString()
+    report = FoldBatchNormPass()(model)
+    assert report.changes == {"conv_bn_folded": batchnorms} and batchnorms > 0
+    assert not report.skipped
+    RemoveUnusedNodesPass()(model)
+    assert len(ir.to_proto(model).SerializeToString()) <= len(original)  # the original weights are gone
+    check_model(model)
+    feeds = random_feeds(original)
+    for e, a in zip(run_unoptimized(original, feeds), run_unoptimized(model, feeds), strict=True):
         np.testing.assert_allclose(a, e, atol=EXACT_ATOL, rtol=EXACT_RTOL)
