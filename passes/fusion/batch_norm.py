@@ -155,7 +155,8 @@ class FoldBatchNormPass(FusionPass):
     model-local functions (there, the new tensors are ``Constant`` nodes). ``W``, ``b`` and the
     BatchNormalization parameters may be initializers, ``Constant`` nodes or constant expressions
     (``ConstantOfShape``, ``Unsqueeze``, ``Identity``, ``Shape``, ``Expand``, ``Cast`` of constants;
-    see :mod:`sftonnx.passes.fusion._rules`), which are materialized. Initializers that are also graph inputs are overridable in IR >= 4 and not folded.
+    see :mod:`sftonnx.passes.fusion._rules`), which are materialized. Initializers that are also graph
+    inputs are overridable in IR >= 4 and not folded.
 
     Declines (``skipped`` keys): ``bn_training_mode`` (``training_mode=1``, or ``is_test=0`` before
     opset 7), ``bn_extra_outputs_used`` (running mean/var outputs read), ``intermediate_is_graph_output``
