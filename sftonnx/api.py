@@ -292,3 +292,106 @@ def model_stats(
 ) -> ModelStats:
     """Nodes, parameters and MACs of a model (as the per-pass report measures them)."""
     return ModelStats.of(io.load(model), input_shapes)
+
+
+def benchmark(
+    models: Sequence[io.ModelSource],
+    *,
+    providers: str | Sequence[str] = "cpu",
+    runs: int | None = None,
+    duration: float | None = None,
+    warmup: int = 10,
+    threads: int = 0,
+    batch: int | None = None,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    evaluate: str | os.PathLike | Callable[[Any], float] | None = None,
+    io_binding: bool = False,
+    memory: bool = True,
+    spinning: bool = False,
+    progress: Callable[[float, float, str], None] | None = None,
+) -> Any:
+    """Benchmark models side by side (the first is the baseline) on one or more execution providers.
+
+    Latency (first run, mean, p50/p90/p99), throughput, session creation time, per-model memory (a spawned
+    process each), file size and optional accuracy; models interleaved run by run. See
+    :mod:`sftonnx.benchmark` for the method and :func:`sftonnx.benchmark.run_benchmark` for the arguments.
+
+    Example::
+
+        result = sftonnx.benchmark(["model.onnx", "model.opt.onnx"], runs=50)
+        print(result.rows[1].ratios["latency_p50"])
+
+    Returns:
+        A :class:`sftonnx.benchmark.BenchmarkResult` (``to_json()`` for the JSON report).
+
+    Raises:
+        InputError: Bad models, options, data, EP names, or a failing ``--eval`` metric (exit 2).
+    """
+    import importlib
+
+    # Not `from sftonnx import benchmark`: the package's lazy attribute of that name is this function.
+    bench = importlib.import_module("sftonnx.benchmark")
+
+    return bench.run_benchmark(
+        models,
+        providers=providers,
+        runs=runs,
+        duration=duration,
+        warmup=warmup,
+        threads=threads,
+        batch=batch,
+        input_shapes=input_shapes,
+        data=data,
+        evaluate=evaluate,
+        io_binding=io_binding,
+        memory=memory,
+        spinning=spinning,
+        progress=progress,
+    )
+
+
+def compare(
+    reference: io.ModelSource,
+    candidate: io.ModelSource,
+    *,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    tolerance: verification.Tolerance | None = None,
+    budget: verification.Budget | None = None,
+) -> Any:
+    """Compare two models' outputs on the same inputs: max abs error, mean relative error, cosine, top-1 agreement.
+
+    Args:
+        reference: Model A (path, bytes, ``ModelProto`` or ``onnx_ir.Model``).
+        candidate: Model B, with the same input and output names.
+        data: ``.npz`` (or mapping) with one array per input; default: seeded random inputs.
+        input_shapes: ``["name=1x3x224x224"]`` or a mapping, for dynamic dimensions.
+        tolerance: Elementwise limits, checked only when given.
+        budget: Cosine (and max abs / top-1) limits, checked only when given.
+
+    Returns:
+        A :class:`sftonnx.benchmark.CompareResult`; ``passed`` is false when a given limit is exceeded (the
+        CLI then exits with 3).
+
+    Raises:
+        InputError: A model cannot be loaded or run, the inputs/outputs differ by name or count, or the data
+            does not fit (exit 2).
+    """
+    import importlib
+
+    # Not `from sftonnx import benchmark`: the package's lazy attribute of that name is this function.
+    bench = importlib.import_module("sftonnx.benchmark")
+
+    labels = ["A", "B"]
+    if isinstance(reference, (str, os.PathLike)) and isinstance(candidate, (str, os.PathLike)):
+        labels = [str(reference), str(candidate)]
+    loaded = io.load(reference)
+    ref = bench.load_entry(reference, labels[0], loaded=loaded)
+    cand = bench.load_entry(candidate, labels[1])
+    bench.check_same_signature(ref, cand)
+    feeds, _, notes = prepare_feeds(loaded, data=data, input_shapes=input_shapes)
+    return bench.compare_entries(ref, cand, feeds, tolerance=tolerance, budget=budget, notes=notes)
+
+
+__all__ += ["benchmark", "compare"]
