@@ -72,7 +72,7 @@ LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm")
 
 # A sweep that still changed something after this many is logged; the fixpoint is normally reached in 2.
 _MAX_SWEEPS = 8
-# ConstantOfShape outputs larger than this (elements) are not materialized.
+# ConstantOfShape and Expand results larger than this (elements) are not materialized.
 _MAX_MATERIALIZED = 1 << 26
 
 
