@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -171,7 +172,10 @@ def _create_session(source: str | bytes, ep: str, *, threads: int, spinning: boo
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [EXECUTION_PROVIDERS[ep], *_EP_FALLBACKS[ep]]
-    return ort.InferenceSession(source, options, providers=providers)
+    with warnings.catch_warnings():
+        # "Specified provider ... is not in available provider names": the fallback is detected and reported.
+        warnings.filterwarnings("ignore", message="Specified provider", category=UserWarning)
+        return ort.InferenceSession(source, options, providers=providers)
 
 
 class _Runner:
