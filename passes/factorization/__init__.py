@@ -1,1 +1,6 @@
-"""sftonnx.passes.factorization (work in progress; see the issues)."""
+"""Factorization passes: low-rank Gemm/MatMul (``factorize-gemm``) and factorized Conv (``factorize-conv``)."""
+
+from sftonnx.passes.factorization.conv import FactorizeConvPass
+from sftonnx.passes.factorization.gemm import FactorizeGemmPass
+
+__all__ = ["FactorizeConvPass", "FactorizeGemmPass"]
