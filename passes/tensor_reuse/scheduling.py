@@ -95,11 +95,13 @@ def _greedy_order(graph: ir.Graph, shapes: ShapeTable, *, lookahead: bool) -> li
             return 0
         return shapes.nbytes(value) or 0
 
-    reads = [list(dict.fromkeys(v for v in node_reads(node) if v not in constants)) for node in nodes]
+    all_reads = [list(dict.fromkeys(node_reads(node))) for node in nodes]
+    # Sizes count activations only, but order must respect every producer, constant ones included.
+    reads = [[v for v in values if v not in constants] for values in all_reads]
     readers: dict[ir.Value, int] = {}
     waiting = [0] * len(nodes)
     dependants: list[list[int]] = [[] for _ in nodes]
-    for position, values in enumerate(reads):
+    for position, values in enumerate(all_reads):
         producers = set()
         for value in values:
             readers[value] = readers.get(value, 0) + 1
