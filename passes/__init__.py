@@ -44,7 +44,7 @@ REGISTRY: dict[str, type[SftPass]] = {
 
 PRESETS: dict[str, str] = {
     "lossless": (
-        "simplify,fold-bn,fold-affine,matmul-add-to-gemm,eliminate-identity,cse,dedup,share-weights,"
+        "simplify,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},matmul-add-to-gemm,eliminate-identity,cse,dedup,share-weights,"
         "eliminate-dead,schedule-memory"
     ),
     "fast-cpu": "lossless,ort-offline{level=extended}",
