@@ -314,18 +314,20 @@ def _fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}×"
 
 
-def _bench_table(result: Any) -> tuple[Table, list[str]]:
-    """The results table, and the messages of rows that are not ok (printed under it, once per distinct text)."""
+def _bench_tables(result: Any, width: int) -> tuple[list[Table], list[str]]:
+    """The results as one table, or as several when one would be wider than ``width`` (a narrow terminal).
+
+    Also returns the messages of rows that are not ok, numbered as the status column refers to them.
+    """
+    from rich.measure import Measurement
+
+    from sftonnx.benchmark import RATIO_KEYS
+
     rows = result.rows
     show_gpu = any(row.gpu_memory_bytes is not None for row in rows)
-    show_accuracy = any(row.accuracy is not None for row in rows) or result.settings.get("eval")
-    table = Table(title=f"benchmark (baseline: {result.baseline})")
-    columns = ["model", "EP", "status", "size", "session", "first ms", "mean ms", "p50 ms", "p90 ms", "p99 ms"]
-    columns += ["samples/s", "peak RSS", "Δ RSS"] + ["GPU mem"] * bool(show_gpu) + ["accuracy"] * bool(show_accuracy)
-    columns += ["×p50", "×thr", "×size", "×mem"]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("model", "EP", "status") else "right", no_wrap=True)
+    show_accuracy = any(row.accuracy is not None for row in rows) or bool(result.settings.get("eval"))
     messages: list[str] = []
+    cells: list[dict[str, str]] = []
     for row in rows:
         lat = row.latency
         ratios = row.ratios or {}
@@ -335,28 +337,58 @@ def _bench_table(result: Any) -> tuple[Table, list[str]]:
             if text not in messages:
                 messages.append(text)
             status += f" [{messages.index(text) + 1}]"
-        cells = [
-            row.label,
-            row.provider,
-            status,
-            _fmt_bytes(row.file_size_bytes),
-            "-" if row.session_seconds is None else f"{row.session_seconds:.3f}s",
-            _fmt_ms(row.first_run_ms),
-            _fmt_ms(lat.mean_ms if lat else None),
-            _fmt_ms(lat.p50_ms if lat else None),
-            _fmt_ms(lat.p90_ms if lat else None),
-            _fmt_ms(lat.p99_ms if lat else None),
-            "-" if lat is None else f"{lat.throughput:.1f}",
-            "-" if row.peak_rss_bytes is None else _fmt_bytes(row.peak_rss_bytes),
-            "-" if row.rss_growth_bytes is None else _fmt_bytes(row.rss_growth_bytes),
-        ]
-        if show_gpu:
-            cells.append("-" if row.gpu_memory_bytes is None else _fmt_bytes(row.gpu_memory_bytes))
-        if show_accuracy:
-            cells.append("-" if row.accuracy is None else f"{row.accuracy:.4f}")
-        cells += [_fmt_ratio(ratios.get(key)) for key in ("latency_p50", "throughput", "size", "memory")]
-        table.add_row(*cells)
-    return table, [f"[{index}] {text}" for index, text in enumerate(messages, 1)]
+        line = {
+            "model": row.label,
+            "EP": row.provider,
+            "status": status,
+            "size": _fmt_bytes(row.file_size_bytes),
+            "session": "-" if row.session_seconds is None else f"{row.session_seconds:.3f}s",
+            "first ms": _fmt_ms(row.first_run_ms),
+            "mean ms": _fmt_ms(lat.mean_ms if lat else None),
+            "p50 ms": _fmt_ms(lat.p50_ms if lat else None),
+            "p90 ms": _fmt_ms(lat.p90_ms if lat else None),
+            "p99 ms": _fmt_ms(lat.p99_ms if lat else None),
+            "samples/s": "-" if lat is None else f"{lat.throughput:.1f}",
+            "peak RSS": "-" if row.peak_rss_bytes is None else _fmt_bytes(row.peak_rss_bytes),
+            "Δ RSS": "-" if row.rss_growth_bytes is None else _fmt_bytes(row.rss_growth_bytes),
+            "GPU mem": "-" if row.gpu_memory_bytes is None else _fmt_bytes(row.gpu_memory_bytes),
+            "accuracy": "-" if row.accuracy is None else f"{row.accuracy:.4f}",
+        }
+        for key, name in zip(RATIO_KEYS, ("×p50", "×thr", "×size", "×mem"), strict=True):
+            line[name] = _fmt_ratio(ratios.get(key))
+        cells.append(line)
+    keys = ["model", "EP", "status"]
+    timing = ["size", "session", "first ms", "mean ms", "p50 ms", "p90 ms", "p99 ms", "samples/s"]
+    other = ["peak RSS", "Δ RSS"] + ["GPU mem"] * show_gpu + ["accuracy"] * show_accuracy
+    other += ["×p50", "×thr", "×size", "×mem"]
+
+    def table(title: str, columns: list[str]) -> Table:
+        built = Table(title=title)
+        for name in columns:
+            built.add_column(name, justify="left" if name in keys else "right", no_wrap=name in ("model", "EP"))
+        for line in cells:
+            built.add_row(*(line[name] for name in columns))
+        return built
+
+    def fits(columns: list[str]) -> bool:
+        built = table("", columns)
+        return Measurement.get(out, out.options.update(max_width=10_000), built).maximum <= width
+
+    # Pack the figures into as few tables as fit the terminal (one on a wide one); keys repeat in each.
+    groups: list[list[str]] = [[]]
+    for name in timing + other:
+        lead = keys if len(groups) == 1 else keys[:2]
+        if groups[-1] and not fits(lead + groups[-1] + [name]):
+            groups.append([])
+        groups[-1].append(name)
+    tables = [
+        table(
+            f"benchmark (baseline: {result.baseline})" if index == 0 else "benchmark (continued)",
+            (keys if index == 0 else keys[:2]) + group,
+        )
+        for index, group in enumerate(groups)
+    ]
+    return tables, [f"[{index}] {text}" for index, text in enumerate(messages, 1)]
 
 
 @app.command()
@@ -435,8 +467,9 @@ def bench(
         err.print(f"warning: {row.label} [{row.provider}] failed: {row.message}", markup=False)
     if quiet:
         return
-    table, messages = _bench_table(result)
-    out.print(table)
+    tables, messages = _bench_tables(result, out.width)
+    for table in tables:
+        out.print(table)
     for message in messages:
         out.print(message, markup=False)
     for note in result.notes:
