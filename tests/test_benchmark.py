@@ -302,6 +302,17 @@ def test_bad_options_are_input_errors(tmp_path, models):
         bench.run_benchmark(list(models), data=data, batch=8, memory=False)
 
 
+def test_size_counts_external_data(tmp_path):
+    from sftonnx import io
+
+    path = tmp_path / "external.onnx"
+    io.save(make_model(CLASSIFIER, w=W), path, external_data=True, size_threshold_bytes=16)
+    data = tmp_path / "external.onnx.data"
+    assert data.stat().st_size >= W.nbytes
+    entry = bench.load_entry(path)
+    assert entry.size == path.stat().st_size + data.stat().st_size
+
+
 # -------------------------------------------------------------------------------------------- accuracy
 def _labelled_data(path, n=40, wrong=0):
     x = seeded((n, 4), seed=5)
