@@ -42,17 +42,18 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
+
+from sftonnx.errors import PassConfigError
+from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.factorization import _support
 from sftonnx.passes.factorization.lowrank import (
     Option,
     WeightedSVD,
     allocate,
     rank_for_energy,
+    refit_output,
     relative_tail,
 )
-
-from sftonnx.errors import PassConfigError
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["MODES", "FactorizeConvPass"]
 
@@ -212,6 +213,15 @@ class _Separable(_Mode):
         c, geo = self.conv, self.conv.geometry
         g, co, ci = c.g, c.co, c.ci
         left, right = self.svd.factors(m)  # (g C_i, C_o, m), (g C_i, m, K)
+        if c.gram is not None:  # pointwise refit by least squares under the full Sigma_p (cross-channel terms)
+            k = c.taps
+            expand = np.zeros((g, ci, m, ci, k))
+            blocks = right.reshape(g, ci, m, k)
+            for channel in range(ci):
+                expand[:, channel, :, channel, :] = blocks[:, channel]
+            weight = c.grouped().reshape(g, co, ci * k)
+            fitted = refit_output(weight, expand.reshape(g, ci * m, ci * k), c.gram)  # (g, C_o, C_i m)
+            left = fitted.reshape(g, co, ci, m).transpose(0, 2, 1, 3).reshape(g * ci, co, m)
         depthwise = right.reshape(g * ci * m, 1, *geo.kernel)
         pointwise = left.reshape(g, ci, co, m).transpose(0, 2, 1, 3).reshape(g * co, ci * m, *([1] * geo.rank))
         reconstructed = (left @ right).reshape(g, ci, co, c.taps).transpose(0, 2, 1, 3).reshape(c.weight.shape)
@@ -266,6 +276,12 @@ class _Spatial(_Mode):
         g, co, ci = c.g, c.co, c.ci
         kh, kw = geo.kernel
         left, right = self.svd.factors(r)  # (g, C_i kh, r), (g, r, C_o kw)
+        if c.gram is not None:  # horizontal refit by least squares under the full Sigma_p (cross-column terms)
+            # q[(t, b)] = sum_{c, a} V[t, c, a] p[(c, a, b)]
+            expand = np.einsum("gxt,bd->gtbxd", left, np.eye(kw)).reshape(g, r * kw, ci * kh * kw)
+            weight = c.grouped().reshape(g, co, ci * kh * kw)
+            fitted = refit_output(weight, expand, c.gram).reshape(g, co, r, kw)  # H[o, t, b]
+            right = fitted.transpose(0, 2, 1, 3).reshape(g, r, co * kw)
         vertical = left.transpose(0, 2, 1).reshape(g * r, ci, kh, 1)
         horizontal = right.reshape(g, r, co, kw).transpose(0, 2, 1, 3).reshape(g * co, r, 1, kw)
         (sh, sw), (dh, dw) = geo.strides, geo.dilations

@@ -24,6 +24,10 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+
+from sftonnx import ir_utils
+from sftonnx.errors import PassConfigError
+from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.factorization import _support
 from sftonnx.passes.factorization.lowrank import (
     Option,
@@ -33,10 +37,6 @@ from sftonnx.passes.factorization.lowrank import (
     rank_for_error,
     relative_tail,
 )
-
-from sftonnx import ir_utils
-from sftonnx.errors import PassConfigError
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["FactorizeGemmPass"]
 

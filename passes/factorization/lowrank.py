@@ -38,6 +38,7 @@ __all__ = [
     "psd_sqrt",
     "rank_for_energy",
     "rank_for_error",
+    "refit_output",
     "relative_tail",
 ]
 
@@ -135,6 +136,31 @@ class WeightedSVD:
         if self.right_inv is not None:
             right = right @ self.right_inv
         return left, right
+
+
+def refit_output(weight: np.ndarray, expand: np.ndarray, gram: np.ndarray, ridge: float = 1e-9) -> np.ndarray:
+    """Least-squares output factor given the input-side factor, under the input autocorrelation.
+
+    For ``y = W p`` approximated as ``y ~ F q`` with the intermediate ``q = E p`` fixed, the ``F`` that
+    minimizes ``E ||W p - F E p||^2 = tr((W - F E) Sigma (W - F E)^T)`` is
+    ``F = W Sigma E^T (E Sigma E^T + lambda I)^{-1}`` (``lambda`` a tiny ridge relative to the trace).
+    Unlike per-slice fits it accounts for all correlations in ``Sigma``; never worse than any other ``F``.
+
+    Args:
+        weight: ``W``, ``(..., m, n)``.
+        expand: ``E``, ``(..., q, n)``.
+        gram: ``Sigma``, ``(..., n, n)``.
+        ridge: Regularization relative to ``tr(E Sigma E^T) / q``.
+
+    Returns:
+        ``F``, ``(..., m, q)``.
+    """
+    et = np.swapaxes(expand, -1, -2)
+    inner = expand @ gram @ et
+    scale = np.trace(inner, axis1=-2, axis2=-1)[..., None, None] / inner.shape[-1]
+    system = inner + ridge * np.maximum(scale, 1e-30) * np.eye(inner.shape[-1])
+    cross = weight @ gram @ et  # (..., m, q)
+    return np.swapaxes(np.linalg.solve(system, np.swapaxes(cross, -1, -2)), -1, -2)
 
 
 def relative_tail(energy: np.ndarray) -> np.ndarray:
