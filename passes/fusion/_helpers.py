@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
-from sftonnx.passes.fusion._rules import FusionContext
 
 from sftonnx.ir_utils import attr
+from sftonnx.passes.fusion._rules import FusionContext
 
 __all__ = ["MISSING", "close_to", "node_axes", "normalize_axes", "remove_if_dead", "scalar"]
 

@@ -51,10 +51,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchContext, MatchResult
-from sftonnx.passes.fusion._helpers import MISSING, node_axes, normalize_axes
-from sftonnx.passes.fusion._rules import FusionPass, FusionRule, inspect_linear, validate_ops
 
 from sftonnx.ir_utils import attr
+from sftonnx.passes.fusion._helpers import MISSING, node_axes, normalize_axes
+from sftonnx.passes.fusion._rules import FusionPass, FusionRule, inspect_linear, validate_ops
 
 __all__ = ["CollapseLayoutPass", "FoldInputNormPass", "FoldPadPass"]
 

@@ -322,6 +322,10 @@ class _GeluRule(FusionRule):
             return failed
         if any(n.attributes for n in context.nodes):
             return self.fail(context, "unsupported_attribute")
+        if self.context.array(one) is None or self.context.array(half) is None:
+            # Another association of the products bound a tensor where a constant belongs: not this
+            # variant, and no reason about the site (the variant that fits reports it).
+            return MatchResult().fail("1 or 0.5 not a constant")
         if not close_to(self.context, one, 1.0) or not close_to(self.context, half, 0.5):
             return self.fail(context, "constant_mismatch", "1 or 0.5")
         inner = self.inner_nodes(arg, x)
