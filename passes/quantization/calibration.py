@@ -125,22 +125,25 @@ class TensorHistogram:
 
     def update(self, array: np.ndarray) -> None:
         """Add the values of ``array`` (any shape, any float dtype)."""
-        data = np.asarray(array, dtype=np.float64).ravel()
+        data = np.asarray(array).ravel()
+        if data.dtype not in (np.float32, np.float64):
+            data = data.astype(np.float32)
         if data.size == 0:
             return
-        finite = np.isfinite(data)
-        if not finite.all():
+        low, high = float(data.min()), float(data.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            finite = np.isfinite(data)
             self.nonfinite += int((~finite).sum())
             data = data[finite]
             if data.size == 0:
                 return
-        low, high = float(data.min()), float(data.max())
+            low, high = float(data.min()), float(data.max())
         self.min, self.max = min(self.min, low), max(self.max, high)
         self.count += int(data.size)
         amax = max(abs(low), abs(high))
         if amax == 0.0:
             if self.exponent is None:
-                self.exponent = -1074 + 60  # any width works for zeros; grown later if needed
+                self.exponent = -1000  # any width holds zeros; grown when non-zero values arrive
             self.counts[self.half] += data.size
             return
         needed = self._exponent_for(amax)
@@ -148,7 +151,10 @@ class TensorHistogram:
             self.exponent = needed
         elif needed > self.exponent:
             self._grow(needed)
-        index = np.floor(data / self.width).astype(np.int64) + self.half
+        # x * 2**-e is exact in binary floating point, so float32 data bins exactly as in float64
+        scaled = data * data.dtype.type(math.ldexp(1.0, -self.exponent))
+        index = np.floor(scaled, out=scaled).astype(np.int64)
+        index += self.half
         np.clip(index, 0, self.bins - 1, out=index)
         self.counts += np.bincount(index, minlength=self.bins)
 

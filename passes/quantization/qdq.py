@@ -181,19 +181,26 @@ def ort_optimized_graph(source: bytes, level: str = "extended") -> onnx.GraphPro
     return proto.graph
 
 
-def float_islands(graph: onnx.GraphProto, names: Iterable[str]) -> tuple[set[str], collections.Counter[str]]:
-    """Which of ``names`` onnxruntime runs in float (reading a DequantizeLinear output), and its int8 ops.
+def float_islands(
+    graph: onnx.GraphProto, names: Iterable[str]
+) -> tuple[set[str], collections.Counter[str], collections.Counter[str]]:
+    """Which of ``names`` onnxruntime runs in float (reading a DequantizeLinear output), and its op counts.
 
     A node is matched by name, or by a name onnxruntime derived from it (``<name>_...`` after its own fusions).
+
+    Returns:
+        ``(islands, integer kernels by op type, float ops reading dequantized tensors by op type)``.
     """
     produced_by_dq = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     wanted = set(names)
     islands: set[str] = set()
+    float_ops: collections.Counter[str] = collections.Counter()
     for node in graph.node:
         if node.op_type in _QDQ_OPS or node.op_type in INTEGER_OPS:
             continue
         if not any(i in produced_by_dq for i in node.input):
             continue
+        float_ops[node.op_type] += 1
         if node.name in wanted:
             islands.add(node.name)
             continue
@@ -201,7 +208,7 @@ def float_islands(graph: onnx.GraphProto, names: Iterable[str]) -> tuple[set[str
             if node.name.startswith(name + "_"):
                 islands.add(name)
     int_ops = collections.Counter(n.op_type for n in graph.node if n.op_type in INTEGER_OPS)
-    return islands, int_ops
+    return islands, int_ops, float_ops
 
 
 # ------------------------------------------------------------------------------------------------ sites
@@ -297,6 +304,42 @@ def _is_const(value: ir.Value | None) -> bool:
     return value is not None and constant_array(value) is not None
 
 
+def _scalar_constant(value: ir.Value | None) -> np.ndarray | None:
+    """``constant_array`` plus Constant nodes written with ``value_float(s)``/``value_int(s)``."""
+    array = constant_array(value)
+    if array is not None or value is None:
+        return array
+    producer = value.producer()
+    if producer is None or not is_op(producer, "Constant"):
+        return None
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                       ("value_ints", np.int64)):
+        if key in producer.attributes:
+            return np.asarray(producer.attributes[key].value, dtype=dtype)
+    return None
+
+
+def folded_constant(value: ir.Value | None) -> np.ndarray | None:
+    """A constant, also through ``Cast``/``CastLike`` of a constant (exporters emit ``CastLike(6.0, x)``)."""
+    array = _scalar_constant(value)
+    if array is not None or value is None:
+        return array
+    producer = value.producer()
+    if producer is None or producer.op_type not in ("Cast", "CastLike") or producer.domain not in ("", "ai.onnx"):
+        return None
+    inner = _scalar_constant(producer.inputs[0]) if producer.inputs else None
+    if inner is None:
+        return None
+    if producer.op_type == "Cast":
+        target = attr(producer, "to")
+        dtype = ir.DataType(target).numpy() if target is not None else None
+    else:
+        like = producer.inputs[1] if len(producer.inputs) > 1 else None
+        dtype = like.dtype.numpy() if like is not None and like.dtype is not None else None
+    # an untyped CastLike target: the caller only quantizes float32 tensors, so float32 is what it needs
+    return inner.astype(dtype if dtype is not None else np.float32)
+
+
 def _site(node: ir.Node, per_channel: bool) -> Site | str:
     op = node.op_type
     inputs = list(node.inputs)
@@ -369,7 +412,7 @@ def _site(node: ir.Node, per_channel: bool) -> Site | str:
         return "maxpool_indices_used"
     if op == "Clip":
         for extra in inputs[1:]:
-            if extra is not None and not _is_const(extra):
+            if extra is not None and folded_constant(extra) is None:
                 return "clip_bounds_not_constant"
     if _is_const(inputs[0]):
         return "input_not_float"
@@ -931,6 +974,8 @@ class QuantizeStaticPass(SftPass):
         warnings: list[str] = []
         _upgrade_opset(model, report)
         _name_nodes(model.graph)
+        if folded := _fold_clip_bounds(model):
+            details["clip_bounds_folded"] = folded
         symmetric = self.activation == "int8"
         activation = self.activation
         if self.target == "tensorrt" and not symmetric:
@@ -1002,8 +1047,9 @@ class QuantizeStaticPass(SftPass):
                     optimized = ort_optimized_graph(io.to_bytes(quantized))
                 except Exception as error:  # onnxruntime refused our model: a bug, but never ship it
                     raise RuntimeError(f"onnxruntime cannot load the quantized model: {error}") from error
-                islands, int_ops = float_islands(optimized, plan.chosen)
+                islands, int_ops, float_ops = float_islands(optimized, plan.chosen)
                 details["int8_ops"] = dict(sorted(int_ops.items()))
+                details["float_ops_on_dequantized"] = dict(sorted(float_ops.items()))
                 islands -= set(kernel_drops)
                 if not islands:
                     break
@@ -1043,6 +1089,35 @@ class QuantizeStaticPass(SftPass):
         report.changes.update({k: v for k, v in counts.items() if v})
         adopt_model(model, quantized)
         model.opset_imports.update(quantized.opset_imports)
+
+
+def _fold_clip_bounds(model: ir.Model) -> int:
+    """Clip bounds computed by Cast/CastLike of constants become float initializers (an exact rewrite).
+
+    Exporters emit ``Clip(x, CastLike(0.0, x), CastLike(6.0, x))``; the CastLike nodes read ``x`` too, so
+    ``x`` would have three readers and the Clip could not be folded into the producer's Q, and onnxruntime
+    only removes a Clip whose bounds are initializers.
+    """
+    folded = 0
+    for node in model.graph:
+        if not is_op(node, "Clip"):
+            continue
+        for index in (1, 2):
+            value = node.inputs[index] if index < len(node.inputs) else None
+            if value is None or constant_array(value) is not None:
+                continue
+            array = folded_constant(value)
+            if array is None:
+                continue
+            name = f"{value.name}_folded"
+            while name in model.graph.initializers:
+                name += "_"
+            node.replace_input_with(index, _initializer(model.graph, name, np.asarray(array, np.float32),
+                                                        model.ir_version))
+            folded += 1
+    if folded:
+        RemoveUnusedNodesPass()(model)
+    return folded
 
 
 def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
