@@ -783,7 +783,8 @@ class ChannelGraph:
 
         removed = np.isin(self.roots, np.fromiter(removed_roots, dtype=np.int64, count=len(removed_roots)))
         stats: Counter[str] = Counter()
-        means = means or {}
+        # Keyed by space: an edit may rename a value (Reshape -> Flatten) before its consumer is rewritten.
+        means = {id(space): means[value] for value, space in self.spaces.items() if value in (means or {})}
         self.replaced: list[ir.Value] = []
         self.pending_biases: list[tuple[ir.Node, np.ndarray]] = []
         #: Consumers whose input lost channels: ``(node, kept output channels or None)``, for reconstruction.
@@ -828,8 +829,8 @@ class ChannelGraph:
         if changed_x:
             stats["consumers_rewritten"] += 1
             self.rewritten.append((node, keep_y if changed_y else None))
-            if xs.value in means:
-                delta = reconstruction.removed_contribution_conv(weight, means[xs.value], keep_x)
+            if id(xs) in means:
+                delta = reconstruction.removed_contribution_conv(weight, means[id(xs)], keep_x)
                 new_bias = delta if new_bias is None else new_bias + delta.astype(new_bias.dtype)
                 stats["biases_compensated"] += 1
             new_weight = new_weight[:, keep_x]
@@ -865,8 +866,8 @@ class ChannelGraph:
         if changed_a:
             stats["consumers_rewritten"] += 1
             self.rewritten.append((node, keep_y if changed_y else None))
-            if a.value in means:
-                delta = alpha * reconstruction.removed_contribution_matmul(kn, means[a.value], keep_a)
+            if id(a) in means:
+                delta = alpha * reconstruction.removed_contribution_matmul(kn, means[id(a)], keep_a)
                 bias = delta if bias is None else bias + delta
                 stats["biases_compensated"] += 1
             kn = kn[keep_a]
@@ -891,8 +892,8 @@ class ChannelGraph:
         if changed_a:
             stats["consumers_rewritten"] += 1
             self.rewritten.append((node, keep_y if changed_y else None))
-            if a.value in means:
-                delta = reconstruction.removed_contribution_matmul(weight, means[a.value], keep_a)
+            if id(a) in means:
+                delta = reconstruction.removed_contribution_matmul(weight, means[id(a)], keep_a)
                 self.pending_biases.append((node, delta[keep_y] if changed_y else delta))
             new = new[keep_a]
         if changed_y:

@@ -42,7 +42,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Rows (patches) accumulated per layer at most, spread evenly over the calibration batches.
-MAX_ROWS = 20000
+MAX_ROWS = 8192
 
 
 def removed_contribution_conv(weight: np.ndarray, mean: np.ndarray, keep: np.ndarray) -> np.ndarray:
