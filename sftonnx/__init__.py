@@ -32,7 +32,6 @@ _LAZY = {
     "optimize": "sftonnx.api",
     "inspect": "sftonnx.api",
     "OptimizeResult": "sftonnx.api",
-    "benchmark": "sftonnx.api",
     "compare": "sftonnx.api",
     "load": "sftonnx.io",
     "save": "sftonnx.io",

@@ -15,6 +15,7 @@ import tempfile
 from typing import Literal
 
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from sftonnx import io
 from sftonnx.errors import PassConfigError
@@ -59,6 +60,14 @@ class OrtOfflinePass(SftPass):
         from sftonnx.verify import make_session
 
         before = _all_nodes(model)
+        # IR < 4 models list initializers as graph inputs too: onnxruntime then treats them as overridable
+        # inputs and writes a graph that still expects them. Make them plain constants first (as onnxsim does).
+        overridable = sum(1 for value in model.graph.inputs if value.name in model.graph.initializers)
+        if overridable:
+            common_passes.RemoveInitializersFromInputsPass()(model)
+            report.details["initializer_inputs_removed"] = overridable
+        if model.ir_version < 4:  # IR 3 requires every initializer to be a graph input
+            model.ir_version = 4
         with tempfile.TemporaryDirectory(prefix="sftonnx-ort-") as folder:
             path = os.path.join(folder, "optimized.onnx")
             make_session(io.to_bytes(model), optimization=self.level, optimized_model_path=path)
