@@ -7,6 +7,7 @@ README list exactly what exists.
 
 from __future__ import annotations
 
+from sftonnx.pass_infra import SftPass
 from sftonnx.passes.cleanup import (
     DeduplicateInitializersPass,
     EliminateCommonSubexpressionsPass,
@@ -20,8 +21,6 @@ from sftonnx.passes.fusion.matmul_add import FuseMatMulAddPass
 from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
 from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
 from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
-
-from sftonnx.pass_infra import SftPass
 
 __all__ = ["PRESETS", "PRESET_DOCS", "REGISTRY"]
 

@@ -144,7 +144,13 @@ def optimize(
     model: Annotated[pathlib.Path, typer.Argument(help="Input .onnx model.")],
     output: Annotated[pathlib.Path, typer.Argument(help="Where to write the optimized model.")],
     passes: Annotated[str | None, typer.Option(help='Pass spec, e.g. "simplify,fold-bn,prune{rate=0.3}".')] = None,
-    preset: Annotated[str, typer.Option(help="Preset used when --passes is not given.")] = "lossless",
+    preset: Annotated[
+        str | None, typer.Option(help="Preset used when --passes is not given (default: by --target).")
+    ] = None,
+    target: Annotated[
+        str,
+        typer.Option(help="standard: portable ONNX (preset lossless); ort: onnxruntime contrib ops (preset fast-cpu)."),
+    ] = "standard",
     data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
@@ -174,11 +180,15 @@ def optimize(
     progress = None
     if not quiet and err.is_terminal:
         progress = lambda i, n, name: err.print(f"[{i + 1}/{n}] {name}", style="dim")  # noqa: E731
+    if target not in ("standard", "ort"):
+        from sftonnx.errors import InputError
+
+        raise InputError(f"--target must be standard or ort, got '{target}'")
     result = api.optimize(
         model,
         output,
         passes=passes,
-        preset=preset,
+        preset=preset or ("fast-cpu" if target == "ort" else "lossless"),
         data=data,
         verify=not no_verify,
         input_shapes=input_shape,
@@ -258,7 +268,8 @@ def inspect(
         plan = summary["memory"]
         out.print(
             f"memory plan: peak live activations {_fmt_bytes(plan.get('peak_activation_bytes'))}, "
-            f"arena with reuse {_fmt_bytes(plan.get('arena_bytes'))}, without reuse {_fmt_bytes(plan.get('sum_bytes'))}",
+            f"arena with reuse {_fmt_bytes(plan.get('arena_bytes'))}, "
+            f"without reuse {_fmt_bytes(plan.get('sum_bytes'))}",
             markup=False,
         )
     for note in summary.get("input_notes", []):

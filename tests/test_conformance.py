@@ -16,11 +16,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from sftonnx.passes import PRESETS, REGISTRY
 
 from sftonnx import io
 from sftonnx.errors import InputError
 from sftonnx.pass_infra import Numerics
+from sftonnx.passes import PRESETS, REGISTRY
 from sftonnx.pipeline import Pipeline, build_passes
 from tests.helpers import EXACT_ATOL, EXACT_RTOL, LIGHT_MODELS, ONNX_DATA, assert_same_outputs, session
 

@@ -56,7 +56,6 @@ class OrtOfflinePass(SftPass):
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Let onnxruntime optimize a copy and adopt the saved graph."""
         from sftonnx.passes.cleanup import _all_nodes, _count_node_delta
-
         from sftonnx.verify import make_session
 
         before = _all_nodes(model)
