@@ -251,7 +251,13 @@ def inspect(
             out.print(f"  {kind[:-1]:6} {item['name']}: {item['dtype']}{item['shape']}", markup=False)
     out.print(
         f"  nodes {summary.get('node_count')}, params {_fmt_int(summary.get('params'))} "
-        f"({_fmt_bytes(summary.get('param_bytes'))}), MACs {_fmt_int(summary.get('macs_total'))}, "
+        f"({_fmt_bytes(summary.get('param_bytes'))})"
+        + (
+            f" + {_fmt_int(summary['generated_params'])} generated at run time by ConstantOfShape"
+            if summary.get("generated_params")
+            else ""
+        )
+        + f", MACs {_fmt_int(summary.get('macs_total'))}, "
         f"peak activations {_fmt_bytes(summary.get('peak_activation_bytes'))}, "
         f"file {_fmt_bytes(summary.get('file_size'))}",
         markup=False,
