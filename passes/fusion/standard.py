@@ -191,11 +191,12 @@ class _FoldInputAffineRule(FusionRule):
     def check(self, context: MatchContext, x: ir.Value, c: ir.Value, normalized: ir.Value, conv: ir.Value,
               **_) -> MatchResult:
         """Guards, in order; each failure names the skip key counted by the pass."""
-        if (failed := self.check_intermediates(context)) is not None:
-            return failed
         operand = self.context.array(c)
         if operand is None:
-            return self.fail(context, "operand_not_constant")
+            # Not an affine map (a residual Add of two tensors, say): no site, so no skip is counted.
+            return MatchResult().fail("operand not constant")
+        if (failed := self.check_intermediates(context)) is not None:
+            return failed
         conv_node = self.producer_of(conv)
         if unknown := set(conv_node.attributes) - _CONV_ATTRIBUTES:
             return self.fail(context, "unsupported_attribute", f"Conv {sorted(unknown)}")
@@ -271,11 +272,12 @@ class FoldInputNormPass(FusionPass):
 
     Matches ``Conv(Op(x, c), W[, b])`` for ``Op`` in ``ops`` (``c`` on either side of Mul/Add) anywhere in
     the model, typically an input normalization ``(x - mean) / std`` feeding the first Conv, which folds one
-    op per step (formulas and the padding condition in the module docstring).
+    op per step (formulas and the padding condition in the module docstring). An op whose other operand
+    is not a constant is no site (it is not an affine map) and is not counted.
 
     Declines (``skipped`` keys): ``intermediate_is_graph_output``, ``intermediate_has_other_consumers`` (the
-    normalized tensor is a graph output / read by another node), ``operand_not_constant``,
-    ``unsupported_attribute``, ``operand_changes_shape``, ``operand_not_per_channel``, ``operand_not_finite``
+    normalized tensor is a graph output / read by another node), ``unsupported_attribute``,
+    ``operand_changes_shape``, ``operand_not_per_channel``, ``operand_not_finite``
     (e.g. a zero std), ``conv_pads_nonzero`` (a shift before a padding Conv: the padded border would differ),
     and the Conv checks ``weight_not_constant``, ``weight_shared``, ``unsupported_dtype``,
     ``unsupported_weight_shape``, ``bias_not_constant``, ``unsupported_bias_shape``.

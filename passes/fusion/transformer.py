@@ -477,9 +477,9 @@ class FuseGeluPass(FusionPass):
 
     Opset: ``Gelu`` is an opset-20 op. Below 20 every site is declined as ``opset_too_old``, unless
     ``upgrade_opset`` is set: then, when :func:`opset_20_blockers` finds nothing, the default opset import
-    is raised to 20 (counted as ``opset_upgraded``) -- only if at least one site fused; otherwise the
-    model is left as it was and ``skipped['opset_upgrade_blocked']`` counts a blocked upgrade (the reasons
-    are logged and kept in ``details['opset_blockers']``).
+    is raised to 20 (counted as ``opset_upgraded``) -- only if at least one site fused, else the model is
+    left as it was. When a GELU was found but the upgrade is blocked, ``skipped['opset_upgrade_blocked']``
+    counts it and ``details['opset_blockers']`` says why.
 
     Declines (``skipped`` keys): ``opset_too_old``, ``opset_upgrade_blocked``,
     ``intermediate_is_graph_output``, ``intermediate_has_other_consumers``, ``unsupported_attribute``,
@@ -510,19 +510,20 @@ class FuseGeluPass(FusionPass):
         """Apply the rules (after a tentative opset upgrade) and remove the replaced inner nodes."""
         original = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         upgraded = False
+        blockers: list[str] = []
         if self.upgrade_opset and original < 20:
             blockers = opset_20_blockers(model)
-            if blockers:
-                logger.info("fuse-gelu: opset %d kept: %s", original, ", ".join(blockers))
-                report.details["opset_blockers"] = blockers
-                report.skipped["opset_upgrade_blocked"] += 1
-            else:
+            if not blockers:
                 model.opset_imports[""] = 20
                 upgraded = True
         context = _GeluContext(model)
         rules = [t.rule(context) for t in self.rule_types()]
         apply_rules(model, rules, [True] * len(rules), context, report)
         remove_if_dead(context.orphans)
+        if blockers and report.skipped.get("opset_too_old"):  # a blocked upgrade is news only with a site
+            logger.info("fuse-gelu: opset %d kept: %s", original, ", ".join(blockers))
+            report.details["opset_blockers"] = blockers
+            report.skipped["opset_upgrade_blocked"] += 1
         if upgraded:
             if sum(report.changes.values()):
                 report.changes["opset_upgraded"] = 1
