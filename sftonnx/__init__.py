@@ -48,7 +48,14 @@ if TYPE_CHECKING:
     from sftonnx.io import load, save
 
 
+_SUBMODULES = frozenset(
+    {"analysis", "api", "benchmark", "io", "ir_utils", "pass_infra", "passes", "pipeline", "verify"}
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"sftonnx.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sftonnx' has no attribute '{name}'")
