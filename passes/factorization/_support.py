@@ -8,6 +8,10 @@ batch by batch through :class:`~sftonnx.analysis.activations.ActivationRunner` (
   dilations as the Conv applies them), one ``(C_in/group * prod(kernel))``-square matrix per group, with
   patch entries ordered ``(channel, kernel offsets...)`` like ``W[o].reshape(-1)``. At most
   ``MAX_ROWS_PER_BATCH`` positions per batch are used (a seeded random subset).
+
+The estimate is shrunk towards a multiple of the identity by ``d / (d + 10 rows)`` (see
+:meth:`GramRequest.result`), so layers that see few rows (a pooler reading one token per sample) are not
+fitted to the handful of directions the calibration set happens to span.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ logger = logging.getLogger(__name__)
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16)
 #: Positions (rows) per calibration batch that enter an autocorrelation matrix.
 MAX_ROWS_PER_BATCH = 4096
+#: Shrinkage of autocorrelations towards the identity: ``a = d / (d + SHRINK_ROWS * rows)``.
+SHRINK_ROWS = 10
 #: Default when no rank criterion is given.
 DEFAULT_ENERGY = 0.9
 
@@ -356,10 +362,19 @@ class GramRequest:
         self.rows += cols.shape[-1]
 
     def result(self) -> np.ndarray | None:
-        """``E[x x^T]`` (``(group, d, d)``; group is 1 for matrices), or ``None`` without data."""
+        """Shrunk ``E[x x^T]`` (``(group, d, d)``; group is 1 for matrices), or ``None`` without data.
+
+        ``(1 - a) Sigma + a (tr(Sigma) / d) I`` with ``a = d / (d + 10 rows)``: with few rows ``Sigma`` is
+        rank-deficient and a whitened fit would treat every unseen input direction as free to drop (it
+        overfits the calibration set); the shrinkage fades as rows outnumber dimensions.
+        """
         if self.gram is None or self.rows == 0:
             return None
-        return self.gram / self.rows
+        sigma = self.gram / self.rows
+        dim = sigma.shape[-1]
+        alpha = dim / (dim + SHRINK_ROWS * self.rows)
+        scale = np.trace(sigma, axis1=-2, axis2=-1)[..., None, None] / dim
+        return (1 - alpha) * sigma + alpha * scale * np.eye(dim)
 
 
 def collect_grams(

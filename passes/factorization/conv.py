@@ -797,8 +797,9 @@ def _fill_pixels(model: ir.Model, convs: list[_Conv]) -> None:
         geo = conv.geometry
         conv.in_ratio = float(math.prod(geo.strides))
         conv.width_ratio = float(geo.strides[-1])
-        x = shapes.static_shape(conv.node.inputs[0]) if shapes is not None else None
-        if x is None or len(x) != geo.rank + 2:
+        info = shapes.info(conv.node.inputs[0]) if shapes is not None else None
+        x = info.shape if info is not None else None
+        if x is None or len(x) != geo.rank + 2 or not all(isinstance(d, int) and d > 0 for d in x[2:]):
             continue
         out = geo.output_size(x[2:])
         if min(out) <= 0:

@@ -214,12 +214,14 @@ class FactorizeGemmPass(SftPass):
         if node.op_type == "Gemm" and ir_utils.attr(node, "transB", 0):
             array = array.T
         rows = 1
-        shape = shapes.static_shape(node.inputs[0]) if shapes is not None else None
-        if shape is not None and len(shape) >= 2:
+        info = shapes.info(node.inputs[0]) if shapes is not None else None
+        if info is not None and info.shape is not None and len(info.shape) >= 2:
+            # symbolic dims (batch, or what inference could not resolve after a Reshape) count as 1
+            dims = [d if isinstance(d, int) and d > 0 else 1 for d in info.shape]
             if node.op_type == "Gemm":
-                rows = shape[1] if ir_utils.attr(node, "transA", 0) else shape[0]
+                rows = dims[1] if ir_utils.attr(node, "transA", 0) else dims[0]
             else:
-                rows = math.prod(shape[:-1])
+                rows = math.prod(dims[:-1])
         return _Site(node, np.asarray(array), max(int(rows), 1))
 
     def _choose(self, sites: list[_Site], report: PassReport) -> list[int | None]:

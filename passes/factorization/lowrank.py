@@ -16,7 +16,8 @@ A linear layer ``y = W x`` (``W`` is ``m x n``) is replaced by ``y = L (R x)`` w
 :class:`WeightedSVD` does both, batched over leading axes, with an optional left weight as well (the
 ``Sigma`` of the rows: ``||Sigma_l^{1/2} (M - L R)||``). Relative errors (``tail / total``) make layers
 comparable; :func:`allocate` spends a global MAC budget over per-layer options greedily by error removed
-per MAC along each layer's lower convex hull (a multiple-choice knapsack heuristic).
+per MAC along each layer's lower convex hull of still-affordable options (a multiple-choice knapsack
+heuristic).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ __all__ = [
     "Option",
     "WeightedSVD",
     "allocate",
-    "lower_hull",
     "psd_sqrt",
     "rank_for_energy",
     "rank_for_error",
@@ -214,65 +214,56 @@ class Option:
     choice: Any = None
 
 
-def lower_hull(options: Sequence[Option]) -> list[Option]:
-    """The options on the lower convex hull of (MACs, error), cheapest first, error strictly falling.
-
-    Dominated options (more MACs, no less error) and those above the hull never win a greedy step.
-    """
-    ordered = sorted(options, key=lambda o: (o.macs, o.error))
-    frontier: list[Option] = []
-    for option in ordered:
-        if frontier and option.error >= frontier[-1].error:
-            continue
-        frontier.append(option)
-    hull: list[Option] = []
-    for option in frontier:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # drop b when it lies on or above the segment a -> option
-            cross = (b.macs - a.macs) * (option.error - a.error) - (b.error - a.error) * (option.macs - a.macs)
-            if cross <= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(option)
-    return hull
-
-
 def allocate(candidates: Sequence[Sequence[Option]], mac_budget: float) -> tuple[list[Option], bool]:
     """Pick one option per layer so that total MACs stay within ``mac_budget`` and total error is low.
 
-    Every layer starts at its cheapest hull option; then the step (to the layer's next hull option) that
-    removes the most relative error per added MAC is taken while it fits the budget. A layer whose next
-    step does not fit is frozen. Each layer's list should contain its original (``choice=None``) option.
+    Every layer starts at its cheapest option. Then, repeatedly, the step that removes the most relative
+    error per added MAC is taken: for each layer the step goes to the option (among those with less error
+    whose extra MACs still fit the remaining budget) with the steepest error decrease per MAC, i.e. the
+    next vertex of the lower convex hull of the affordable options. Steps are re-evaluated lazily when the
+    remaining budget shrinks, so a large hull step that no longer fits gives way to smaller ones. Gains
+    below ``1e-12`` (round-off in the tail of a spectrum) are not worth MACs. Each layer's list should
+    contain its original (``choice=None``) option.
 
     Returns:
         The chosen option per layer, and whether the budget was met (``False`` when even the cheapest
         options exceed it; the cheapest are returned then).
     """
-    hulls = [lower_hull(options) for options in candidates]
-    position = [0] * len(hulls)
-    total = sum(h[0].macs for h in hulls)
+    pools = [sorted(options, key=lambda o: (o.macs, o.error)) for options in candidates]
+    current = [pool[0] for pool in pools]
+    total = sum(option.macs for option in current)
     met = total <= mac_budget * (1 + 1e-12)
+
+    def best_step(layer: int) -> tuple[float, Option] | None:
+        here = current[layer]
+        room = mac_budget - total
+        best: tuple[float, Option] | None = None
+        for option in pools[layer]:
+            gain = here.error - option.error
+            cost = option.macs - here.macs
+            if gain <= 1e-12 or cost > room:
+                continue
+            slope = gain / max(cost, 1e-12)
+            if best is None or slope > best[0]:
+                best = (slope, option)
+        return best
+
     heap: list[tuple[float, int]] = []
-
-    def push(layer: int) -> None:
-        index = position[layer]
-        hull = hulls[layer]
-        if index + 1 < len(hull):
-            gain = hull[index].error - hull[index + 1].error
-            cost = max(hull[index + 1].macs - hull[index].macs, 1e-12)
-            heapq.heappush(heap, (-gain / cost, layer))
-
-    for layer in range(len(hulls)):
-        push(layer)
+    for layer in range(len(pools)):
+        step = best_step(layer)
+        if step is not None:
+            heapq.heappush(heap, (-step[0], layer))
     while heap:
-        _, layer = heapq.heappop(heap)
-        index = position[layer]
-        step = hulls[layer][index + 1].macs - hulls[layer][index].macs
-        if total + step > mac_budget:
-            continue  # frozen: later steps of this layer cost even more
-        total += step
-        position[layer] = index + 1
-        push(layer)
-    return [h[p] for h, p in zip(hulls, position, strict=True)], met
+        negative, layer = heapq.heappop(heap)
+        step = best_step(layer)
+        if step is None:
+            continue
+        if step[0] < -negative * (1 - 1e-9):  # the budget shrank since this entry: re-queue at its new slope
+            heapq.heappush(heap, (-step[0], layer))
+            continue
+        total += step[1].macs - current[layer].macs
+        current[layer] = step[1]
+        following = best_step(layer)
+        if following is not None:
+            heapq.heappush(heap, (-following[0], layer))
+    return current, met
