@@ -133,3 +133,17 @@ def test_inspect_json_light_model():
     data = json.loads(result.stdout)
     assert data["op_histogram"]["Conv"] == 26
     assert data["memory"]["peak_activation_bytes"] > 0
+
+
+def test_optimize_never_imports_torch(tiny_path, tmp_path):
+    code = (
+        "import sys; from sftonnx import cli\n"
+        "sys.argv = ['sftonnx', 'optimize', sys.argv[1], sys.argv[2], '-q']\n"
+        "try:\n    cli.main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "import sftonnx.passes  # the whole registry\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_path), str(tmp_path / "o.onnx")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o.onnx").exists()
