@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections import Counter
 
 import onnx_ir as ir
@@ -80,7 +81,7 @@ class SimplifyPass(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Run onnxsim on a serialized copy and adopt its graph when it succeeds."""
-        import onnxsim  # heavy native module: import on use
+        onnxsim = _import_onnxsim()
 
         before = _all_nodes(model)
         common_passes.TopologicalSortPass()(model)
@@ -103,6 +104,26 @@ class SimplifyPass(SftPass):
             return
         adopt_model(model, new_model)
         _count_node_delta(before, _all_nodes(model), report)
+
+
+def _import_onnxsim():
+    """Import onnxsim on first use, without letting it import torch.
+
+    onnxsim probes for torch at import time (an optional PPQ integration, wrapped in ``try``), which costs
+    seconds and hundreds of MB; ``sftonnx optimize`` must not load torch. Marking ``torch`` as unimportable
+    for the duration of the import makes that probe fail fast, as it does where torch is not installed.
+    """
+    if "onnxsim" in sys.modules:
+        return sys.modules["onnxsim"]
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        import onnxsim
+    finally:
+        if blocked and "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
+    return onnxsim
 
 
 class _WrappedPass(SftPass):

@@ -143,7 +143,11 @@ def test_optimize_never_imports_torch(tiny_path, tmp_path):
         "import sftonnx.passes  # the whole registry\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(tiny_path), str(tmp_path / "o.onnx")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_path), str(tmp_path / "o.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.onnx").exists()
