@@ -75,13 +75,13 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
-from sftonnx.passes.quantization import calibration as calib
-from sftonnx.passes.quantization.calibration import CalibrationSource, Range
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
 from sftonnx.ir_utils import adopt_model, attr, constant_array, is_op, opset_version
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.passes.quantization import calibration as calib
+from sftonnx.passes.quantization.calibration import CalibrationSource, Range
 
 __all__ = [
     "COMPUTE_OPS",
@@ -515,11 +515,12 @@ def make_plan(
         dropped: dict[str, str] = {}
 
         def need(tensor: str, node: str, source: bool = True) -> None:
-            needed.add(tensor)
-            groups.find(tensor)
-            users[tensor].add(node)
+            # closes over this iteration's collections only (called before the loop moves on)
+            needed.add(tensor)  # noqa: B023
+            groups.find(tensor)  # noqa: B023
+            users[tensor].add(node)  # noqa: B023
             if source:
-                sources.add(tensor)  # noqa: B023 - used within this loop iteration only
+                sources.add(tensor)  # noqa: B023
 
         fused_producers: dict[str, str] = {}  # producer node -> activation node folded into it
         for name in chosen_set:
@@ -738,7 +739,9 @@ class _Builder:
         weight = constant_array(weight_value)
         assert weight is not None and weight_value is not None
         weight = weight.astype(np.float64)
-        input_scale = float(self.plan.params[site.acts[0]][0]) if site.acts and site.acts[0] in self.plan.params else None
+        input_scale = None
+        if site.acts and site.acts[0] in self.plan.params:
+            input_scale = float(self.plan.params[site.acts[0]][0])
         bias = None
         if site.bias is not None:
             bias_value = node.inputs[site.bias[1]]

@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from sftonnx.passes.quantization import calibration as calib
 
 from sftonnx import io, verify
 from sftonnx.ir_utils import attr, constant_array
+from sftonnx.passes.quantization import calibration as calib
 
 __all__ = [
     "bias_correction_inputs",
