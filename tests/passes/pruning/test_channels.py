@@ -315,7 +315,8 @@ g (float[1,3,4,4] x, float[4,3,1,1] w1, float[2,4,1,1] w2, float[2,4,1,1] w3, bo
 
 def test_channels_read_inside_if_bodies_are_left_whole():
     model = ir.from_onnx_text(IF_MODEL)
-    for name, array in {"w1": seeded((4, 3, 1, 1)), "w2": seeded((2, 4, 1, 1), 1), "w3": seeded((2, 4, 1, 1), 2)}.items():
+    arrays = {"w1": seeded((4, 3, 1, 1)), "w2": seeded((2, 4, 1, 1), 1), "w3": seeded((2, 4, 1, 1), 2)}
+    for name, array in arrays.items():
         value = next(v for v in model.graph.inputs if v.name == name)
         model.graph.inputs.remove(value)
         value.const_value = ir.tensor(array, name=name)
