@@ -975,6 +975,7 @@ class QuantizeStaticPass(SftPass):
 
         details = report.details
         warnings: list[str] = []
+        original = io.to_bytes(model)  # restored as is when int8 turns out slower
         _upgrade_opset(model, report)
         _name_nodes(model.graph)
         if folded := _fold_clip_bounds(model):
@@ -998,7 +999,6 @@ class QuantizeStaticPass(SftPass):
         if subgraph_nodes:
             report.skipped["subgraph"] += subgraph_nodes
 
-        original = io.to_bytes(model)
         source = CalibrationSource(self.calibration_data, model, batch_size=self.batch_size,
                                    max_samples=self.max_samples or None, allow_random=self.allow_random)
         details["calibration"] = source.description
