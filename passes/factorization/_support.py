@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "conv_patches",
     "layer_name",
     "make_criterion",
+    "printable_options",
     "resolve_weight",
     "sites",
     "validate_layers",
@@ -126,6 +128,14 @@ def validate_layers(pass_name: str, layers: Sequence[str], known: Iterable[str])
         )
 
 
+def printable_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``calibration_data`` unless it is a path (feed dicts in memory have no spec spelling)."""
+    data = options.get("calibration_data")
+    if data is not None and not isinstance(data, (str, os.PathLike)):
+        options = {k: v for k, v in options.items() if k != "calibration_data"}
+    return options
+
+
 def layer_name(node: ir.Node) -> str:
     """The name a node is reported under: its name, else its first output's name."""
     return node.name or (node.outputs[0].name if node.outputs and node.outputs[0].name else node.op_type)
@@ -160,7 +170,9 @@ def resolve_weight(value: ir.Value | None) -> tuple[np.ndarray | None, str | Non
 
     Accepts an initializer (not an overridable graph input), a ``Constant`` node, and ``Transpose`` or
     ``Identity`` of those (exporters emit ``Transpose(W)`` for ``x @ W^T``). Every value on that chain must
-    have one reader, or factoring would duplicate a weight other nodes keep reading.
+    have one reader, or factoring would duplicate a weight other nodes keep reading (``Shape``/``Size``
+    consumers, as exporters emit to build zero biases, do not count: the original stays for them until
+    constant folding removes them).
 
     Returns:
         ``(array, None)`` or ``(None, "weight_not_constant" | "weight_shared")``.
@@ -196,13 +208,20 @@ def resolve_weight(value: ir.Value | None) -> tuple[np.ndarray | None, str | Non
         return None, "weight_not_constant"
     if array is None:
         return None, "weight_not_constant"
-    if any(len(v.uses()) > 1 or v.is_graph_output() for v in chain):
+    if any(_readers(v) > 1 or v.is_graph_output() for v in chain):
         return None, "weight_shared"
     for perm in reversed(transforms):
         if perm is None:
             continue
         array = np.transpose(array, perm if perm else None)
     return np.asarray(array), None
+
+
+def _readers(value: ir.Value) -> int:
+    """Nodes that read ``value``'s contents (``Shape``/``Size`` read only its metadata, which stays valid)."""
+    return sum(
+        1 for use in value.uses() if not (use.node.op_type in ("Shape", "Size") and use.node.domain in ("", "ai.onnx"))
+    )
 
 
 class NameTable:

@@ -506,3 +506,19 @@ def test_digits_data_aware_half_budget_keeps_accuracy(mode):
     # the Gemm is untouched, so the model keeps a bit more than half of its MACs
     assert row.after.macs < 0.6 * row.before.macs
     assert digits_accuracy(result.model) >= DIGITS_MIN_ACCURACY
+
+
+def test_hooi_iterations_never_increase_the_weight_error():
+    errors = []
+    for iterations in (0, 1, 4):
+        model = conv_model(cin=12, cout=16, w=seeded((16, 12, 3, 3), 8))
+        report = FactorizeConvPass(mode="tucker", rank=4, iterations=iterations)(model)
+        errors.append(report.details["layers"]["y"]["weight_error"])
+    assert errors[0] >= errors[1] - 1e-9 >= errors[2] - 2e-9
+    assert errors[2] < errors[0]
+
+
+def test_spec_leaves_in_memory_calibration_data_out():
+    data = [{"x": seeded((2, 6, 11, 9), 1)}]
+    assert FactorizeConvPass(mode="tucker", calibration_data=data).spec() == "factorize-conv{mode=tucker}"
+    assert "calibration_data=c.npz" in FactorizeConvPass(calibration_data="c.npz").spec()
