@@ -51,9 +51,24 @@ def _weight_status(model: ir.Model, node: ir.Node) -> str | None:
         return "weight_not_constant"  # a graph input with a default: the caller may feed another
     if weight.const_value.dtype not in _FLOAT_TYPES:
         return "unsupported_dtype"
-    if len(weight.uses()) > 1 or weight.is_graph_output():
+    if len(_value_readers(weight)) > 1 or weight.is_graph_output():
         return "weight_shared"
     return None
+
+
+def _value_readers(value: ir.Value) -> list[ir.Node]:
+    """Nodes that read the value's contents.
+
+    ``Shape``/``Size`` and ``CastLike``'s type input read only metadata, which zeroing keeps (torch's
+    unoptimized export builds every conv bias from ``Shape(W)``).
+    """
+    readers = []
+    for use in value.uses():
+        node = use.node
+        metadata = node.op_type in ("Shape", "Size") or (node.op_type == "CastLike" and use.idx == 1)
+        if not (metadata and node.domain in ("", "ai.onnx")):
+            readers.append(node)
+    return readers
 
 
 def _compressed_size(arrays: list[np.ndarray]) -> int:
@@ -69,8 +84,9 @@ class PruneMagnitudePass(SftPass):
     are the most sensitive; with fewer there would be nothing left to prune). Local functions are not
     visited (``details['functions_not_visited']``).
 
-    Declines (``skipped`` keys): ``weight_not_constant``, ``weight_shared`` (another node reads it, or it
-    is a graph output: never edited), ``unsupported_dtype``, ``first_or_last_layer``.
+    Declines (``skipped`` keys): ``weight_not_constant``, ``weight_shared`` (another node reads its values,
+    or it is a graph output: never edited; ``Shape``/``Size`` readers do not count), ``unsupported_dtype``,
+    ``first_or_last_layer``.
 
     Statistics: changes ``tensors_pruned``, ``weights_zeroed`` (elements that were non-zero and are now
     zero). ``details``: ``layers`` (per weight: ``size``, ``zeroed``, ``sparsity``), ``sparsity`` (over the

@@ -142,3 +142,14 @@ def test_prune_nothing_prunable_is_a_precondition_error():
     assert error.value.exit_code == 2
     report = Pipeline([(PruneMagnitudePass(), True)]).run(ir.from_onnx_text(NOTHING))  # from a preset
     assert report.rows[0].status == "skipped"
+
+
+def test_prune_ignores_shape_readers_when_checking_sharing():
+    text = f"""{HEADER}
+    g (float[2,4] x, float[4,3] w) => (float[2,3] y, int64[2] s) {{
+        y = MatMul(x, w)
+        s = Shape(w)
+    }}"""
+    model = make_model(text, w=seeded((4, 3)))
+    report = PruneMagnitudePass(rate=0.5)(model)
+    assert report.changes == {"tensors_pruned": 1, "weights_zeroed": 6}
