@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from sftonnx.errors import InputError, PassConfigError
 from sftonnx.passes.quantization.calibration import (
     METHODS,
     CalibrationSource,
@@ -13,8 +15,6 @@ from sftonnx.passes.quantization.calibration import (
     compute_range,
     quant_params,
 )
-
-from sftonnx.errors import InputError, PassConfigError
 from tests.helpers import make_model, seeded
 
 MLP = """<ir_version: 8, opset_import: ["" : 17]>

@@ -7,10 +7,10 @@ import pathlib
 import numpy as np
 import onnx_ir as ir
 import pytest
-from sftonnx.passes.quantization import QuantizeStaticPass, qdq
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.quantization import QuantizeStaticPass, qdq
 from tests.helpers import make_model, seeded
 from tests.passes.quantization.support import (
     DIGITS_MAX_DROP,
@@ -106,7 +106,8 @@ def test_conv_weight_per_channel_axis0_bias_int32_and_relu_folded():
     assert bias_dq.inputs[0].const_value.dtype == ir.DataType.INT32
     input_scale = dq_of(model, conv, 0).inputs[1].const_value.numpy()
     weight_scale = weight_dq.inputs[1].const_value.numpy()
-    np.testing.assert_array_equal(bias_dq.inputs[1].const_value.numpy(), (input_scale * weight_scale).astype(np.float32))
+    bias_scale = bias_dq.inputs[1].const_value.numpy()
+    np.testing.assert_array_equal(bias_scale, (input_scale * weight_scale).astype(np.float32))
     # the Relu is folded: Conv output feeds Relu directly, one Q after the Relu (zero point 0 = qmin)
     assert conv.outputs[0].consumers()[0].op_type == "Relu"
     assert ops(model)["QuantizeLinear"] == 2
@@ -334,3 +335,23 @@ def test_digits_int8_accuracy_within_0_3_points(digits):
         accuracy[label] = float((logits.argmax(axis=1) == labels).mean())
     print(f"digits top-1: fp32 {accuracy['fp32']:.4f}, int8 {accuracy['int8']:.4f}")
     assert accuracy["int8"] >= accuracy["fp32"] - DIGITS_MAX_DROP / 100
+
+
+def test_conv_transpose_that_onnxruntime_runs_in_float_is_dequantized():
+    """onnxruntime has no int8 fusion for this ConvTranspose: check_kernels removes its Q/DQ pairs."""
+    model = make_model(CONV_TRANSPOSE, w=seeded((4, 6, 3, 3)), b=seeded((6,), seed=1))
+    report = quantize(model)
+    assert report.skipped == {"not_int8_in_onnxruntime": 1} and not report.modified
+    assert ops(model)["QuantizeLinear"] == 0
+
+
+def test_pipeline_end_to_end_with_budget():
+    from sftonnx.api import optimize
+    from sftonnx.verify import Budget
+
+    model = make_model(CONCAT, w1=seeded((3, 3, 1, 1)), w2=seeded((3, 3, 1, 1), seed=1),
+                       w3=seeded((6, 6, 1, 1), seed=2))
+    result = optimize(model, passes=[QuantizeStaticPass(calibration_data=feeds_for(model))],
+                      budget=Budget(min_cosine=INT8_MIN_COSINE), input_shapes={"x": (2, 3, 8, 8)})
+    assert result.verification.passed
+    assert result.report.rows[0].changes["nodes_quantized"] == 6

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sftonnx.passes.quantization import QuantizeStaticPass
-from sftonnx.passes.quantization.recovery import equalize_cross_layer, output_error
 
 from sftonnx import io
+from sftonnx.passes.quantization import QuantizeStaticPass
+from sftonnx.passes.quantization.recovery import equalize_cross_layer, output_error
 from tests.helpers import assert_same_outputs, make_model, seeded
 from tests.passes.quantization.support import feeds_for, mean_abs_error, min_cosine
 
@@ -113,9 +113,10 @@ def test_mixed_precision_keeps_the_most_sensitive_layer_float():
     assert sensitivity["error_final"] <= plain_error / 4
 
 
-@pytest.mark.parametrize(("metric", "expected"), [("cosine", 0.0), ("max_abs", 1.0), ("mean_abs", 0.5)])
-def test_output_error_metrics(metric, expected):
+@pytest.mark.parametrize(
+    ("metric", "actual", "expected"),
+    [("cosine", [2.0, 2.0], 0.0), ("max_abs", [2.0, 1.0], 1.0), ("mean_abs", [1.5, 1.5], 0.5)],
+)
+def test_output_error_metrics(metric, actual, expected):
     reference = [[np.array([1.0, 1.0])]]
-    actual = [[np.array([2.0, 2.0])]] if metric != "max_abs" else [[np.array([2.0, 1.0])]]
-    assert output_error(reference, actual if metric != "mean_abs" else [[np.array([1.5, 1.5])]], metric) == pytest.approx(
-        expected)
+    assert output_error(reference, [[np.array(actual)]], metric) == pytest.approx(expected)
