@@ -676,10 +676,18 @@ class ChannelGraph:
         splits_channels = (len(after) == len(before) + 1 and after[1: xs.axis] == before[1: xs.axis]
                            and isinstance(after[xs.axis], int) and isinstance(after[xs.axis + 1], int)
                            and after[xs.axis] * after[xs.axis + 1] == xs.size)
-        if splits_channels and users and all(u.op_type == "Transpose" for u in users):
-            self._block(xs, "channel_shuffle")
+        if splits_channels and users and all(self._merges_back(u, before) for u in users):
+            self._block(xs, "channel_shuffle")  # Reshape-Transpose-Reshape: a permutation of the channels
         else:
             self._block(xs, "unsupported_consumer:Reshape")
+
+    def _merges_back(self, node: ir.Node, shape: tuple) -> bool:
+        """Whether ``node`` is a Transpose whose readers are Reshapes back to ``shape`` (a channel shuffle)."""
+        if node.op_type != "Transpose":
+            return False
+        readers = [use.node for use in node.outputs[0].uses()]
+        return bool(readers) and all(
+            r.op_type == "Reshape" and (self.dims(r.outputs[0]) or ())[1:] == shape[1:] for r in readers)
 
     def _transpose(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
