@@ -15,9 +15,19 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+from sftonnx.passes.factorization.conv import FactorizeConvPass
+from sftonnx.passes.factorization.gemm import FactorizeGemmPass
 from sftonnx.passes.fusion.affine import FoldAffinePass
 from sftonnx.passes.fusion.batch_norm import FoldBatchNormPass
 from sftonnx.passes.fusion.matmul_add import FuseMatMulAddPass
+from sftonnx.passes.fusion.ort import FuseOrtPass
+from sftonnx.passes.fusion.standard import CollapseLayoutPass, FoldInputNormPass, FoldPadPass
+from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass
+from sftonnx.passes.pruning.channels import PruneChannelsPass
+from sftonnx.passes.pruning.magnitude import PruneMagnitudePass
+from sftonnx.passes.quantization.dynamic import QuantizeDynamicPass
+from sftonnx.passes.quantization.fp16 import ConvertFloat16Pass
+from sftonnx.passes.quantization.qdq import QuantizeStaticPass
 from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
 from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
 from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
@@ -27,29 +37,59 @@ __all__ = ["PRESETS", "PRESET_DOCS", "REGISTRY"]
 REGISTRY: dict[str, type[SftPass]] = {
     cls.name: cls
     for cls in (
+        # lossless clean-up
         SimplifyPass,
         EliminateIdentityPass,
         EliminateDeadNodesPass,
         EliminateCommonSubexpressionsPass,
         DeduplicateInitializersPass,
+        # lossless fusions (standard ONNX)
         FoldBatchNormPass,
         FoldAffinePass,
         FuseMatMulAddPass,
+        FoldPadPass,
+        FoldInputNormPass,
+        CollapseLayoutPass,
+        FuseLayerNormPass,
+        FuseGeluPass,
+        FuseSoftmaxPass,
+        # onnxruntime target
+        FuseOrtPass,
+        OrtOfflinePass,
+        # tensor reuse
         ShareWeightsPass,
         ScheduleMemoryPass,
-        OrtOfflinePass,
+        # lossy
+        QuantizeStaticPass,
+        QuantizeDynamicPass,
+        ConvertFloat16Pass,
+        PruneMagnitudePass,
+        PruneChannelsPass,
+        FactorizeGemmPass,
+        FactorizeConvPass,
     )
 }
 
 PRESETS: dict[str, str] = {
     "lossless": (
-        "simplify,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},matmul-add-to-gemm,eliminate-identity,cse,dedup,share-weights,"
-        "eliminate-dead,schedule-memory"
+        "simplify,fold-pad,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},"
+        "fold-input-norm,matmul-add-to-gemm,collapse-layout,fuse-layernorm,fuse-gelu,fuse-softmax,eliminate-identity,cse,dedup,"
+        "share-weights,eliminate-dead,schedule-memory"
     ),
-    "fast-cpu": "lossless,ort-offline{level=extended}",
+    "fast-cpu": "lossless,fuse-ort,ort-offline{level=extended}",
+    "int8": "lossless,quantize{method=minmax, ensure_faster=true}",
+    "int8-dynamic": "lossless,quantize-dynamic",
+    "fp16": "lossless,fp16{keep_io_types=true}",
+    "compact": "simplify,prune-channels{ratio=0.3, round_to=8},lossless",
+    "max": "simplify,prune-channels{ratio=0.3, round_to=8},lossless,quantize{method=minmax, ensure_faster=true}",
 }
 
 PRESET_DOCS: dict[str, str] = {
     "lossless": "Numerically equivalent folding, fusion and clean-up in standard ONNX; the default.",
-    "fast-cpu": "lossless, then onnxruntime's extended fusions saved offline (contrib ops: runs on onnxruntime only).",
+    "fast-cpu": "lossless, then onnxruntime contrib-op fusions saved offline (runs on onnxruntime only).",
+    "int8": "Static int8 QDQ (per-channel weights, calibrated on --calibration-data); kept only if faster.",
+    "int8-dynamic": "Dynamic int8 for MatMul/Gemm (transformers, MLPs); convs stay float.",
+    "fp16": "float16 weights and compute for GPUs, float32 inputs/outputs and numerically sensitive ops.",
+    "compact": "Structured pruning of 30% of channels (refit on --calibration-data when given), then lossless.",
+    "max": "compact, then static int8: the smallest and fastest, with the largest accuracy cost.",
 }

@@ -100,7 +100,9 @@ def _arrow(before: Any, after: Any, fmt: Callable[[Any], str]) -> str:
 
 def _report_table(report) -> Table:
     table = Table(title="passes", show_lines=False)
-    for column in ("pass", "status", "changes", "skipped", "time", "nodes", "params", "MACs", "error vs original"):
+    columns = ("pass", "status", "changes", "skipped", "time", "nodes", "params", "weights", "MACs")
+    columns += ("error vs original",)
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in report.rows:
         before, after = row.before, row.after or row.before
@@ -121,6 +123,7 @@ def _report_table(report) -> Table:
             f"{row.seconds:.2f}s",
             _arrow(before.nodes, after.nodes, str) if before and after else "?",
             _arrow(before.params, after.params, _fmt_int) if before and after else "?",
+            _arrow(before.param_bytes, after.param_bytes, _fmt_bytes) if before and after else "?",
             _arrow(before.macs, after.macs, _fmt_int) if before and after else "?",
             error,
         )

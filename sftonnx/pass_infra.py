@@ -25,6 +25,9 @@ __all__ = ["Numerics", "OptionInfo", "PassReport", "SftPass", "coerce_option", "
 
 logger = logging.getLogger(__name__)
 
+#: Constructor keywords that carry data handed over by the pipeline rather than options of the pass.
+_DATA_OPTIONS = frozenset({"calibration_data"})
+
 
 class Numerics(enum.Enum):
     """Whether a pass keeps the model's outputs (EXACT) or trades accuracy for speed/size (APPROXIMATE)."""
@@ -80,7 +83,12 @@ class SftPass(ir.passes.InPlacePass):
     def spec(self) -> str:
         """A spec string that rebuilds this pass, e.g. ``prune{rate=0.3}``."""
         defaults = {name: info.default for name, info in pass_options(type(self)).items()}
-        given = {k: v for k, v in self.options().items() if defaults.get(k, inspect.Parameter.empty) != v}
+        # Data options (calibration sets) are inputs of the run, not of the spec.
+        given = {
+            k: v
+            for k, v in self.options().items()
+            if k not in _DATA_OPTIONS and defaults.get(k, inspect.Parameter.empty) != v
+        }
         if not given:
             return self.name
         return self.name + "{" + ", ".join(f"{k}={_format_value(v)}" for k, v in given.items()) + "}"

@@ -78,9 +78,11 @@ class PruneChannelsPass(SftPass):
         max_ratio: With ``scope=global``, the largest fraction removed from any one layer.
         round_to: Keep a multiple of this many channels per layer (rounding up; 1 = no rounding).
         layers: Only prune layers with these node (or weight) names; coupled layers go along.
-        reconstruct: Refit each consumer by ridge least squares on calibration data (needs data).
+        reconstruct: Refit each consumer by ridge least squares on calibration data. ``None`` (default):
+            whenever calibration data is given; ``true`` demands data; ``false`` never.
         compensate_bias: With calibration data and no reconstruction, fold the removed channels' mean
-            contribution into the consumers' biases.
+            contribution into the consumers' biases. Off by default: it cut the logits' mean error but
+            lowered top-1 on the digits CNN (0.9648 to 0.9407 at 50%), while reconstruction kept 0.9796.
         ridge: Relative ridge strength of the refit.
         max_samples: Calibration samples used at most.
         calibration_data: An ``.npz`` path, a folder of ``.npz`` files or an iterable of feed dicts.
@@ -99,8 +101,8 @@ class PruneChannelsPass(SftPass):
         max_ratio: float = 0.9,
         round_to: int = 1,
         layers: tuple[str, ...] = (),
-        reconstruct: bool = False,
-        compensate_bias: bool = True,
+        reconstruct: bool | None = None,
+        compensate_bias: bool = False,
         ridge: float = 1e-2,
         max_samples: int = 256,
         calibration_data: Any = None,
@@ -128,7 +130,7 @@ class PruneChannelsPass(SftPass):
         self.max_ratio = float(max_ratio)
         self.round_to = int(round_to)
         self.layers = tuple(layers)
-        self.reconstruct = reconstruct
+        self.reconstruct = reconstruct if reconstruct is not None else calibration_data is not None
         self.compensate_bias = compensate_bias
         self.ridge = float(ridge)
         self.max_samples = int(max_samples)
