@@ -159,6 +159,19 @@ def optimize(
     """
     from sftonnx.passes import PRESETS, REGISTRY
 
+    if passes is None and preset == AUTO_PRESET:
+        # The accuracy-aware search: the output-error budget follows the lossy budget's cosine.
+        min_cosine = budget.min_cosine if budget is not None else None
+        return optimize_auto(
+            model,
+            output,
+            max_error=None if min_cosine is None else 1.0 - min_cosine,
+            data=data,
+            calibration_data=calibration_data,
+            input_shapes=input_shapes,
+            overwrite=overwrite,
+            external_data=external_data,
+        )
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
         _check_output(model, output_path, overwrite)
@@ -395,3 +408,180 @@ def compare(
 
 
 __all__ += ["benchmark", "compare"]
+
+
+# ------------------------------------------------------------------------------------------------ auto
+#: The preset name that runs the accuracy-aware search (:func:`optimize_auto`) instead of a fixed spec.
+AUTO_PRESET = "auto"
+
+
+@dataclasses.dataclass
+class AutoOptimizeResult(OptimizeResult):
+    """What :func:`optimize_auto` returns: the written model's result plus the search behind it.
+
+    Attributes:
+        search: The :class:`sftonnx.search.SearchResult` (candidates, Pareto front, sensitivities);
+            ``search.chosen.spec`` reproduces the model without search.
+    """
+
+    search: Any = None
+
+    def report_json(self) -> dict[str, Any]:
+        """The pipeline report with the search under ``auto`` (``auto.spec`` is the reproducer spec)."""
+        return self.report.to_json() | {"auto": self.search.to_json() if self.search is not None else None}
+
+
+def optimize_auto(
+    model: io.ModelSource,
+    output: str | os.PathLike | None = None,
+    *,
+    evaluate: str | os.PathLike | Callable[[Any], float] | None = None,
+    max_accuracy_drop: float | None = None,
+    max_error: float | None = None,
+    objective: str = "latency",
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    calibration_data: Any = None,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    ep: str = "cpu",
+    seed: int = 0,
+    workers: int = 1,
+    cache_dir: str | os.PathLike | None = None,
+    techniques: Iterable[str] | None = None,
+    presets: Iterable[str] | None = None,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    latency_runs: int = 100,
+    latency_seconds: float = 8.0,
+    progress: Callable[[float, float, str], None] | None = None,
+) -> AutoOptimizeResult:
+    """Search per-layer lossy configurations within an accuracy budget and write the best (``--preset auto``).
+
+    The search (:func:`sftonnx.search.run_search`) measures per-layer sensitivities, backs off the most
+    harmful layers until the budget holds, combines techniques, and times the candidates and every fixed
+    preset against the original. The chosen candidate is then rebuilt from its exact pass spec through
+    :func:`optimize`, verified with a budget consistent with the search's, and written atomically.
+
+    Example::
+
+        result = sftonnx.api.optimize_auto("cnn.onnx", "cnn.auto.onnx", evaluate="test.npz",
+                                           max_accuracy_drop=1.0, calibration_data="calib.npz")
+        print(result.search.chosen.spec)
+
+    Args:
+        model: Path, bytes, ``ModelProto`` or ``onnx_ir.Model``.
+        output: Where to write the chosen model (nothing is written when no candidate meets the budget).
+        evaluate: ``labels.npz`` (top-1 accuracy in percent), ``module:function`` or a callable taking an
+            ``onnxruntime.InferenceSession`` and returning a higher-is-better float.
+        max_accuracy_drop: Largest drop of the metric (default 1.0 when ``evaluate`` is given alone).
+        max_error: Largest ``1 - min cosine`` over outputs vs the original (default 0.01 without ``evaluate``).
+        objective: ``latency`` or ``size``.
+        data: Inputs for the output error and the verification (default: the labels file's inputs, else
+            seeded random inputs).
+        calibration_data: Calibration inputs for quantization and data-aware pruning/factorization.
+        input_shapes: Concrete shapes for dynamic dimensions.
+        ep: Execution provider latency is measured on.
+        seed: Seed of the random inputs.
+        workers: Parallel processes evaluating candidates (latency is always measured serially).
+        cache_dir: Candidate cache (default ``.sftonnx-cache`` next to ``output``, or in the working folder).
+        techniques: Restrict the searched lossy passes (registry names).
+        presets: The fixed presets evaluated as candidates (default: all of ``sftonnx.search.FIXED_PRESETS``).
+        overwrite: Allow replacing an existing output (or the input).
+        external_data: As in :func:`optimize`.
+        latency_runs: Timed runs per model and round.
+        latency_seconds: Time limit of one timing round.
+        progress: Called as ``progress(done, total, phase)``.
+
+    Returns:
+        The written model's result, with the search in ``search``.
+
+    Raises:
+        InputError: Bad options, data or evaluation; an evaluation function that raised (exit 2).
+        sftonnx.search.BudgetNotMetError: No candidate met the budget; nothing written (exit 3).
+    """
+    from sftonnx import search
+
+    output_path = pathlib.Path(output) if output is not None else None
+    if output_path is not None:
+        _check_output(model, output_path, overwrite)  # before a long search, not after it
+    if max_accuracy_drop is None and max_error is None:
+        if evaluate is not None:
+            max_accuracy_drop = 1.0
+        else:
+            max_error = 1.0 - verification.DEFAULT_MIN_COSINE
+    budget = search.SearchBudget(max_accuracy_drop=max_accuracy_drop, max_error=max_error)
+    if cache_dir is None:
+        cache_dir = (output_path.parent if output_path is not None else pathlib.Path.cwd()) / ".sftonnx-cache"
+    found = search.run_search(
+        model,
+        budget=budget,
+        evaluate=evaluate,
+        objective=objective,
+        data=data,
+        calibration_data=calibration_data,
+        input_shapes=input_shapes,
+        ep=ep,
+        seed=seed,
+        workers=workers,
+        cache_dir=cache_dir,
+        techniques=techniques,
+        presets=presets,
+        latency_runs=latency_runs,
+        latency_seconds=latency_seconds,
+        progress=progress,
+    )
+    if found.chosen is None:
+        best = found.best
+        closest = (
+            f"; the closest candidate, {best.name} ({best.spec or 'original'}), has "
+            + _auto_figures(best)
+            if best is not None
+            else ""
+        )
+        raise search.BudgetNotMetError(
+            f"no candidate meets the budget ({budget.describe()}){closest} (nothing written)", result=found
+        )
+    failures = []
+    for candidate in found.ranked():
+        try:
+            result = optimize(
+                model,
+                output,
+                passes=candidate.spec,
+                data=found.verify_data,
+                input_shapes=input_shapes,
+                budget=budget.verification_budget(candidate),
+                overwrite=overwrite,
+                external_data=external_data,
+                calibration_data=found.calibration_data,
+            )
+        except VerificationError as error:  # the rebuilt model differs from the evaluated one: try the next
+            failures.append(f"{candidate.name}: {error}")
+            logger.warning("auto: %s failed its final verification: %s", candidate.name, error)
+            continue
+        if output_path is not None and budget.max_accuracy_drop is not None:
+            written = search.measure_model(found, output_path)
+            if not written.feasible:
+                output_path.unlink(missing_ok=True)
+                failures.append(f"{candidate.name}: written model has {_auto_figures(written)}")
+                continue
+        if candidate is not found.chosen:
+            found.notes.append(f"{found.chosen.name} failed its final verification; wrote {candidate.name}")
+            found.chosen = found.best = candidate
+        result.report.input_notes.append(f"auto: chosen {candidate.name}, spec: {candidate.spec}")
+        return AutoOptimizeResult(result.model, result.report, result.verification, result.output, search=found)
+    raise search.BudgetNotMetError(
+        "every feasible candidate failed its final verification (nothing written): " + "; ".join(failures[:3]),
+        result=found,
+    )
+
+
+def _auto_figures(candidate: Any) -> str:
+    parts = []
+    if candidate.drop is not None:
+        parts.append(f"accuracy drop {candidate.drop:.3g}")
+    if candidate.error is not None:
+        parts.append(f"output error {candidate.error:.3g}")
+    return ", ".join(parts) or candidate.message or "no figures"
+
+
+__all__ += ["AUTO_PRESET", "AutoOptimizeResult", "optimize_auto"]
