@@ -980,6 +980,8 @@ class QuantizeStaticPass(SftPass):
         _name_nodes(model.graph)
         if folded := _fold_clip_bounds(model):
             details["clip_bounds_folded"] = folded
+        if sums := _sum_to_add(model):
+            details["sum_rewritten_as_add"] = sums
         symmetric = self.activation == "int8"
         activation = self.activation
         if self.target == "tensorrt" and not symmetric:
@@ -1123,6 +1125,28 @@ def _fold_clip_bounds(model: ir.Model) -> int:
     return folded
 
 
+def _sum_to_add(model: ir.Model) -> int:
+    """Two-input ``Sum`` (old exporters' residual add) becomes ``Add`` (exact), which has an int8 kernel."""
+    rewritten = 0
+    for node in list(model.graph):
+        if is_op(node, "Sum") and len(node.inputs) == 2 and all(v is not None for v in node.inputs):
+            add = ir.Node("", "Add", list(node.inputs), name=node.name, num_outputs=1)
+            model.graph.insert_before(node, add)
+            output = node.outputs[0]
+            if output.is_graph_output():
+                name = output.name
+                output.name = f"{name}_sum"
+                output.replace_all_uses_with(add.outputs[0], replace_graph_outputs=True)
+                add.outputs[0].name = name
+            else:
+                output.replace_all_uses_with(add.outputs[0])
+                add.outputs[0].name = output.name
+                output.name = f"{output.name}_sum"
+            model.graph.remove(node, safe=True)
+            rewritten += 1
+    return rewritten
+
+
 def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
     """Per-axis DequantizeLinear needs opset 13: convert older models with onnx's version converter."""
     version = opset_version(model)
@@ -1135,9 +1159,10 @@ def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
             f"quantize needs opset >= {_MIN_OPSET} and onnx cannot convert this opset-{version} model: {error}"
         ) from None
     converted = ir.from_proto(proto)
+    imports = dict(converted.opset_imports)  # Model.opset_imports is the graph's dict: copy before adopting
     adopt_model(model, converted)
     model.opset_imports.clear()
-    model.opset_imports.update(converted.opset_imports)
+    model.opset_imports.update(imports)
     model.ir_version = max(model.ir_version, converted.ir_version)
     report.details["opset_converted"] = [version, _MIN_OPSET]
 
