@@ -1,0 +1,765 @@
+"""sftonnx against its peers: onnxsim, onnxslim and onnxruntime's own quantizers, model by model.
+
+Usage (from the repo root)::
+
+    python benchmarks/peers.py                                   # default set, ~15 min on 2 cores
+    python benchmarks/peers.py --quick --models digits_cnn       # smoke run
+    python benchmarks/peers.py --all-light --out benchmarks/RESULTS.md --json benchmarks/out/results.json
+
+For every model, the candidates are:
+
+* ``original``;
+* ``onnxsim`` (``onnxsim.simplify(model, check_n=0)``) and ``onnxslim`` (``onnxslim.slim(model)``);
+* ``ORT quantize_static`` (QDQ, per-channel, MinMax, QInt8 weights / QUInt8 activations; conv models only)
+  and ``ORT quantize_dynamic`` (QInt8 weights; every model), each after ``quant_pre_process`` when that
+  succeeds, else on the raw model;
+* ``sftonnx <preset>`` for every preset registered in ``sftonnx.passes.PRESETS`` when the run starts.
+
+Each candidate is made, loaded and run on the evaluation inputs (error vs the original: cosine, max abs,
+top-1 agreement where every output is classifier-like; top-1 accuracy for ``digits_cnn``), then every
+candidate that runs is timed in ONE interleaved :func:`sftonnx.benchmark.run_benchmark` call per model
+(batch 1, CPU EP), so the latency ratios of a model share one baseline and one stretch of machine time.
+A candidate that fails at any step is a ``failed`` row with a one-line reason; the run goes on.
+
+Data: ``digits_cnn`` uses ``models/onnx/digits_calib.npz`` for calibration and ``digits_test.npz`` (with
+labels) for evaluation. The other models have no real data: 64 random calibration samples (seed 0) and 16
+random evaluation samples (seed 1) are written to the work folder (``benchmarks/out/<model>/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import importlib  # noqa: E402
+
+from sftonnx import verify as verification  # noqa: E402
+from sftonnx.errors import SftonnxError  # noqa: E402
+
+# Not `from sftonnx import benchmark`: the package's lazy attribute of that name is the api function.
+bench = importlib.import_module("sftonnx.benchmark")
+
+ZOO = ("digits_cnn", "resnet18", "mobilenetv2", "tiny_bert")
+DEFAULT_LIGHT = ("light_squeezenet", "light_resnet50", "light_inception_v1", "light_densenet121", "light_shufflenet")
+LIGHT_DIR = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+DIGITS = "digits_cnn"
+DIGITS_CALIB = ROOT / "models" / "onnx" / "digits_calib.npz"
+DIGITS_TEST = ROOT / "models" / "onnx" / "digits_test.npz"
+CALIB_SAMPLES, CALIB_SEED = 64, 0
+EVAL_SAMPLES, EVAL_SEED = 16, 1
+
+ORIGINAL = "original"
+ONNXSIM = "onnxsim"
+ONNXSLIM = "onnxslim"
+ORT_STATIC = "ORT quantize_static"
+ORT_DYNAMIC = "ORT quantize_dynamic"
+PRESET_PREFIX = "sftonnx "
+
+
+@dataclasses.dataclass
+class Timing:
+    """Benchmark settings: at most ``runs`` interleaved rounds within ``duration`` seconds per model."""
+
+    runs: int
+    duration: float
+    warmup: int
+
+
+DEFAULT_TIMING = Timing(runs=300, duration=20.0, warmup=5)
+QUICK_TIMING = Timing(runs=10, duration=3.0, warmup=2)
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One row of a model's table."""
+
+    label: str
+    kind: str  # original | peer | preset
+    path: str | None = None
+    status: str = "ok"  # ok | failed | skipped
+    message: str = ""
+    optimize_s: float | None = None
+    size_bytes: int | None = None
+    size_ratio: float | None = None
+    latency_p50_ms: float | None = None
+    latency_ratio: float | None = None
+    latency_runs: int | None = None
+    accuracy: float | None = None
+    cosine: float | None = None
+    max_abs: float | None = None
+    mean_rel: float | None = None
+    top1_agreement: float | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def fail(self, message: str, status: str = "failed") -> None:
+        """Mark the row failed (or skipped) with a one-line reason."""
+        self.status, self.message = status, _one_line(message)
+
+
+@dataclasses.dataclass
+class ModelData:
+    """A model's file, input specs and the data every candidate gets."""
+
+    name: str
+    path: pathlib.Path
+    specs: list[verification.InputSpec]
+    fixed_batch: int | None
+    calibration: Any  # what optimize(calibration_data=) gets: an .npz path or a list of feed dicts
+    calibration_file: pathlib.Path
+    verify_data: Any  # what optimize(data=) gets: an .npz path or a mapping
+    eval_feeds: list[dict[str, np.ndarray]]
+    labels: np.ndarray | None
+    real_data: bool
+    has_conv: bool
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _one_line(error: BaseException | str) -> str:
+    text = str(error).strip() if not isinstance(error, str) else error.strip()
+    if not isinstance(error, str) and not text:
+        text = type(error).__name__
+    text = text.splitlines()[0] if text else ""
+    if isinstance(error, BaseException) and not isinstance(error, SftonnxError):
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+def _size(path: str | os.PathLike) -> int:
+    return int(bench.load_entry(path).size or 0)
+
+
+def model_path(name: str) -> pathlib.Path:
+    """The ONNX file of a zoo model (exported on first use) or of one of onnx's ``light_*`` models."""
+    if name.startswith("light_"):
+        path = LIGHT_DIR / f"{name}.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (onnx's light models)")
+        return path
+    import models
+
+    return pathlib.Path(models.ensure(name))
+
+
+def _random_arrays(
+    name: str, specs: Sequence[verification.InputSpec], samples: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``samples`` random samples per input along axis 0: floats ~ N(0, 1), token ids in [0, high)."""
+    import models
+
+    high = models.MODELS[name].high if name in models.MODELS and models.MODELS[name].high else 8
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in specs:
+        if spec.shape is None:
+            raise ValueError(f"input '{spec.name}' has no shape")
+        rest = [d if isinstance(d, int) else verification.DEFAULT_DYNAMIC_DIM for d in spec.shape[1:]]
+        shape = (samples, *rest)
+        kind = np.dtype(spec.dtype).kind
+        if kind == "f":
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif kind in "iu":
+            arrays[spec.name] = rng.integers(0, high, shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+    return arrays
+
+
+def _split(arrays: Mapping[str, np.ndarray], names: Sequence[str], size: int) -> list[dict[str, np.ndarray]]:
+    return verification.batches(arrays, names, size)
+
+
+def prepare_model(name: str, work: pathlib.Path) -> ModelData:
+    """Locate the model and build (or load) its calibration and evaluation data."""
+    path = model_path(name)
+    loaded = ir.load(path)
+    specs = verification.input_specs(loaded)
+    names = [s.name for s in specs]
+    fixed = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
+    fixed_batch = fixed.pop() if len(fixed) == 1 else None
+    has_conv = any(node.op_type == "Conv" for node in ir.traversal.RecursiveGraphIterator(loaded.graph))
+    work.mkdir(parents=True, exist_ok=True)
+    eval_batch = fixed_batch or 64
+    if name == DIGITS:
+        with np.load(DIGITS_TEST) as archive:
+            test = {k: archive[k] for k in archive.files}
+        labels = np.asarray(test["labels"]).reshape(-1)
+        return ModelData(
+            name,
+            path,
+            specs,
+            fixed_batch,
+            str(DIGITS_CALIB),
+            DIGITS_CALIB,
+            str(DIGITS_TEST),
+            _split(test, names, eval_batch),
+            labels,
+            True,
+            has_conv,
+        )
+    calib = _random_arrays(name, specs, CALIB_SAMPLES, CALIB_SEED)
+    calib_file = work / "calibration.npz"
+    np.savez(calib_file, **calib)
+    evaluation = _random_arrays(name, specs, EVAL_SAMPLES, EVAL_SEED)
+    np.savez(work / "evaluation.npz", **evaluation)
+    # A model with a fixed batch (onnx's light_* models: 1) cannot take the .npz in one piece: feed it per sample.
+    calibration: Any = str(calib_file) if fixed_batch is None else _split(calib, names, fixed_batch)
+    return ModelData(
+        name,
+        path,
+        specs,
+        fixed_batch,
+        calibration,
+        calib_file,
+        evaluation,
+        _split(evaluation, names, eval_batch),
+        None,
+        False,
+        has_conv,
+    )
+
+
+def _calibration_feeds(data: ModelData) -> list[dict[str, np.ndarray]]:
+    """Exactly the feed dicts sftonnx's calibration streams from ``data.calibration``."""
+    return list(verification.calibration_feeds(data.calibration, data.specs))
+
+
+# ---------------------------------------------------------------------------------------- candidates
+def run_onnxsim(source: pathlib.Path, output: pathlib.Path, data: ModelData) -> str:
+    """``onnxsim.simplify(model, check_n=0)``; returns a note."""
+    import onnxsim
+
+    simplified, _ = onnxsim.simplify(onnx.load(str(source)), check_n=0)
+    onnx.save(simplified, str(output))
+    return ""
+
+
+def run_onnxslim(source: pathlib.Path, output: pathlib.Path, data: ModelData) -> str:
+    """``onnxslim.slim(model)``; returns a note."""
+    import onnxslim
+
+    slimmed = onnxslim.slim(onnx.load(str(source)))
+    onnx.save(slimmed, str(output))
+    return ""
+
+
+def _pre_process(source: pathlib.Path, work: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """ORT's ``quant_pre_process`` when it succeeds and the result loads; else the raw model."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    output = work / "ort_pre_processed.onnx"
+    try:
+        quant_pre_process(str(source), str(output))
+        ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    except Exception as error:  # FIELD-NOTES: it often fails (symbolic shape inference); fall back
+        return source, f"quant_pre_process failed ({_one_line(error)}), raw model used"
+    return output, "after quant_pre_process"
+
+
+class _Reader:
+    """A ``CalibrationDataReader`` over a list of feed dicts."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+    def __iter__(self):  # onnxruntime's CalibrationDataReader protocol
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def run_ort_static(source: pathlib.Path, output: pathlib.Path, data: ModelData) -> str:
+    """``quantize_static``: QDQ, per-channel, MinMax, QInt8 weights, QUInt8 activations."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    reader_cls = type("PeersReader", (_Reader, CalibrationDataReader), {})
+    pre, note = _pre_process(source, output.parent)
+    feeds = _calibration_feeds(data)
+    quantize_static(
+        str(pre),
+        str(output),
+        reader_cls(feeds),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return f"{note}; {len(feeds)} calibration batches"
+
+
+def run_ort_dynamic(source: pathlib.Path, output: pathlib.Path, data: ModelData) -> str:
+    """``quantize_dynamic`` with QInt8 weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    pre, note = _pre_process(source, output.parent)
+    quantize_dynamic(str(pre), str(output), weight_type=QuantType.QInt8)
+    return note
+
+
+def run_preset(source: pathlib.Path, output: pathlib.Path, data: ModelData, preset: str) -> str:
+    """``sftonnx.api.optimize`` with a preset, the model's calibration data and verification data."""
+    from sftonnx.api import optimize
+
+    result = optimize(
+        source,
+        output,
+        preset=preset,
+        calibration_data=data.calibration,
+        data=data.verify_data,
+        overwrite=True,
+    )
+    if result.verification is not None:
+        worst = result.verification.worst()
+        return f"verified: cosine {worst['cosine']:.4f}"
+    return ""
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_")
+
+
+def make_candidates(data: ModelData, work: pathlib.Path, presets: Sequence[str]) -> list[Candidate]:
+    """Make every candidate of one model; failures become failed rows."""
+    original = Candidate(ORIGINAL, "original", str(data.path))
+    candidates = [original]
+    peers: list[tuple[str, Any]] = [
+        (ONNXSIM, lambda s, o, d: run_onnxsim(s, o, d)),
+        (ONNXSLIM, lambda s, o, d: run_onnxslim(s, o, d)),
+        (ORT_STATIC, lambda s, o, d: run_ort_static(s, o, d)),
+        (ORT_DYNAMIC, lambda s, o, d: run_ort_dynamic(s, o, d)),
+    ]
+    jobs: list[tuple[str, str, Any]] = [(label, "peer", fn) for label, fn in peers]
+    jobs += [(PRESET_PREFIX + preset, "preset", lambda s, o, d, p=preset: run_preset(s, o, d, p)) for preset in presets]
+    for label, kind, fn in jobs:
+        row = Candidate(label, kind)
+        candidates.append(row)
+        if label == ORT_STATIC and not data.has_conv:
+            row.fail("not run: static QDQ is compared on conv models only", status="skipped")
+            continue
+        folder = work / _slug(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        output = folder / "model.onnx"
+        for stale in (output, folder / "model.onnx.data"):
+            stale.unlink(missing_ok=True)
+        _progress(f"  {data.name}: {label} ...")
+        started = time.perf_counter()
+        try:
+            note = fn(data.path, output, data)
+        except Exception as error:  # a peer or preset failing is a row, never a crash of the run
+            row.optimize_s = time.perf_counter() - started
+            row.fail(error)
+            _progress(f"    failed: {row.message}")
+            if not isinstance(error, SftonnxError):
+                (folder / "error.txt").write_text(traceback.format_exc())
+            continue
+        row.optimize_s = time.perf_counter() - started
+        if note:
+            row.notes.append(note)
+        if not output.is_file():
+            row.fail("no model written")
+            continue
+        row.path = str(output)
+    return candidates
+
+
+# ------------------------------------------------------------------------------------------ measure
+def _top1(output: np.ndarray) -> np.ndarray:
+    output = output.reshape(output.shape[0], -1)
+    return output.argmax(axis=1)
+
+
+def evaluate(data: ModelData, candidates: Sequence[Candidate]) -> None:
+    """Run every made candidate on the evaluation feeds: error vs the original, accuracy with labels."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    reference: list[list[np.ndarray]] | None = None
+    names: list[str] = []
+    for row in candidates:
+        if row.status != "ok" or row.path is None:
+            continue
+        row.size_bytes = _size(row.path)
+        try:
+            session = ort.InferenceSession(row.path, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime refuses the model: a failed row
+            row.fail(f"onnxruntime cannot load it: {_one_line(error)}")
+            continue
+        inputs = {i.name: i for i in session.get_inputs()}
+        try:
+            if reference is None:
+                names = [o.name for o in session.get_outputs()]
+            outputs = []
+            for feed in data.eval_feeds:
+                fitted = {k: v for k, v in feed.items() if k in inputs}
+                outputs.append(session.run(names, fitted))
+        except Exception as error:  # the model does not run on these inputs
+            row.fail(f"onnxruntime cannot run it: {_one_line(error)}")
+            continue
+        if reference is None:
+            reference = outputs
+        comparison = verification.compare_outputs(names, reference, outputs)
+        worst = comparison.worst()
+        row.cosine, row.max_abs, row.mean_rel = worst["cosine"], worst["max_abs"], worst["mean_rel"]
+        all_classifier = all(verification._classifier_like(o) for o in reference[0])
+        row.top1_agreement = worst["top1_agreement"] if all_classifier else None
+        if data.labels is not None:
+            predicted = np.concatenate([_top1(np.asarray(sample[0])) for sample in outputs])
+            row.accuracy = float(np.mean(predicted == data.labels[: len(predicted)]))
+    original = candidates[0]
+    for row in candidates:
+        if row.size_bytes is not None and original.size_bytes:
+            row.size_ratio = row.size_bytes / original.size_bytes
+
+
+def time_candidates(data: ModelData, candidates: Sequence[Candidate], timing: Timing) -> dict[str, Any] | None:
+    """One interleaved benchmark of every candidate that runs (batch 1); fills latency and its ratio."""
+    rows = [c for c in candidates if c.status == "ok" and c.path is not None]
+    if not rows or rows[0].label != ORIGINAL:
+        return None
+    baseline = bench.load_entry(rows[0].path)
+    timed = [rows[0]]
+    for row in rows[1:]:
+        try:
+            bench.check_same_signature(baseline, bench.load_entry(row.path, row.label), outputs=False)
+        except Exception as error:  # the benchmark feeds every model the original's inputs
+            row.fail(f"not timed: {_one_line(error)}")
+            continue
+        timed.append(row)
+    _progress(f"  {data.name}: timing {len(timed)} candidates interleaved ...")
+    try:
+        result = bench.run_benchmark(
+            [row.path for row in timed],
+            runs=timing.runs,
+            duration=timing.duration,
+            warmup=timing.warmup,
+            batch=1,
+            memory=False,
+            labels=[row.label for row in timed],
+        )
+    except Exception as error:  # should not happen after the checks above: record it on every row
+        for row in timed[1:]:
+            row.fail(f"benchmark failed: {_one_line(error)}")
+        timed[0].notes.append(f"benchmark failed: {_one_line(error)}")
+        return None
+    for row, measured in zip(timed, result.rows, strict=True):
+        if not measured.ok:
+            row.fail(f"benchmark: {measured.message}")
+            continue
+        assert measured.latency is not None
+        row.latency_p50_ms = measured.latency.p50_ms
+        row.latency_runs = measured.latency.runs
+        row.latency_ratio = measured.ratios.get("latency_p50")
+    return result.to_json()
+
+
+# ------------------------------------------------------------------------------------------- report
+def environment() -> dict[str, Any]:
+    """CPU, flags relevant to int8, cores, Python and library versions."""
+    cpu, flags = platform.processor() or "unknown", set()
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name") and cpu in ("unknown", platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    versions = {}
+    for module in ("onnx", "onnxruntime", "onnx_ir", "onnxsim", "onnxslim", "numpy", "torch"):
+        try:
+            versions[module.replace("_", "-")] = importlib.import_module(module).__version__
+        except Exception as error:  # a missing optional library is reported, not fatal
+            versions[module.replace("_", "-")] = f"unavailable ({type(error).__name__})"
+    try:
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = "unknown"
+    return {
+        "cpu": cpu,
+        "int8_flags": {flag: flag in flags for flag in ("avx512_vnni", "avx_vnni", "avx512f", "amx_int8")},
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "load_average_at_start": load,
+    }
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _fmt_size(size: int | None) -> str:
+    if size is None:
+        return "—"
+    return f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
+
+
+def _fmt_abs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+TABLE_HEADER = (
+    "| candidate | status | latency p50 (ms) | latency ratio | size | size ratio | accuracy | cosine | max abs "
+    "| top-1 agreement | optimize (s) | notes |\n"
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+)
+
+
+def model_table(candidates: Sequence[Candidate]) -> str:
+    """The Markdown table of one model."""
+    lines = [TABLE_HEADER]
+    for row in candidates:
+        notes = "; ".join([row.message, *row.notes] if row.message else row.notes)
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row.label,
+                    row.status,
+                    _fmt(row.latency_p50_ms, 3),
+                    _fmt(row.latency_ratio),
+                    _fmt_size(row.size_bytes),
+                    _fmt(row.size_ratio),
+                    _fmt(row.accuracy, 4),
+                    _fmt(row.cosine, 5),
+                    _fmt_abs(row.max_abs),
+                    _fmt(row.top1_agreement, 3),
+                    _fmt(row.optimize_s, 1),
+                    _cell(notes),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def render(report: Mapping[str, Any]) -> str:
+    """RESULTS.md: header, one table per model, notes."""
+    env = report["environment"]
+    timing = report["timing"]
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in env["int8_flags"].items())
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    parts = [
+        "# sftonnx vs peers",
+        "",
+        f"- Date: {report['date']}" + ("" if report.get("complete") else " (run in progress or interrupted)"),
+        f"- Command: `{report['command']}`",
+        f"- CPU: {env['cpu']}; {env['cores']} cores; int8-relevant flags: {flags}",
+        f"- Load average when the run started: {env['load_average_at_start']} (the machine was shared)",
+        f"- Python {env['python']}; {versions}",
+        "- Presets compared (read from `sftonnx.passes.PRESETS` at run time): "
+        + ", ".join(f"`{p}`" for p in report["presets"]),
+        f"- Timing: CPU EP, default threads, batch 1, candidates of a model interleaved run by run in one "
+        f"`run_benchmark` call: {timing['warmup']} warm-up runs each, then rounds until {timing['duration']:g} s "
+        f"or {timing['runs']} rounds; latency ratio = candidate p50 / original p50 of the same call.",
+        f"- Total run time: {report.get('total_seconds', 0):.0f} s",
+        "",
+        "Columns: *latency ratio* and *size ratio* are candidate / original (below 1 is better); *accuracy* is "
+        "top-1 on `digits_test.npz` (digits_cnn only); *cosine*, *max abs* (worst output) and *top-1 agreement* "
+        "(only where every output is classifier-like) compare the candidate's outputs with the original's on the "
+        "evaluation inputs; *optimize (s)* is the wall time to make the candidate (for sftonnx presets it includes "
+        "their own verification; for ORT quantizers `quant_pre_process` and calibration).",
+        "",
+    ]
+    for name, entry in report["models"].items():
+        parts.append(f"## {name}")
+        parts.append("")
+        rounds = [c.get("latency_runs") for c in entry["candidates"] if c.get("label") == ORIGINAL]
+        suffix = f" Timed rounds: {rounds[0]}." if rounds and rounds[0] else ""
+        parts.append(entry["description"] + suffix)
+        parts.append("")
+        parts.append(model_table([Candidate(**c) for c in entry["candidates"]]))
+        parts.append("")
+    parts += [
+        "## Notes",
+        "",
+        f"- **Random calibration.** Only digits_cnn has real data (`digits_calib.npz` for calibration, "
+        f"`digits_test.npz` with labels for evaluation). Every other model has none: its calibration set is "
+        f"{CALIB_SAMPLES} random samples (seed {CALIB_SEED}; floats ~ N(0, 1), token ids uniform in the "
+        f"vocabulary) and its errors are measured on {EVAL_SAMPLES} other random samples (seed {EVAL_SEED}), "
+        "both written to `benchmarks/out/<model>/`. Their int8 numbers therefore show what quantization does to "
+        "random inputs with random-input ranges, not the accuracy on a real task.",
+        "- Both ORT quantizers and every sftonnx preset get the same calibration data (the same feed dicts: "
+        "`.npz` batches of 16 for dynamic-batch models, one sample per feed for fixed-batch-1 models) and the "
+        "presets verify against the same evaluation data.",
+        "- **light_* models** (onnx's backend test data) store no weights: they generate them at run time with "
+        "`ConstantOfShape`, so the file is a few KiB. Any tool that folds constants (onnxsim, onnxslim, ORT's "
+        "`quant_pre_process`, sftonnx `simplify`) materializes the weights, so the file *grows* by orders of "
+        "magnitude (size ratio >> 1); onnxruntime folds them at session creation "
+        "anyway, so latency barely changes. Their weights are "
+        "constant-filled, so their outputs (and error metrics) say little about real accuracy.",
+        "- `ORT quantize_static` runs on models with Conv only (it is skipped on tiny_bert); `quantize_dynamic` "
+        "runs everywhere. `quant_pre_process` is used when it succeeds and its result loads, else the raw model "
+        "(the row's notes say which). `quant_pre_process` fails on the torch-exported models in ORT's symbolic "
+        "shape inference (`_infer_Constant` hands `numpy_helper.to_array` no tensor: AttributeError). "
+        "`quantize_dynamic` fails inside onnxruntime's own shape-inference reload: the dims in the error are the "
+        "final Gemm's weight dims (K vs N), and the same call succeeds once the model's `value_info` is cleared "
+        "(checked on resnet18; not done here: users run the tools as shipped).",
+        "- The light_* models are IR version 3 and list their weight-shape initializers among the graph inputs; "
+        "onnxruntime's quantizers keep them as graph inputs without their initializers, so the calibration "
+        "session (`quantize_static`) or the quantized model (`quantize_dynamic`) asks for them as required inputs.",
+        "- A *failed* row is a candidate that raised (sftonnx: `VerificationError` when its budget was not met, "
+        "`InputError` when it does not apply), wrote a model onnxruntime cannot load or run, or could not be "
+        "timed; the message is its first line. *skipped* rows were not attempted.",
+        "- Latency figures come from a shared 2-core machine with other jobs running: ratios within a table "
+        "are comparable (interleaved), absolute milliseconds less so; ratios within about ±10% are noise.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _description(data: ModelData) -> str:
+    shapes = ", ".join(s.describe() for s in data.specs)
+    source = "real data (digits_calib / digits_test)" if data.real_data else "random data (no real data)"
+    return f"`{data.path.name}`: inputs {shapes}; {source}."
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", help=f"comma-separated (default: {','.join(ZOO)} and the default light_* set)")
+    parser.add_argument(
+        "--all-light", action="store_true", help="every light_* model of onnx, not only the default five"
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few timed rounds")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="Markdown report")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "results.json"), help="raw numbers")
+    parser.add_argument("--work-dir", default=str(ROOT / "benchmarks" / "out"), help="generated models and data")
+    parser.add_argument("--runs", type=int, help="at most this many timed rounds per model")
+    parser.add_argument("--duration", type=float, help="seconds of timed rounds per model")
+    return parser.parse_args(argv)
+
+
+def selected_models(args: argparse.Namespace) -> list[str]:
+    """Models to run, in order."""
+    if args.models:
+        chosen = [m.strip() for m in args.models.split(",") if m.strip()]
+    else:
+        chosen = [*ZOO, *DEFAULT_LIGHT]
+    if args.all_light:
+        every = sorted(p.stem for p in LIGHT_DIR.glob("light_*.onnx"))
+        chosen += [m for m in every if m not in chosen]
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison and write the reports; returns the exit code."""
+    import onnxruntime as ort
+
+    from sftonnx.passes import PRESETS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    ort.set_default_logger_severity(3)
+    timing = dataclasses.replace(QUICK_TIMING if args.quick else DEFAULT_TIMING)
+    if args.runs is not None:
+        timing.runs = args.runs
+    if args.duration is not None:
+        timing.duration = args.duration
+    work = pathlib.Path(args.work_dir)
+    out, json_path = pathlib.Path(args.out), pathlib.Path(args.json)
+    presets = list(PRESETS)  # whatever is registered now
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": "python benchmarks/peers.py" + (" " + shlex.join(argv) if argv else ""),
+        "environment": environment(),
+        "timing": dataclasses.asdict(timing),
+        "presets": presets,
+        "models": {},
+        "complete": False,
+    }
+    for name in selected_models(args):
+        _progress(f"{name} ...")
+        model_started = time.perf_counter()
+        folder = work / name
+        try:
+            data = prepare_model(name, folder)
+        except Exception as error:  # a model that cannot be found or exported: say so, go on
+            report["models"][name] = {
+                "description": f"not run: {_one_line(error)}",
+                "candidates": [],
+                "benchmark": None,
+            }
+            _write(report, out, json_path, started)
+            continue
+        candidates = make_candidates(data, folder, presets)
+        evaluate(data, candidates)
+        result = time_candidates(data, candidates, timing)
+        report["models"][name] = {
+            "description": _description(data),
+            "path": str(data.path),
+            "seconds": time.perf_counter() - model_started,
+            "candidates": [dataclasses.asdict(c) for c in candidates],
+            "benchmark": result,
+        }
+        _progress(f"  {name}: done in {time.perf_counter() - model_started:.0f} s")
+        _write(report, out, json_path, started)
+    report["complete"] = True
+    _write(report, out, json_path, started)
+    _progress(f"wrote {out} and {json_path} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _write(report: dict[str, Any], out: pathlib.Path, json_path: pathlib.Path, started: float) -> None:
+    report["total_seconds"] = time.perf_counter() - started
+    for path in (out, json_path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(json_path, json.dumps(report, indent=1, default=str))
+    _atomic_write(out, render(report))
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
