@@ -61,23 +61,28 @@ class SimplifyPass(SftPass):
     ``fuse_bn`` is set.
 
     Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
-    ``simplifier_failed``. ``details['simplifier_error']`` holds onnxsim's message.
+    ``simplifier_failed``, ``nonstandard_ops``. ``details['simplifier_error']`` holds onnxsim's message.
 
     Args:
         max_folded_size: Largest tensor constant folding may create, e.g. ``64MB``; bigger results stay as
             the nodes that compute them (keeps generated weights from bloating the file).
         fuse_bn: Let onnxsim fold BatchNormalization into Conv too.
         subgraphs: Simplify If/Loop/Scan bodies too.
+        portable: Keep the result standard ONNX: onnxsim's fusions into onnxruntime contrib ops are turned off,
+            and a result that still gains a non-standard domain is discarded (skip ``nonstandard_ops``).
     """
 
     name = "simplify"
 
-    def __init__(self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True) -> None:
+    def __init__(
+        self, *, max_folded_size: str = "1.5GB", fuse_bn: bool = False, subgraphs: bool = True, portable: bool = True
+    ) -> None:
         if not _SIZE.match(max_folded_size):
             raise PassConfigError(f"simplify: max_folded_size must look like 64MB or 1.5GB, got '{max_folded_size}'")
         self.max_folded_size = max_folded_size.strip().upper().replace(" ", "")
         self.fuse_bn = fuse_bn
         self.subgraphs = subgraphs
+        self.portable = portable
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Run onnxsim on a serialized copy and adopt its graph when it succeeds."""
@@ -94,6 +99,8 @@ class SimplifyPass(SftPass):
                 include_subgraph=self.subgraphs,
                 tensor_size_threshold=self.max_folded_size,
                 certify=False,
+                # onnxsim's attention fusions emit com.microsoft ops: not portable ONNX (fuse-ort does that job).
+                skipped_optimizers=list(_CONTRIB_OPTIMIZERS) if self.portable else None,
             )
             new_model = ir.serde.deserialize_model(simplified)
         except Exception as error:  # onnxsim raises assorted RuntimeError/ValueError/C++ errors
@@ -102,8 +109,22 @@ class SimplifyPass(SftPass):
             report.skipped["simplifier_failed"] += 1
             report.details["simplifier_error"] = message
             return
+        added = _domains(new_model) - _domains(model)
+        if self.portable and added:
+            logger.warning("simplify: onnxsim introduced non-standard ops (%s); model left unsimplified", added)
+            report.skipped["nonstandard_ops"] += 1
+            report.details["nonstandard_domains"] = sorted(added)
+            return
         adopt_model(model, new_model)
         _count_node_delta(before, _all_nodes(model), report)
+
+
+#: onnxsim optimizers that produce onnxruntime contrib ops (``com.microsoft``).
+_CONTRIB_OPTIMIZERS = ("fuse_attention", "fuse_qkv")
+
+
+def _domains(model: ir.Model) -> set[str]:
+    return {node.domain for node in ir.traversal.RecursiveGraphIterator(model.graph)} - {"", "ai.onnx"}
 
 
 def _import_onnxsim():

@@ -169,3 +169,22 @@ g (float[N, 4] x) => (float[N, 3] y, float[N, 3] z, float[N, 3] u) {
     assert len(model.graph.initializers) == 2
     assert_same_outputs(original, model)
     assert not DeduplicateInitializersPass()(model).modified
+
+
+@pytest.mark.slow
+def test_simplify_keeps_transformer_standard_onnx():
+    """onnxsim fuses attention into com.microsoft::Attention by default; the portable simplify must not."""
+    pytest.importorskip("torch")
+    import models
+    from sftonnx import io
+
+    model = io.load(models.ensure("tiny_bert"))
+    original = to_bytes(model)
+    report = SimplifyPass()(model)
+    assert report.changes["nodes_removed"] > 0 and not report.skipped
+    domains = {node.domain for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+    assert domains <= {"", "ai.onnx"}, domains
+    assert_same_outputs(original, model)
+    contrib = io.load(original)
+    SimplifyPass(portable=False)(contrib)
+    assert any(node.domain == "com.microsoft" for node in contrib.graph)
