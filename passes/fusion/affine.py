@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchContext, MatchResult
+
 from sftonnx.passes.fusion._rules import (
     LINEAR_OPS,
     FusionPass,

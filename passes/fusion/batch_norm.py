@@ -28,6 +28,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import MatchContext, MatchResult
+
+from sftonnx.ir_utils import attr
 from sftonnx.passes.fusion._rules import (
     LINEAR_OPS,
     FusionPass,
@@ -36,8 +38,6 @@ from sftonnx.passes.fusion._rules import (
     validate_bool,
     validate_ops,
 )
-
-from sftonnx.ir_utils import attr
 
 __all__ = ["FoldBatchNormPass"]
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import onnx_ir as ir
 from onnxscript.rewriter import MatchContext, MatchResult
+
 from sftonnx.passes.fusion._rules import FLOAT_DTYPES, FusionPass, FusionRule, validate_bool
 
 __all__ = ["FuseMatMulAddPass"]

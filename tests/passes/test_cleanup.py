@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+
+from sftonnx.errors import PassConfigError
 from sftonnx.passes.cleanup import (
     DeduplicateInitializersPass,
     EliminateCommonSubexpressionsPass,
@@ -12,8 +14,6 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
-
-from sftonnx.errors import PassConfigError
 from tests.helpers import assert_same_outputs, make_model, op_types, seeded, to_bytes
 
 FOLDABLE = """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from sftonnx.passes.fusion import FoldAffinePass, FoldBatchNormPass
 
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.fusion import FoldAffinePass, FoldBatchNormPass
 from tests.helpers import (
     EXACT_ATOL,
     EXACT_RTOL,

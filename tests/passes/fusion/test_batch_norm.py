@@ -6,9 +6,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from onnx_ir.passes.common import RemoveUnusedNodesPass
-from sftonnx.passes.fusion import FoldBatchNormPass
 
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.fusion import FoldBatchNormPass
 from tests.helpers import (
     EXACT_ATOL,
     EXACT_RTOL,

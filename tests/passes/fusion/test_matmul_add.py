@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from sftonnx.passes.fusion import FuseMatMulAddPass
 
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.fusion import FuseMatMulAddPass
 from tests.helpers import EXACT_ATOL, EXACT_RTOL, assert_same_outputs, make_model, op_types, run_ort, seeded
 from tests.passes.fusion.support import all_op_types, bind_initializers, check_model
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
+
 from sftonnx.passes.fusion import FoldAffinePass
 from sftonnx.passes.fusion._rules import FusionContext
-
 from tests.helpers import assert_same_outputs, make_model, op_types, seeded
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
 
 from sftonnx import api
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
 from tests.helpers import LIGHT_MODELS, make_model, seeded
 
 CONV_BN_RELU = """

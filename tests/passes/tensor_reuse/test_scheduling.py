@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
 
 from sftonnx.analysis import plan_memory
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
 from tests.helpers import make_model, random_feeds, run_ort, seeded
 
 # Four branches, each expanding 4 -> 64 channels then reducing back to 4, stored breadth-first: all four

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
 
 from sftonnx.errors import PassConfigError
+from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
 from tests.helpers import make_model, random_feeds, run_ort, seeded
 
 TIED = """
