@@ -594,6 +594,22 @@ def calibration_feeds(
             missing = [n for n in names if n not in feed]
             if missing:
                 raise InputError(f"calibration batch {index} has no array for input(s) {', '.join(missing)}")
-            yield {n: np.asarray(feed[n], dtype=next(s.dtype for s in specs if s.name == n)) for n in names}
+            batch = {}
+            for spec in specs:
+                array = np.asarray(feed[spec.name], dtype=spec.dtype)
+                _check_shape(array, spec, f"calibration batch {index}")
+                batch[spec.name] = array
+            yield batch
 
     return limited(from_iterable())
+
+
+def _check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
+    """Rank and fixed dimensions of ``array`` must match the input spec."""
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape):
+        raise InputError(f"{label}: '{spec.name}' has shape {list(array.shape)}, the model expects {spec.describe()}")
+    for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=True)):
+        if isinstance(fixed, int) and fixed != got:
+            raise InputError(f"{label}: '{spec.name}' dimension {axis} is {got}, the model fixes it to {fixed}")

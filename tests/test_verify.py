@@ -92,3 +92,14 @@ def test_nan_in_same_place_is_equal_and_new_nan_is_not():
         [[np.array([np.nan, 1.0], np.float32)]],
         tolerance=verify.Tolerance(),
     ).passed
+
+
+def test_calibration_feeds_from_iterables_are_checked():
+    good = list(verify.calibration_feeds([{"image": seeded((2, 3, 8, 8)), "ids": np.zeros((2, 5))}], specs()))
+    assert good[0]["ids"].dtype == np.int64
+    with pytest.raises(InputError, match="calibration batch 0: 'image' dimension 1 is 4"):
+        list(verify.calibration_feeds([{"image": seeded((2, 4, 8, 8)), "ids": np.zeros((2, 5))}], specs()))
+    with pytest.raises(InputError, match="no array for input"):
+        list(verify.calibration_feeds([{"image": seeded((2, 3, 8, 8))}], specs()))
+    with pytest.raises(InputError, match="not found"):
+        verify.calibration_feeds("/nonexistent/calib.npz", specs())
