@@ -175,11 +175,62 @@ def optimize(
         bool | None, typer.Option("--external-data/--no-external-data", help="Default: only past 2 GiB.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    eval_: Annotated[
+        str | None,
+        typer.Option("--eval", help="--preset auto: labels.npz (top-1 %) or module:function (higher is better)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option(help="--preset auto: largest metric drop (points for labels; default 1.0).")
+    ] = None,
+    max_error: Annotated[
+        float | None,
+        typer.Option(help="--preset auto: largest 1 - min cosine vs the original (default 1 - --min-cosine)."),
+    ] = None,
+    objective: Annotated[str, typer.Option(help="--preset auto: latency (p50 on --ep) or size.")] = "latency",
+    workers: Annotated[int, typer.Option(help="--preset auto: processes evaluating candidates.")] = 1,
+    seed: Annotated[int, typer.Option(help="--preset auto: seed of the random inputs.")] = 0,
+    ep: Annotated[str, typer.Option("--ep", help="--preset auto: execution provider latency is measured on.")] = "cpu",
+    cache_dir: Annotated[
+        pathlib.Path | None, typer.Option(help="--preset auto: candidate cache (default .sftonnx-cache/ by OUTPUT).")
+    ] = None,
+    pareto_json: Annotated[
+        pathlib.Path | None, typer.Option(help="--preset auto: write the Pareto front as JSON here.")
+    ] = None,
+    pareto_plot: Annotated[
+        pathlib.Path | None, typer.Option(help="--preset auto: write a latency/size/loss PNG here.")
+    ] = None,
 ) -> None:
-    """Optimize MODEL into OUTPUT, verify it against the original, and print a per-pass report."""
+    """Optimize MODEL into OUTPUT, verify it against the original, and print a per-pass report.
+
+    With --preset auto, search per-layer quantization, pruning and factorization within an accuracy budget
+    (--eval with --max-accuracy-drop, or --max-error) for the fastest (or smallest) model, then write it.
+    """
     from sftonnx import api
     from sftonnx.verify import Budget, Tolerance
 
+    if passes is None and preset == "auto":
+        _optimize_auto(
+            model,
+            output,
+            evaluate=eval_,
+            max_accuracy_drop=max_accuracy_drop,
+            max_error=max_error if max_error is not None or eval_ else 1.0 - min_cosine,
+            objective=objective,
+            data=data,
+            calibration_data=calibration_data,
+            input_shape=input_shape,
+            ep=ep,
+            seed=seed,
+            workers=workers,
+            cache_dir=cache_dir,
+            overwrite=overwrite,
+            external_data=external_data,
+            report=report,
+            pareto_json=pareto_json,
+            pareto_plot=pareto_plot,
+            quiet=quiet,
+        )
+        return
     progress = None
     if not quiet and err.is_terminal:
         progress = lambda i, n, name: err.print(f"[{i + 1}/{n}] {name}", style="dim")  # noqa: E731
@@ -231,6 +282,128 @@ def optimize(
     else:
         out.print("not verified (--no-verify)")
     out.print(f"wrote {output}", markup=False)
+
+
+def _optimize_auto(
+    model: pathlib.Path,
+    output: pathlib.Path,
+    *,
+    pareto_json: pathlib.Path | None,
+    pareto_plot: pathlib.Path | None,
+    report: pathlib.Path | None,
+    quiet: bool,
+    input_shape: list[str] | None,
+    **options: Any,
+) -> None:
+    """``optimize --preset auto``: run the search with a progress bar, print the front, write the chosen model."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sftonnx import api, search
+
+    show_progress = not quiet and err.is_terminal
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    )
+    task = bar.add_task("auto: starting", total=None)
+
+    def on_progress(done: float, total: float, phase: str) -> None:
+        bar.update(task, completed=done, total=total, description=f"auto: {phase}")
+
+    found = None
+    try:
+        with bar if show_progress else contextlib.nullcontext():
+            result = api.optimize_auto(
+                model, output, input_shapes=input_shape, progress=on_progress if show_progress else None, **options
+            )
+        found = result.search
+    except search.BudgetNotMetError as error:
+        found = error.result
+        if not quiet:
+            out.print(_auto_table(found))
+        _write_auto_files(found, pareto_json, pareto_plot)
+        raise
+    _write_json(report, result.report_json())
+    _write_auto_files(found, pareto_json, pareto_plot)
+    if quiet:
+        return
+    out.print(_auto_table(found))
+    for note in found.notes + result.report.warnings:
+        out.print(f"note: {note}", markup=False)
+    chosen = found.chosen
+    out.print(
+        f"chosen: {chosen.name} ({found.budget.describe()}, objective {found.objective}; "
+        f"{found.stats['evaluated']} candidates evaluated, {found.stats['cached']} from the cache {found.cache_dir})",
+        markup=False,
+    )
+    out.print(f"spec: {chosen.spec}", markup=False)
+    calibration = f" --calibration-data {found.calibration_data}" if found.calibration_data else ""
+    out.print(f"reproduce: sftonnx optimize {model} {output} --passes '{chosen.spec}'{calibration}", markup=False)
+    if result.verification is not None:
+        worst = result.verification.worst()
+        out.print(f"verified (budget): min cosine {worst['cosine']:.6f}, max abs error {worst['max_abs']:.3g}")
+    for path in (report, pareto_json, pareto_plot):
+        if path is not None:
+            out.print(f"wrote {path}", markup=False)
+    out.print(f"wrote {output}", markup=False)
+
+
+def _write_auto_files(found: Any, pareto_json: pathlib.Path | None, pareto_plot: pathlib.Path | None) -> None:
+    from sftonnx import search
+
+    if pareto_json is not None:
+        names = set(found.pareto)
+        _write_json(
+            pareto_json,
+            {
+                "objective": found.objective,
+                "budget": found.budget.describe(),
+                "chosen": found.chosen.name if found.chosen else None,
+                "spec": found.chosen.spec if found.chosen else None,
+                "baseline": found.baseline.to_json(),
+                "pareto": [c.to_json() for c in found.timed if c.name in names],
+                "timed": [c.to_json() for c in found.timed],
+            },
+        )
+    if pareto_plot is not None:
+        search.write_pareto_plot(found, pareto_plot)
+
+
+def _auto_table(found: Any) -> Table:
+    """The original, every preset, the Pareto front and the choice, with their figures."""
+    accuracy = found.budget.max_accuracy_drop is not None
+    base = found.baseline
+    rows = [base] + [
+        c
+        for c in found.candidates
+        if c.kind == "preset" or c.name in found.pareto or c is found.chosen or c is found.best
+    ]
+    table = Table(title=f"auto: {found.budget.describe()}, objective {found.objective}")
+    columns = ["candidate", "meets budget", "p50 ms", "×p50", "size", "×size"]
+    columns += ["metric", "drop"] if accuracy else []
+    columns += ["1 - cosine", "spec"]
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("candidate", "spec", "meets budget") else "right",
+                         overflow="fold")
+    for c in rows:
+        mark = " ★" if c is found.chosen else " ◆" if c.name in found.pareto else ""
+        status = "yes" if c.feasible else ("no" if c.status == "ok" else f"failed: {c.message[:60]}")
+        cells = [
+            c.name + mark,
+            status,
+            _fmt_ms(c.latency_ms),
+            _fmt_ratio(c.latency_ms / base.latency_ms if c.latency_ms and base.latency_ms else None),
+            _fmt_bytes(c.size_bytes),
+            _fmt_ratio(c.size_bytes / base.size_bytes if c.size_bytes and base.size_bytes else None),
+        ]
+        if accuracy:
+            cells += ["-" if c.metric is None else f"{c.metric:.3f}", "-" if c.drop is None else f"{c.drop:.3f}"]
+        cells += ["-" if c.error is None else f"{c.error:.2e}", c.spec or "-"]
+        table.add_row(*cells)
+    table.caption = "★ chosen, ◆ Pareto front (latency, size, loss); ratios to the original"
+    return table
 
 
 @app.command()

@@ -3,7 +3,7 @@
 Method (issue #8):
 
 1. **Candidates that need no search.** Every fixed preset that exists at run time (``lossless``, ``fast-cpu``,
-   ``int8``, ``int8-dynamic``, ``fp16``, ``compact``) is evaluated, so the result is never worse than the best
+   ``int8``, ``int8-dynamic``, ``fp16``, ``compact``, ``max``) is evaluated, so the result is never worse than the best
    preset that meets the budget. The ``lossless`` result is the *base* every lossy configuration starts from;
    the reproducer spec is ``lossless,<lossy passes>``.
 2. **Per-layer sensitivity.** For each lossy technique registered in ``sftonnx.passes.REGISTRY`` and each
@@ -84,7 +84,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Presets always evaluated as candidates (those that exist at run time).
-FIXED_PRESETS = ("lossless", "fast-cpu", "int8", "int8-dynamic", "fp16", "compact")
+FIXED_PRESETS = ("lossless", "fast-cpu", "int8", "int8-dynamic", "fp16", "compact", "max")
 #: The lossless pipeline every searched configuration starts from.
 BASE_PRESET = "lossless"
 #: Bump when the record format or the evaluation method changes (old cache entries are then ignored).
@@ -323,8 +323,7 @@ def _technique_extra(technique: Technique, calibrated: bool) -> str:
     """Options every spec of a technique carries (calibration behaviour)."""
     if technique.name == "quantize" and not calibrated:
         return "allow_random=true"
-    if technique.name == "prune-channels" and calibrated:
-        return "reconstruct=true"
+    # prune-channels refits on calibration data by itself whenever it is given (reconstruct=None).
     return ""
 
 
@@ -736,7 +735,8 @@ def run_search(
     Raises:
         InputError: Bad options, data, evaluation file or function, or an evaluation function that raised.
     """
-    from sftonnx.passes import PRESETS
+    from sftonnx.passes import PRESETS, REGISTRY
+    from sftonnx.pipeline import resolve_spec
 
     started = time.perf_counter()
     if objective not in ("latency", "size"):
@@ -838,7 +838,9 @@ def run_search(
     )
 
     def key_of(spec: str, source: str) -> str:
-        payload = json.dumps({"spec": spec, "source": source, **hashes}, sort_keys=True)
+        # Keyed by the expanded spec, so a preset whose definition changed is evaluated again.
+        expanded = [[name, sorted(options.items())] for name, options, _ in resolve_spec(spec, REGISTRY, PRESETS)]
+        payload = json.dumps({"spec": expanded, "source": source, **hashes}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     # ---- the original (the evaluation function fails here first, before any candidate is built)

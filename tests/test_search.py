@@ -1,0 +1,274 @@
+"""Tests of the accuracy-aware search (``--preset auto``): front logic, ladders, cache, budgets, CLI exit codes."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+
+from sftonnx import api, search
+from sftonnx.errors import InputError
+from sftonnx.verify import make_session
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "onnx" / "digits_cnn.onnx"
+DIGITS_TEST = ROOT / "models" / "onnx" / "digits_test.npz"
+DIGITS_CALIB = ROOT / "models" / "onnx" / "digits_calib.npz"
+
+
+def _tiny_mlp(path: pathlib.Path, affine: bool = False) -> pathlib.Path:
+    """x[N,8] -> Gemm(8->16) -> Relu -> Gemm(16->4): two layers, seconds to search.
+
+    With ``affine``, a Mul/Add pair after the first Gemm that the lossless preset folds into its weights, so
+    even the lossless result differs from the original by float rounding (an output error above 0).
+    """
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 16)).astype(np.float32), "w2"),
+        onnx.numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b2"),
+    ]
+    nodes = [oh.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1)]
+    if affine:
+        inits += [
+            onnx.numpy_helper.from_array(rng.uniform(0.5, 2.0, 16).astype(np.float32), "s"),
+            onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "t"),
+        ]
+        nodes += [
+            oh.make_node("Mul", ["h", "s"], ["hs"], name="mul"),
+            oh.make_node("Add", ["hs", "t"], ["ha"], name="add"),
+        ]
+    nodes += [
+        oh.make_node("Relu", ["ha" if affine else "h"], ["r"], name="relu"),
+        oh.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "mlp",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def _accuracy(path: pathlib.Path) -> float:
+    data = np.load(DIGITS_TEST)
+    session = make_session(str(path))
+    logits = session.run(None, {"input": data["input"]})[0]
+    return float(np.mean(logits.argmax(axis=1) == data["labels"]) * 100)
+
+
+# ----------------------------------------------------------------------------------------------- pure
+def test_pareto_front_keeps_non_dominated_points():
+    points = [
+        (1.0, 10.0, 0.5),  # 0: fastest
+        (2.0, 5.0, 0.5),  # 1: smaller
+        (2.0, 6.0, 0.5),  # 2: dominated by 1
+        (3.0, 20.0, 0.0),  # 3: lossless
+        (3.0, 20.0, 0.1),  # 4: dominated by 3
+        (1.0, 10.0, 0.5),  # 5: duplicate of 0: kept
+        (0.5, float("nan"), 0.0),  # 6: NaN never on the front
+    ]
+    assert search.pareto_front(points) == [0, 1, 3, 5]
+    assert search.pareto_front([]) == []
+    assert search.pareto_front([(1.0,)]) == [0]
+
+
+def test_budget_needs_a_limit_and_rejects_negative_values():
+    with pytest.raises(InputError):
+        search.SearchBudget()
+    with pytest.raises(InputError):
+        search.SearchBudget(max_error=-0.1)
+    budget = search.SearchBudget(max_accuracy_drop=1.0)
+    assert budget.feasible(search.Candidate("a", "search", "x", drop=1.0, error=0.5))
+    assert not budget.feasible(search.Candidate("b", "search", "x", drop=1.01, error=0.0))
+    assert not budget.feasible(search.Candidate("c", "search", "x", status="failed"))
+
+
+def _probe(drop: float, changed: bool = True) -> search.Candidate:
+    return search.Candidate("p", "probe", "s", drop=drop, error=drop / 100, changed=changed)
+
+
+def test_ladder_starts_at_feasible_levels_and_backs_off_most_harmful_first():
+    technique = search.Technique("prune-channels", ("Conv",), ("ratio=0.25", "ratio=0.5"), "struct")
+    probes = {
+        ("prune-channels", "a", 1): _probe(0.1),
+        ("prune-channels", "a", 2): _probe(0.9),
+        ("prune-channels", "b", 1): _probe(0.3),
+        ("prune-channels", "b", 2): _probe(5.0),  # infeasible alone: b starts at level 1
+        ("prune-channels", "c", 1): _probe(0.0, changed=False),  # the pass declines c
+        ("prune-channels", "c", 2): _probe(0.0, changed=False),
+    }
+    rungs = search._ladder(technique, ["a", "b", "c"], probes, search.SearchBudget(max_accuracy_drop=1.0))
+    assert rungs == [
+        {"a": 2, "b": 1, "c": 0},
+        {"a": 1, "b": 1, "c": 0},  # a@0.5 (0.9) is the most harmful
+        {"a": 1, "b": 0, "c": 0},  # then b@0.25 (0.3)
+    ]
+    assert technique.config_spec(rungs[0], "") == (
+        "prune-channels{ratio=0.5,layers=a},prune-channels{ratio=0.25,layers=b}"
+    )
+    quant = search.Technique("quantize", ("Conv",), ("",), "quant")
+    assert quant.config_spec({"a": 1, "b": 0}, "allow_random=true") == "quantize{allow_random=true,exclude_nodes=b}"
+    assert quant.config_spec({"a": 0, "b": 0}, "") is None
+    assert quant.probe_spec("conv.1", 1, "") == r"quantize{exclude_pattern=^(?!conv\.1$)}"
+
+
+@pytest.mark.parametrize("first_feasible", [0, 1, 2, 5, 6, 9, None])
+def test_ladder_search_finds_the_first_feasible_rung(first_feasible):
+    rungs = [f"r{i}" for i in range(10)]
+    asked = []
+    generator = search._search_ladder(rungs, name="t")
+    try:
+        spec = next(generator)
+        while True:
+            asked.append(spec)
+            index = int(spec[1:])
+            feasible = first_feasible is not None and index >= first_feasible
+            spec = generator.send(search.Candidate(spec, "search", spec, feasible=feasible))
+    except StopIteration as stop:
+        found = stop.value
+    assert found == (None if first_feasible is None else f"r{first_feasible}")
+    assert len(asked) <= 8  # galloping + bisection, not a linear scan of 10
+    assert len(set(asked)) == len(asked)
+
+
+# ------------------------------------------------------------------------------------- small searches
+def _small_search(model: pathlib.Path, cache: pathlib.Path, **kwargs):
+    options = {
+        "budget": search.SearchBudget(max_error=0.05),
+        "techniques": ["quantize-dynamic", "prune-channels"],
+        "presets": ["lossless", "int8-dynamic"],
+        "objective": "size",
+        "cache_dir": cache,
+        "latency_runs": 5,
+        "latency_seconds": 1.0,
+    }
+    options.update(kwargs)
+    return search.run_search(model, **options)
+
+
+def test_cache_resumes_without_recomputing(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    first = _small_search(model, tmp_path / "cache")
+    assert first.stats["evaluated"] > 0 and first.stats["cached"] == 0
+    second = _small_search(model, tmp_path / "cache")
+    assert second.stats["evaluated"] == 0
+    assert second.stats["cached"] == first.stats["evaluated"]
+    # An interrupted search: two finished candidates lost; only those are computed again.
+    records = sorted(pathlib.Path(first.cache_dir).glob("*.json"))
+    for record in records[:2]:
+        record.unlink()
+    third = _small_search(model, tmp_path / "cache")
+    assert third.stats["evaluated"] == 2
+    assert third.chosen is not None and third.chosen.spec == first.chosen.spec
+    # Other data is another key: nothing reused.
+    fourth = _small_search(model, tmp_path / "cache", seed=1)
+    assert fourth.stats["cached"] == 0
+
+
+def test_search_is_deterministic_with_a_seed(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    runs = [_small_search(model, tmp_path / f"cache{i}", seed=3) for i in range(2)]
+    figures = [[(c.name, c.spec, c.status, c.error, c.size_bytes) for c in r.candidates] for r in runs]
+    assert figures[0] == figures[1]
+    assert runs[0].chosen is not None and runs[0].chosen.spec == runs[1].chosen.spec
+    assert runs[0].chosen.error <= 0.05
+
+
+def test_budget_not_met_raises_and_writes_nothing(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx", affine=True)
+    output = tmp_path / "out.onnx"
+    with pytest.raises(search.BudgetNotMetError) as caught:
+        api.optimize_auto(
+            model, output, max_error=0.0, techniques=["quantize-dynamic"], presets=["int8-dynamic"],
+            cache_dir=tmp_path / "cache", latency_runs=5, latency_seconds=1.0,
+        )
+    assert caught.value.exit_code == 3
+    assert caught.value.result.best is not None
+    assert "no candidate meets the budget" in str(caught.value)
+    assert not output.exists()
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sftonnx.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+def test_cli_budget_not_met_exits_3_and_writes_nothing(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx", affine=True)
+    output = tmp_path / "out.onnx"
+    done = _cli("optimize", str(model), str(output), "--preset", "auto", "--max-error", "0", cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert "no candidate meets the budget" in done.stderr
+    assert "closest candidate" in done.stderr
+    assert not output.exists()
+
+
+def test_cli_eval_function_that_raises_exits_2_with_its_error(tmp_path):
+    (tmp_path / "bad_metric.py").write_text("def metric(session):\n    raise RuntimeError('metric exploded')\n")
+    output = tmp_path / "out.onnx"
+    done = _cli(
+        "optimize", str(DIGITS), str(output), "--preset", "auto", "--eval", "bad_metric:metric",
+        "--max-accuracy-drop", "1", cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "metric exploded" in done.stderr and "RuntimeError" in done.stderr
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("eval_arg", "message"),
+    [("missing.npz", "not found"), (str(DIGITS_CALIB), "no 'labels' array")],
+)
+def test_cli_eval_file_missing_or_without_labels_exits_2(tmp_path, eval_arg, message):
+    done = _cli(
+        "optimize", str(DIGITS), str(tmp_path / "out.onnx"), "--preset", "auto", "--eval", eval_arg, cwd=tmp_path
+    )
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+
+
+# -------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_auto_on_digits_meets_one_point_budget_and_spec_reproduces_it(tmp_path):
+    output = tmp_path / "digits.auto.onnx"
+    result = api.optimize_auto(
+        DIGITS,
+        output,
+        evaluate=DIGITS_TEST,
+        max_accuracy_drop=1.0,
+        calibration_data=DIGITS_CALIB,
+        techniques=["prune-channels", "quantize"],
+        presets=["lossless", "int8"],
+        cache_dir=tmp_path / "cache",
+        latency_runs=20,
+        latency_seconds=2.0,
+    )
+    found = result.search
+    assert found.chosen is not None and output.is_file()
+    drop = _accuracy(DIGITS) - _accuracy(output)
+    assert drop <= 1.0
+    assert found.chosen.drop is not None and abs(found.chosen.drop - drop) < 1e-6
+    # The chosen model is at least as fast (objective) as every feasible preset it was timed with.
+    presets = [c for c in found.candidates if c.kind == "preset" and c.feasible and c.latency_ms is not None]
+    assert presets and all(found.chosen.latency_ms <= c.latency_ms for c in presets)
+    assert result.report_json()["auto"]["spec"] == found.chosen.spec
+    # The reproducer spec alone re-creates an equivalent model.
+    again = api.optimize(DIGITS, passes=found.chosen.spec, calibration_data=DIGITS_CALIB, verify=False)
+    feeds = {"input": np.load(DIGITS_TEST)["input"]}
+    expected = make_session(str(output)).run(None, feeds)[0]
+    actual = make_session(api.io.to_bytes(again.model)).run(None, feeds)[0]
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
