@@ -272,3 +272,16 @@ def test_auto_on_digits_meets_one_point_budget_and_spec_reproduces_it(tmp_path):
     expected = make_session(str(output)).run(None, feeds)[0]
     actual = make_session(api.io.to_bytes(again.model)).run(None, feeds)[0]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_optimize_preset_auto_routes_to_the_search(tmp_path):
+    from sftonnx.verify import Budget
+
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    output = tmp_path / "out.onnx"
+    result = api.optimize(model, output, preset="auto", budget=Budget(min_cosine=0.98))
+    assert isinstance(result, api.AutoOptimizeResult) and output.is_file()
+    assert result.search.budget.max_error == pytest.approx(0.02)
+    assert result.search.chosen.error <= 0.02
+    assert (tmp_path / ".sftonnx-cache").is_dir()  # next to the output
+    assert result.report_json()["auto"]["spec"] == result.search.chosen.spec
