@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import inspect
 import logging
+import os
 import types
 import typing
 from collections import Counter
@@ -83,11 +84,12 @@ class SftPass(ir.passes.InPlacePass):
     def spec(self) -> str:
         """A spec string that rebuilds this pass, e.g. ``prune{rate=0.3}``."""
         defaults = {name: info.default for name, info in pass_options(type(self)).items()}
-        # Data options (calibration sets) are inputs of the run, not of the spec.
+        # Data given as a path stays in the spec (a reproducer); in-memory data (arrays, iterables) cannot.
         given = {
             k: v
             for k, v in self.options().items()
-            if k not in _DATA_OPTIONS and defaults.get(k, inspect.Parameter.empty) != v
+            if (k not in _DATA_OPTIONS or isinstance(v, (str, os.PathLike)))
+            and defaults.get(k, inspect.Parameter.empty) != v
         }
         if not given:
             return self.name
