@@ -332,7 +332,7 @@ def benchmark(
 
     Example::
 
-        result = sftonnx.benchmark(["model.onnx", "model.opt.onnx"], runs=50)
+        result = sftonnx.api.benchmark(["model.onnx", "model.opt.onnx"], runs=50)
         print(result.rows[1].ratios["latency_p50"])
 
     Returns:
@@ -343,8 +343,7 @@ def benchmark(
     """
     import importlib
 
-    # Not `from sftonnx import benchmark`: the package's lazy attribute of that name is this function.
-    bench = importlib.import_module("sftonnx.benchmark")
+    bench = importlib.import_module("sftonnx.benchmark")  # the module; this function shadows its name here
 
     return bench.run_benchmark(
         models,
@@ -393,8 +392,7 @@ def compare(
     """
     import importlib
 
-    # Not `from sftonnx import benchmark`: the package's lazy attribute of that name is this function.
-    bench = importlib.import_module("sftonnx.benchmark")
+    bench = importlib.import_module("sftonnx.benchmark")  # the module; this function shadows its name here
 
     labels = ["A", "B"]
     if isinstance(reference, (str, os.PathLike)) and isinstance(candidate, (str, os.PathLike)):
