@@ -481,6 +481,14 @@ def list_passes(
         },
         "presets": {name: {"spec": spec, "doc": PRESET_DOCS.get(name, "")} for name, spec in PRESETS.items()},
     }
+    # `auto` is a search, not a spec (sftonnx.search): listed here, never expanded inside a spec.
+    payload["presets"].setdefault(
+        "auto",
+        {
+            "spec": "(search; see --eval, --max-accuracy-drop, --max-error, --objective)",
+            "doc": PRESET_DOCS.get("auto", "Accuracy-aware search over per-layer lossy passes and every preset."),
+        },
+    )
     if as_json:
         out.print_json(json.dumps(payload, default=str))
         return
