@@ -92,4 +92,10 @@ PRESET_DOCS: dict[str, str] = {
     "fp16": "float16 weights and compute for GPUs, float32 inputs/outputs and numerically sensitive ops.",
     "compact": "Structured pruning of 30% of channels (refit on --calibration-data when given), then lossless.",
     "max": "compact, then static int8: the smallest and fastest, with the largest accuracy cost.",
+    # Not in PRESETS (a search, not a spec; it cannot stand inside --passes): `--preset auto`.
+    "auto": (
+        "Accuracy-aware search: per-layer sensitivity of quantize/prune-channels/factorize, greedy back-off within "
+        "--max-accuracy-drop (with --eval) or --max-error, every preset as a candidate; fastest (or smallest) "
+        "model written."
+    ),
 }
