@@ -578,18 +578,7 @@ def fit_feeds(entry: ModelEntry, feeds: Mapping[str, np.ndarray]) -> dict[str, n
     fitted = {}
     for spec in entry.specs:
         array = feeds[spec.name]
-        if spec.shape is not None:
-            if array.ndim != len(spec.shape):
-                raise InputError(
-                    f"{entry.label}: input '{spec.name}' gets shape {list(array.shape)}, the model expects "
-                    f"{spec.describe()}"
-                )
-            for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=False)):
-                if isinstance(fixed, int) and fixed != got:
-                    raise InputError(
-                        f"{entry.label}: input '{spec.name}' dimension {axis} is {got}, the model fixes it to "
-                        f"{fixed} ({spec.describe()})"
-                    )
+        verification.check_shape(array, spec, entry.label)
         fitted[spec.name] = array.astype(spec.dtype, copy=False)
     return fitted
 
@@ -1077,6 +1066,22 @@ def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+def agg_figure(option: str):
+    """A matplotlib figure on an Agg canvas (no pyplot state) and its axes; matplotlib is imported here.
+
+    Raises:
+        InputError: matplotlib is not installed (the message names ``option``).
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InputError(f"{option} needs matplotlib (pip install 'sftonnx[bench]')") from None
+    figure = Figure(figsize=(8, 5.5), dpi=110)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
 def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path:
     """Scatter p50 latency against model size, one annotated point per measured row (with accuracy if known).
 
@@ -1085,15 +1090,8 @@ def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path
     Raises:
         InputError: matplotlib is not installed, or the file cannot be written.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise InputError("--plot needs matplotlib (pip install 'sftonnx[bench]')") from None
     path = pathlib.Path(path)
-    figure = Figure(figsize=(8, 5.5), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = agg_figure("--plot")
     eps = list(dict.fromkeys(row.provider for row in result.rows))
     markers = dict(zip(eps, "os^Dv", strict=False))
     measured = [row for row in result.rows if row.ok and row.latency and row.file_size_bytes is not None]

@@ -1247,15 +1247,10 @@ def write_pareto_plot(result: SearchResult, path: str | os.PathLike) -> pathlib.
     Raises:
         InputError: matplotlib is not installed, or the file cannot be written.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise InputError("--pareto-plot needs matplotlib (pip install 'sftonnx[bench]')") from None
+    from sftonnx.benchmark import agg_figure
+
     path = pathlib.Path(path)
-    figure = Figure(figsize=(8, 5.5), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, axes = agg_figure("--pareto-plot")
     timed = [c for c in result.timed if c.size_bytes is not None]
     losses = [result.budget.loss(c)[0] for c in timed]
     finite = [v if math.isfinite(v) else float("nan") for v in losses]

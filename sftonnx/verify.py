@@ -41,6 +41,7 @@ __all__ = [
     "OutputMetrics",
     "Tolerance",
     "calibration_feeds",
+    "check_shape",
     "compare_outputs",
     "find_first_divergence",
     "input_specs",
@@ -244,17 +245,7 @@ def load_npz(
                 f"{path.name} has no array for input '{spec.name}' (it has: {', '.join(arrays) or 'nothing'})"
             )
         array = arrays[spec.name]
-        if spec.shape is not None:
-            if array.ndim != len(spec.shape):
-                raise InputError(
-                    f"{path.name}: '{spec.name}' has shape {list(array.shape)}, the model expects "
-                    f"{spec.describe()}"
-                )
-            for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=False)):
-                if isinstance(fixed, int) and fixed != got:
-                    raise InputError(
-                        f"{path.name}: '{spec.name}' dimension {axis} is {got}, the model fixes it to {fixed}"
-                    )
+        check_shape(array, spec, path.name)
         if array.dtype != spec.dtype:
             if np.dtype(array.dtype).kind != np.dtype(spec.dtype).kind and not (
                 np.dtype(array.dtype).kind in "iu" and np.dtype(spec.dtype).kind in "iu"
@@ -597,15 +588,19 @@ def calibration_feeds(
             batch = {}
             for spec in specs:
                 array = np.asarray(feed[spec.name], dtype=spec.dtype)
-                _check_shape(array, spec, f"calibration batch {index}")
+                check_shape(array, spec, f"calibration batch {index}")
                 batch[spec.name] = array
             yield batch
 
     return limited(from_iterable())
 
 
-def _check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
-    """Rank and fixed dimensions of ``array`` must match the input spec."""
+def check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
+    """Rank and fixed dimensions of ``array`` must match the input spec.
+
+    Raises:
+        InputError: Naming ``label``, the input and the offending dimension.
+    """
     if spec.shape is None:
         return
     if array.ndim != len(spec.shape):

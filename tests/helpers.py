@@ -123,3 +123,22 @@ def assert_within_budget(
 
 def op_types(model: ir.Model) -> list[str]:
     return [node.op_type for node in model.graph]
+
+
+def run_cli(*args, cwd=None, timeout: int = 300):
+    """Run ``sftonnx ARGS...`` in a subprocess (the installed CLI module), capturing text output."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "sftonnx.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def assert_clean_error(result, code: int, message: str) -> None:
+    """A failed CLI run: the documented exit code, exactly one ``error:`` line on stderr, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout

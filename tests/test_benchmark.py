@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx_ir as ir
@@ -16,7 +14,7 @@ import pytest
 import sftonnx.benchmark as bench
 from sftonnx import api
 from sftonnx.errors import InputError
-from tests.helpers import make_model, seeded
+from tests.helpers import assert_clean_error, make_model, run_cli, seeded
 
 CLASSIFIER = """
 <ir_version: 8, opset_import: ["" : 18]>
@@ -64,18 +62,9 @@ def models(tmp_path):
     return save(tmp_path / "base.onnx", w=W), save(tmp_path / "other.onnx", w=W_OTHER)
 
 
-def sftonnx(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sftonnx.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120
-    )
+sftonnx = run_cli
 
 
-def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
 
 
 # ------------------------------------------------------------------------------------------ statistics

@@ -9,7 +9,7 @@ import sys
 import onnx_ir as ir
 import pytest
 
-from tests.helpers import LIGHT_MODELS, make_model, seeded
+from tests.helpers import LIGHT_MODELS, assert_clean_error, make_model, run_cli, seeded
 
 TINY = """
 <ir_version: 8, opset_import: ["" : 18]>
@@ -20,22 +20,9 @@ tiny (float[N, 4] x) => (float[N, 3] y) {
 """
 
 
-def sftonnx(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sftonnx.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
+sftonnx = run_cli
 
 
-def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx_ir as ir
@@ -13,7 +11,7 @@ import pytest
 from sftonnx import api
 from sftonnx.errors import InputError
 from sftonnx.verify import Budget, Tolerance
-from tests.helpers import make_model, seeded
+from tests.helpers import assert_clean_error, make_model, run_cli, seeded
 
 CLASSIFIER = """
 <ir_version: 8, opset_import: ["" : 18]>
@@ -60,18 +58,9 @@ def pair(tmp_path):
     return save(tmp_path / "a.onnx"), save(tmp_path / "b.onnx", w=W_PERTURBED)
 
 
-def sftonnx(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sftonnx.cli", *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+sftonnx = run_cli
 
 
-def assert_clean_error(result: subprocess.CompletedProcess, code: int, message: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_api_metrics_of_a_perturbed_model(pair):
