@@ -80,8 +80,15 @@ PRESETS: dict[str, str] = {
     "int8": "lossless,quantize{method=minmax, ensure_faster=true}",
     "int8-dynamic": "lossless,quantize-dynamic",
     "fp16": "lossless,fp16{keep_io_types=true}",
-    "compact": "simplify,prune-channels{ratio=0.3, round_to=8},lossless",
-    "max": "simplify,prune-channels{ratio=0.3, round_to=8},lossless,quantize{method=minmax, ensure_faster=true}",
+    "compact": (
+        "simplify,prune-channels{ratio=0.3, round_to=8},lossless,"
+        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05}"
+    ),
+    "max": (
+        "simplify,prune-channels{ratio=0.3, round_to=8},lossless,"
+        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05},"
+        "quantize{method=minmax, ensure_faster=true}"
+    ),
 }
 
 PRESET_DOCS: dict[str, str] = {
@@ -90,7 +97,11 @@ PRESET_DOCS: dict[str, str] = {
     "int8": "Static int8 QDQ (per-channel weights, calibrated on --calibration-data); kept only if faster.",
     "int8-dynamic": "Dynamic int8 for MatMul/Gemm (transformers, MLPs); convs stay float.",
     "fp16": "float16 weights and compute for GPUs, float32 inputs/outputs and numerically sensitive ops.",
-    "compact": "Structured pruning of 30% of channels (refit on --calibration-data when given), then lossless.",
+    "compact": (
+        "30% of channels pruned (refit on --calibration-data when given), lossless, then Tucker/low-rank "
+        "factorization guarded per layer: ranks only where the relative output error (weight error without "
+        "data) stays <= 5%; the final check holds the whole model to --min-cosine."
+    ),
     "max": "compact, then static int8: the smallest and fastest, with the largest accuracy cost.",
     # Not in PRESETS (a search, not a spec; it cannot stand inside --passes): `--preset auto`.
     "auto": (
