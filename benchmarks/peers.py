@@ -348,6 +348,40 @@ def run_preset(source: pathlib.Path, output: pathlib.Path, data: ModelData, pres
     return ""
 
 
+#: Models the accuracy-aware search runs on, with its budget and the techniques it may use. The search is
+#: the slowest candidate by far (dozens of verified candidates), so it runs where the issue asks for it.
+AUTO_RUNS: dict[str, dict[str, Any]] = {
+    "digits_cnn": {"max_accuracy_drop": 1.0},  # one point of top-1 on the real test set
+    "resnet18": {"max_error": 0.01, "techniques": ("quantize",)},  # 1 - cosine on random inputs
+}
+
+
+def run_auto(source: pathlib.Path, output: pathlib.Path, data: ModelData) -> str:
+    """``sftonnx.api.optimize_auto`` with the model's budget from :data:`AUTO_RUNS` (cached under the work dir)."""
+    from sftonnx.api import optimize_auto
+
+    settings = dict(AUTO_RUNS[data.name])
+    if "max_accuracy_drop" in settings:
+        settings["evaluate"] = data.verify_data  # the labeled .npz
+    else:
+        settings["data"] = data.verify_data
+    result = optimize_auto(
+        source,
+        output,
+        calibration_data=data.calibration,
+        cache_dir=output.parent / "cache",
+        seed=0,
+        **settings,
+    )
+    budget = (
+        f"top-1 drop <= {settings['max_accuracy_drop']} pt"
+        if "max_accuracy_drop" in settings
+        else f"1 - cosine <= {settings['max_error']}"
+    )
+    techniques = ",".join(settings.get("techniques", ())) or "all techniques"
+    return f"budget {budget} ({techniques}); chosen spec: `{result.search.chosen.spec}`"
+
+
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in label).strip("_")
 
@@ -364,6 +398,8 @@ def make_candidates(data: ModelData, work: pathlib.Path, presets: Sequence[str])
     ]
     jobs: list[tuple[str, str, Any]] = [(label, "peer", fn) for label, fn in peers]
     jobs += [(PRESET_PREFIX + preset, "preset", lambda s, o, d, p=preset: run_preset(s, o, d, p)) for preset in presets]
+    if data.name in AUTO_RUNS:
+        jobs.append((PRESET_PREFIX + "auto", "preset", run_auto))
     for label, kind, fn in jobs:
         row = Candidate(label, kind)
         candidates.append(row)
