@@ -17,6 +17,7 @@ __all__ = [
     "is_op",
     "make_initializer",
     "opset_version",
+    "upgrade_opset",
     "sole_consumer",
 ]
 
@@ -119,3 +120,37 @@ def adopt_model(model: ir.Model, new_model: ir.Model) -> None:
     model.functions.clear()
     model.functions.update(new_model.functions)
     model.ir_version = max(model.ir_version, new_model.ir_version)
+
+
+def upgrade_opset(model: ir.Model, minimum: int, *, why: str) -> int | None:
+    """Convert ``model`` in place to default-domain opset ``minimum`` with onnx's version converter.
+
+    Args:
+        model: The model (kept as the same object).
+        minimum: The opset the caller needs.
+        why: Who needs it, for the error (e.g. ``"quantize-dynamic needs DynamicQuantizeLinear"``).
+
+    Returns:
+        The previous opset when the model was converted, ``None`` when it already was new enough.
+
+    Raises:
+        onnx_ir.passes.PreconditionError: onnx cannot convert the model.
+    """
+    import onnx
+
+    version = opset_version(model)
+    if version >= minimum:
+        return None
+    try:
+        proto = onnx.version_converter.convert_version(ir.to_proto(model), minimum)
+    except Exception as error:  # the converter raises various C++ errors
+        raise ir.passes.PreconditionError(
+            f"{why} (opset >= {minimum}) and onnx cannot convert this opset-{version} model: {error}"
+        ) from None
+    converted = ir.from_proto(proto)
+    imports = dict(converted.opset_imports)  # Model.opset_imports is the graph's dict: copy before adopting
+    adopt_model(model, converted)
+    model.opset_imports.clear()
+    model.opset_imports.update(imports)
+    model.ir_version = max(model.ir_version, converted.ir_version)
+    return version

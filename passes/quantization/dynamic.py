@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array
+from sftonnx.ir_utils import adopt_model, attr, constant_array, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization.qdq import INTEGER_OPS, cpu_has_vnni, measure_latency, ort_optimized_graph
 
@@ -99,6 +99,11 @@ class QuantizeDynamicPass(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Rewrite every qualifying MatMul/Gemm of the main graph into the dynamic int8 pattern."""
+        # DynamicQuantizeLinear needs opset 11 (MatMulInteger 10): convert older models first.
+        previous = upgrade_opset(model, 11, why="quantize-dynamic needs DynamicQuantizeLinear")
+        if previous is not None:
+            report.details["opset_converted"] = [previous, 11]
+            report.changes["opset_upgraded"] += 1
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         report.details["reduce_range"] = reduce_range
         qmax = 63 if reduce_range else 127

@@ -78,7 +78,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array, is_op, opset_version
+from sftonnx.ir_utils import adopt_model, attr, constant_array, is_op, opset_version, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization.calibration import CalibrationSource, Range
@@ -1149,22 +1149,9 @@ def _sum_to_add(model: ir.Model) -> int:
 
 def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
     """Per-axis DequantizeLinear needs opset 13: convert older models with onnx's version converter."""
-    version = opset_version(model)
-    if version >= _MIN_OPSET:
-        return
-    try:
-        proto = onnx.version_converter.convert_version(ir.to_proto(model), _MIN_OPSET)
-    except Exception as error:  # the converter raises various C++ errors
-        raise ir.passes.PreconditionError(
-            f"quantize needs opset >= {_MIN_OPSET} and onnx cannot convert this opset-{version} model: {error}"
-        ) from None
-    converted = ir.from_proto(proto)
-    imports = dict(converted.opset_imports)  # Model.opset_imports is the graph's dict: copy before adopting
-    adopt_model(model, converted)
-    model.opset_imports.clear()
-    model.opset_imports.update(imports)
-    model.ir_version = max(model.ir_version, converted.ir_version)
-    report.details["opset_converted"] = [version, _MIN_OPSET]
+    previous = upgrade_opset(model, _MIN_OPSET, why="quantize needs per-axis DequantizeLinear")
+    if previous is not None:
+        report.details["opset_converted"] = [previous, _MIN_OPSET]
 
 
 def is_quantize_node(node: ir.Node) -> bool:

@@ -91,3 +91,22 @@ def test_tiny_bert_dynamic_cosine():
     for e, a in zip(expected, actual, strict=True):
         e, a = e.ravel().astype(np.float64), a.ravel().astype(np.float64)
         assert e @ a / np.linalg.norm(e) / np.linalg.norm(a) >= 0.99
+
+
+def test_old_opset_is_converted_first():
+    """DynamicQuantizeLinear needs opset 11: an opset-9 model is upgraded, not broken (found on light_resnet50)."""
+    model = make_model(
+        """
+<ir_version: 4, opset_import: ["" : 9]>
+g (float[2, 64] x) => (float[2, 32] y) {
+    y = MatMul(x, w)
+}
+""",
+        w=seeded((64, 32)),
+    )
+    original = io.to_bytes(model)
+    report = QuantizeDynamicPass()(model)
+    assert report.changes["opset_upgraded"] == 1 and report.details["opset_converted"] == [9, 11]
+    assert report.changes["matmuls_quantized"] == 1
+    check_model(model)
+    assert min_cosine(original, model, feeds_for(io.load(original))) >= INT8_MIN_COSINE
