@@ -16,6 +16,7 @@ __all__ = [
     "fresh_name",
     "is_op",
     "make_initializer",
+    "name_allocator",
     "opset_version",
     "upgrade_opset",
     "sole_consumer",
@@ -154,3 +155,20 @@ def upgrade_opset(model: ir.Model, minimum: int, *, why: str) -> int | None:
     model.opset_imports.update(imports)
     model.ir_version = max(model.ir_version, converted.ir_version)
     return version
+
+
+def name_allocator(taken: set[str]):
+    """A function ``fresh(base)`` returning ``base``, ``base_1``, ... not in ``taken`` (which it extends).
+
+    For passes that create many values: one scan of the graph up front instead of one per name.
+    """
+
+    def fresh(base: str) -> str:
+        name, index = base, 0
+        while name in taken:
+            index += 1
+            name = f"{base}_{index}"
+        taken.add(name)
+        return name
+
+    return fresh

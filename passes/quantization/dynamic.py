@@ -35,7 +35,7 @@ import onnx_ir as ir
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array, upgrade_opset
+from sftonnx.ir_utils import adopt_model, attr, constant_array, name_allocator, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization.qdq import INTEGER_OPS, cpu_has_vnni, measure_latency, ort_optimized_graph
 
@@ -116,14 +116,7 @@ class QuantizeDynamicPass(SftPass):
         graph = model.graph
         taken = {v.name for n in graph for v in n.outputs} | set(graph.initializers) | {v.name for v in graph.inputs}
         taken |= {n.name for n in graph if n.name}
-
-        def fresh(base: str) -> str:
-            name, index = base, 0
-            while name in taken:
-                index += 1
-                name = f"{base}_{index}"
-            taken.add(name)
-            return name
+        fresh = name_allocator(taken)
 
         def initializer(base: str, array: np.ndarray) -> ir.Value:
             name = fresh(base)

@@ -39,6 +39,7 @@ import onnx_ir as ir
 
 from sftonnx import verify
 from sftonnx.errors import PassConfigError
+from sftonnx.ir_utils import name_allocator
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["FP32_OPS", "ConvertFloat16Pass"]
@@ -137,14 +138,7 @@ class ConvertFloat16Pass(SftPass):
         kept = [n for n in graph if n.op_type in keep_ops or (n.name and n.name in self.keep_nodes)]
         kept_set = set(map(id, kept))
         taken = set(types) | set(graph.initializers) | {n.name for n in graph if n.name}
-
-        def fresh(base: str) -> str:
-            name, index = base, 0
-            while name in taken:
-                index += 1
-                name = f"{base}_{index}"
-            taken.add(name)
-            return name
+        fresh = name_allocator(taken)
 
         def is_float(value: ir.Value | None) -> bool:
             return value is not None and types.get(value.name or "") == _FLOAT
