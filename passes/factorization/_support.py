@@ -369,6 +369,12 @@ class GramRequest:
         """Add one batch of activations."""
         x = np.asarray(x, dtype=np.float64)
         if self.geometry is not None:
+            # im2col of a whole batch at high resolution is huge (112x112x64x9 per sample): keep just enough
+            # samples for the rows we sample anyway, before building the patches.
+            spatial = int(np.prod(x.shape[2:])) if x.ndim > 2 else 1
+            keep = max(1, -(-4 * MAX_ROWS_PER_BATCH // max(spatial, 1)))
+            if x.shape[0] > keep:
+                x = x[np.sort(rng.choice(x.shape[0], keep, replace=False))]
             cols = conv_patches(x, self.geometry)
         else:
             if self.transpose:

@@ -282,8 +282,17 @@ class FactorizeGemmPass(SftPass):
                 first_attrs["alpha"] = alpha
             if ir_utils.attr(node, "transA", 0):
                 first_attrs["transA"] = 1
-            first = ir.node("Gemm", [node.inputs[0], first_weight], first_attrs, name=names.fresh(f"{base}_lowrank_in"))
+            # Before opset 11 Gemm's C is required: give the factors zero biases there.
+            needs_c = _default_opset(graph) < 11
+            first_inputs = [node.inputs[0], first_weight]
+            if needs_c:
+                zeros = np.zeros(rank, dtype=dtype)
+                first_inputs.append(_support.add_initializer(graph, names, f"{base}_lowrank_zero", zeros))
+            first = ir.node("Gemm", first_inputs, first_attrs, name=names.fresh(f"{base}_lowrank_in"))
             bias = node.inputs[2] if len(node.inputs) > 2 else None
+            if bias is None and needs_c:
+                zeros = np.zeros(left.shape[0], dtype=dtype)
+                bias = _support.add_initializer(graph, names, f"{base}_lowrank_bias", zeros)
             second_attrs: dict[str, Any] = {}
             beta = float(ir_utils.attr(node, "beta", 1.0))
             if bias is not None and beta != 1.0:
@@ -330,3 +339,8 @@ def _shape_table(model: ir.Model):
     except Exception as error:  # noqa: BLE001 - MAC weights are a refinement; fall back to per-row costs
         logger.debug("shape inference failed: %s", error)
         return None
+
+
+def _default_opset(graph: ir.Graph) -> int:
+    imports = graph.opset_imports
+    return imports.get("", imports.get("ai.onnx", 0))

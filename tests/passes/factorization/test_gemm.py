@@ -107,7 +107,9 @@ def test_transposed_initializer_weight_as_exported():
     report = FactorizeGemmPass(energy=1.0, force=True)(model)
     assert report.changes["matmul_factorized"] == 1
     assert [n.op_type for n in model.graph if n.outputs[0].uses() or n.outputs[0].is_graph_output()] == [
-        "MatMul", "MatMul", "Add"
+        "MatMul",
+        "MatMul",
+        "Add",
     ]
     assert_exact(original, model)
 
@@ -268,8 +270,12 @@ g (float[2,64] x, bool cond) => (float[2,48] z) {{
 def if_model() -> ir.Model:
     model = ir.from_onnx_text(WITH_LOOP_BODY)
     for name, seed in (("w", 1), ("w2", 2)):
-        value = ir.Value(name=name, shape=ir.Shape([64, 48]), type=ir.TensorType(ir.DataType.FLOAT),
-                         const_value=ir.tensor(seeded((64, 48), seed)))
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape([64, 48]),
+            type=ir.TensorType(ir.DataType.FLOAT),
+            const_value=ir.tensor(seeded((64, 48), seed)),
+        )
         model.graph.register_initializer(value)
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
             if node.op_type == "MatMul" and node.inputs[1].name == name:
@@ -285,8 +291,9 @@ def test_matmul_in_if_branches_is_factored_weight_only_and_skipped_with_data():
     check_model(model)
     for cond in (True, False):
         inputs = {"x": seeded((2, 64), 3), "cond": np.array(cond)}
-        np.testing.assert_allclose(run_ort(model, inputs)[0], run_ort(original, inputs)[0], atol=EXACT_ATOL,
-                                   rtol=EXACT_RTOL)
+        np.testing.assert_allclose(
+            run_ort(model, inputs)[0], run_ort(original, inputs)[0], atol=EXACT_ATOL, rtol=EXACT_RTOL
+        )
     data = [{"x": seeded((4, 64), 5), "cond": np.array(True)}]
     skipped = FactorizeGemmPass(rank=4, calibration_data=data)(if_model())
     assert not skipped.modified and skipped.skipped == {"in_subgraph": 2}
@@ -343,3 +350,27 @@ def test_tiny_bert_budget(budget):
     assert result.verification.passed
     weight_only = api.optimize(str(path), passes=[FactorizeGemmPass(budget=budget)], budget=Budget(min_cosine=0.0))
     assert min(o.cosine for o in weight_only.verification.outputs) < min(o.cosine for o in result.verification.outputs)
+
+
+def test_opset_9_gemm_factors_get_the_required_bias():
+    """Before opset 11 Gemm's C input is required (found on light_resnet50): the factors carry zero biases."""
+    w = seeded((64, 48))
+    model = make_model(
+        """
+<ir_version: 4, opset_import: ["" : 9]>
+g (float[2, 64] x) => (float[2, 48] y) {
+    y = Gemm(x, w, b)
+}
+""",
+        w=w,
+        b=seeded(48, seed=2),
+    )
+    original = to_bytes(model)
+    report = FactorizeGemmPass(rank=64, force=True)(model)
+    assert report.changes["gemm_factorized"] == 1
+    assert [len(n.inputs) for n in model.graph if n.op_type == "Gemm"] == [3, 3]
+    onnx.checker.check_model(ir.to_proto(model))
+    x = seeded((2, 64), seed=1)
+    np.testing.assert_allclose(
+        run_ort(model, {"x": x})[0], run_ort(original, {"x": x})[0], atol=EXACT_ATOL, rtol=EXACT_RTOL
+    )
