@@ -183,7 +183,7 @@ def optimize(
             raise InputError("give a pass spec or a preset")
         if preset not in PRESETS:
             raise InputError(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
-        spec: str | Sequence[SftPass] = PRESETS[preset]
+        spec: str | Sequence[SftPass] = preset  # expanded by name, so its passes count as from a preset
     else:
         spec = passes
     if isinstance(spec, str):
