@@ -78,19 +78,22 @@ class SftPass(ir.passes.InPlacePass):
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:
-        """The options this instance was built with (for reports and reproducer specs)."""
-        return {name: getattr(self, name) for name in pass_options(type(self)) if hasattr(self, name)}
+        """The options this instance was built with (for reports and reproducer specs).
+
+        Data handed over by the pipeline (``calibration_data``) is kept when it is a path, which a spec can
+        spell and a reproducer can reuse, and left out when it is in memory (arrays, iterables of feeds).
+        """
+        return {
+            name: getattr(self, name)
+            for name in pass_options(type(self))
+            if hasattr(self, name)
+            and (name not in _DATA_OPTIONS or isinstance(getattr(self, name), (str, os.PathLike)))
+        }
 
     def spec(self) -> str:
         """A spec string that rebuilds this pass, e.g. ``prune{rate=0.3}``."""
         defaults = {name: info.default for name, info in pass_options(type(self)).items()}
-        # Data given as a path stays in the spec (a reproducer); in-memory data (arrays, iterables) cannot.
-        given = {
-            k: v
-            for k, v in self.options().items()
-            if (k not in _DATA_OPTIONS or isinstance(v, (str, os.PathLike)))
-            and defaults.get(k, inspect.Parameter.empty) != v
-        }
+        given = {k: v for k, v in self.options().items() if defaults.get(k, inspect.Parameter.empty) != v}
         if not given:
             return self.name
         return self.name + "{" + ", ".join(f"{k}={_format_value(v)}" for k, v in given.items()) + "}"

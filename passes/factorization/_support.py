@@ -20,7 +20,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -42,7 +41,6 @@ __all__ = [
     "conv_patches",
     "layer_name",
     "make_criterion",
-    "printable_options",
     "resolve_weight",
     "sites",
     "validate_layers",
@@ -126,14 +124,6 @@ def validate_layers(pass_name: str, layers: Sequence[str], known: Iterable[str])
             f"{pass_name}: layers {', '.join(repr(n) for n in unknown)} name no candidate node "
             f"(node or output names, e.g. {sample})"
         )
-
-
-def printable_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Drop ``calibration_data`` unless it is a path (feed dicts in memory have no spec spelling)."""
-    data = options.get("calibration_data")
-    if data is not None and not isinstance(data, (str, os.PathLike)):
-        options = {k: v for k, v in options.items() if k != "calibration_data"}
-    return options
 
 
 def layer_name(node: ir.Node) -> str:

@@ -540,10 +540,6 @@ class FactorizeConvPass(SftPass):
         self.calibration_samples = int(calibration_samples)
         self.force = bool(force)
 
-    def options(self) -> dict[str, Any]:
-        """Options for reports and reproducer specs (in-memory calibration data is not spelled out)."""
-        return _support.printable_options(super().options())
-
     # ----------------------------------------------------------------------------------- requires
     def requires(self, model: ir.Model) -> None:
         """An explicitly requested mode must apply to at least one (selected) Conv.

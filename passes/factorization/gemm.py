@@ -141,10 +141,6 @@ class FactorizeGemmPass(SftPass):
         self.calibration_samples = int(calibration_samples)
         self.force = bool(force)
 
-    def options(self) -> dict[str, Any]:
-        """Options for reports and reproducer specs (in-memory calibration data is not spelled out)."""
-        return _support.printable_options(super().options())
-
     # ---------------------------------------------------------------------------------------------
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Choose ranks for every candidate, then replace each chosen node by two products."""

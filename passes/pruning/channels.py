@@ -136,10 +136,6 @@ class PruneChannelsPass(SftPass):
         self.max_samples = int(max_samples)
         self.calibration_data = calibration_data
 
-    def options(self) -> dict[str, Any]:
-        """Options for reports and reproducer specs (calibration data is given separately)."""
-        return {k: v for k, v in super().options().items() if k != "calibration_data"}
-
     def requires(self, model: ir.Model) -> None:
         """Raise ``PreconditionError`` when the main graph has no Conv/Gemm/MatMul with a constant weight."""
         if any(_has_constant_weight(node) for node in model.graph):

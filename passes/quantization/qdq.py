@@ -953,14 +953,6 @@ class QuantizeStaticPass(SftPass):
         self.error_metric = error_metric
         self.sensitivity_samples = sensitivity_samples
 
-    def options(self) -> dict[str, Any]:
-        """Options for reports; calibration data is shown by kind, not dumped."""
-        options = super().options()
-        data = options.get("calibration_data")
-        if data is not None and not isinstance(data, (str, os.PathLike)):
-            options["calibration_data"] = f"<{type(data).__name__}>"
-        return options
-
     def requires(self, model: ir.Model) -> None:
         """The main graph must have float inputs to calibrate and an opset we can reach 13 from."""
         version = opset_version(model)
