@@ -75,3 +75,25 @@ def randomize_weights(model: ir.Model, seed: int = 0) -> ir.Model:
             model.graph.inputs.append(value)
         node.replace_input_with(1, value)
     return model
+
+
+def assert_fused(model: ir.Model, pass_, changes: dict[str, int], ops: list[str]) -> None:
+    """The pass rewrote exactly ``changes``, skipped nothing, left ``ops``, a valid model and the same outputs."""
+    from tests.helpers import assert_same_outputs, op_types
+
+    original = ir.to_proto(model).SerializeToString()
+    report = pass_(model)
+    assert dict(report.changes) == changes
+    assert not report.skipped
+    assert op_types(model) == ops
+    check_model(model)
+    assert_same_outputs(original, model)
+
+
+def assert_unchanged(model: ir.Model, pass_, skips: dict[str, int]) -> None:
+    """The pass changed nothing and gave exactly the ``skips`` reasons."""
+    text = ir.to_onnx_text(model)
+    report = pass_(model)
+    assert not report.modified and not report.changes
+    assert dict(report.skipped) == skips
+    assert ir.to_onnx_text(model) == text

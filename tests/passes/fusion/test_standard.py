@@ -11,27 +11,10 @@ from sftonnx.passes.fusion.ort import FuseOrtPass
 from sftonnx.passes.fusion.standard import CollapseLayoutPass, FoldInputNormPass, FoldPadPass
 from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass
 from tests.helpers import LIGHT_MODELS, assert_same_outputs, make_model, op_types, run_ort, seeded
-from tests.passes.fusion.support import all_op_types, bind_initializers, check_model
+from tests.passes.fusion.support import all_op_types, assert_fused, assert_unchanged, bind_initializers, check_model
 
 HEADER = '<ir_version: 8, opset_import: ["" : 18]>'
 
-
-def assert_fused(model: ir.Model, pass_, changes: dict[str, int], ops: list[str]) -> None:
-    original = ir.to_proto(model).SerializeToString()
-    report = pass_(model)
-    assert dict(report.changes) == changes
-    assert not report.skipped
-    assert op_types(model) == ops
-    check_model(model)
-    assert_same_outputs(original, model)
-
-
-def assert_unchanged(model: ir.Model, pass_, skips: dict[str, int]) -> None:
-    text = ir.to_onnx_text(model)
-    report = pass_(model)
-    assert not report.modified and not report.changes
-    assert dict(report.skipped) == skips
-    assert ir.to_onnx_text(model) == text
 
 
 # -- fold-pad -----------------------------------------------------------------------------------------

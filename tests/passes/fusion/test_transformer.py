@@ -8,30 +8,13 @@ import pytest
 
 from sftonnx.errors import PassConfigError
 from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass, opset_20_blockers
-from tests.helpers import assert_same_outputs, make_model, op_types, run_ort, seeded
-from tests.passes.fusion.support import all_op_types, bind_initializers, check_model
+from tests.helpers import make_model, op_types, run_ort, seeded
+from tests.passes.fusion.support import all_op_types, assert_fused, assert_unchanged, bind_initializers, check_model
 
 
 def header(opset: int) -> str:
     return f'<ir_version: 8, opset_import: ["" : {opset}]>'
 
-
-def assert_fused(model: ir.Model, pass_, changes: dict[str, int], ops: list[str]) -> None:
-    original = ir.to_proto(model).SerializeToString()
-    report = pass_(model)
-    assert dict(report.changes) == changes
-    assert not report.skipped
-    assert op_types(model) == ops
-    check_model(model)
-    assert_same_outputs(original, model)
-
-
-def assert_unchanged(model: ir.Model, pass_, skips: dict[str, int]) -> None:
-    text = ir.to_onnx_text(model)
-    report = pass_(model)
-    assert not report.modified and not report.changes
-    assert dict(report.skipped) == skips
-    assert ir.to_onnx_text(model) == text
 
 
 # -- LayerNorm ----------------------------------------------------------------------------------------
