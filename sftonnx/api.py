@@ -18,98 +18,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
 
 from sftonnx import io
 from sftonnx import verify as verification
 from sftonnx.errors import InputError, VerificationError
-from sftonnx.pass_infra import Numerics, SftPass
-from sftonnx.pipeline import ModelStats, Pipeline, PipelineReport, Verifier, build_passes
+from sftonnx.pass_infra import SftPass
+from sftonnx.pipeline import ModelStats, OptimizeResult, build_passes, check_output, file_size, optimize_model
+from sftonnx.verify import prepare_feeds
 
 __all__ = ["DEFAULT_PRESET", "OptimizeResult", "inspect", "optimize", "prepare_feeds"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "lossless"
-#: Samples of user data used for verification at most (in batches), to bound run time.
-MAX_VERIFY_SAMPLES = 256
-#: Random input sets used for verification when no data is given.
-RANDOM_SAMPLES = 2
-
-
-@dataclasses.dataclass
-class OptimizeResult:
-    """What :func:`optimize` returns.
-
-    Attributes:
-        model: The optimized model (``onnx_ir.Model``; ``ir.to_proto(model)`` gives a ``ModelProto``).
-        report: Per-pass statistics and the final verification.
-        verification: The final comparison with the original (``None`` with ``verify=False``).
-        output: The path written, if any.
-    """
-
-    model: ir.Model
-    report: PipelineReport
-    verification: verification.Comparison | None
-    output: pathlib.Path | None
-
-
-def prepare_feeds(
-    model: ir.Model,
-    *,
-    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
-    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
-    max_samples: int = MAX_VERIFY_SAMPLES,
-    random_samples: int = RANDOM_SAMPLES,
-    seed: int = 0,
-    allow_extra: Sequence[str] = ("labels",),
-) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
-    """Feed dicts for running ``model``: user data split in batches, or seeded random inputs.
-
-    Returns:
-        ``(feeds, concrete input shapes, notes on defaults used)``.
-
-    Raises:
-        InputError: Data or shapes that do not match the model's inputs.
-    """
-    specs = verification.input_specs(model)
-    overrides = verification.parse_input_shapes(input_shapes)
-    if data is None:
-        shapes, notes = verification.resolve_shapes(specs, overrides)
-        feeds = [verification.random_feeds(specs, shapes, seed=seed + i) for i in range(random_samples)]
-        notes.append(
-            f"verification inputs: {random_samples} random sets (floats ~ N(0,1), integers in [0,8))"
-        )
-        return feeds, shapes, notes
-    if isinstance(data, (str, os.PathLike)):
-        arrays = verification.load_npz(data, specs, allow_extra=allow_extra)
-    else:
-        arrays = _check_mapping(data, specs)
-    names = [s.name for s in specs]
-    fixed_batch = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int)}
-    batch = fixed_batch.pop() if len(fixed_batch) == 1 else 32
-    limited = {k: v[:max_samples] for k, v in arrays.items() if k in names}
-    feeds = verification.batches(limited, names, batch)
-    if not feeds:
-        raise InputError("the data holds no samples")
-    shapes = {name: tuple(feeds[0][name].shape) for name in names}
-    total = len(next(iter(limited.values()))) if limited else 0
-    notes = [f"verification inputs: {total} samples of user data in batches of {batch}"]
-    return feeds, shapes, notes
-
-
-def _check_mapping(
-    data: Mapping[str, np.ndarray], specs: Sequence[verification.InputSpec]
-) -> dict[str, np.ndarray]:
-    arrays = {}
-    for spec in specs:
-        if spec.name not in data:
-            raise InputError(f"data has no array for input '{spec.name}'")
-        array = np.asarray(data[spec.name])
-        if spec.shape is not None and array.ndim != len(spec.shape):
-            raise InputError(f"data '{spec.name}' has rank {array.ndim}, the model expects {spec.describe()}")
-        arrays[spec.name] = array.astype(spec.dtype, copy=False)
-    return arrays
 
 
 def optimize(
@@ -174,9 +95,7 @@ def optimize(
         )
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
-        _check_output(model, output_path, overwrite)
-    loaded = io.load(model)
-    input_size = _file_size(model)
+        check_output(model, output_path, overwrite)  # before building passes and loading the model
 
     if passes is None:
         if preset is None:
@@ -190,86 +109,21 @@ def optimize(
         built = build_passes(spec, REGISTRY, PRESETS, extra={"calibration_data": calibration_data})
     else:
         built = [(p, False) for p in spec]
-    if not built:
-        raise InputError("the pass list is empty")
-
-    feeds, shapes, notes = prepare_feeds(loaded, data=data, input_shapes=input_shapes)
-    verifier = None
-    if verify or verify_each:
-        original_source = (
-            str(model)
-            if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
-            else io.to_bytes(loaded)
-        )
-        verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
-
-    # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch.
-    stat_shapes, _ = verification.resolve_shapes(
-        verification.input_specs(loaded), verification.parse_input_shapes(input_shapes)
-    )
-    pipeline = Pipeline(
+    return optimize_model(
+        model,
+        output_path,
         built,
-        verifier=verifier,
+        data=data,
+        verify_result=verify,
+        input_shapes=input_shapes,
+        tolerance=tolerance,
+        budget=budget,
         verify_each=verify_each,
         dump_dir=dump_dir,
-        input_shapes=stat_shapes,
+        overwrite=overwrite,
+        external_data=external_data,
         progress=progress,
     )
-    report = pipeline.report
-    report.input_notes.extend(notes)
-    report.input_size = input_size
-    pipeline.run(loaded)
-
-    comparison = None
-    if verify and verifier is not None:
-        exact = all(p.numerics is Numerics.EXACT for p, _ in built)
-        comparison = verifier.compare(verifier.outputs(verification.session_source(loaded)), exact=exact)
-        report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
-        if not comparison.passed:
-            raise VerificationError(
-                "optimized model differs from the original: "
-                + "; ".join(comparison.failures[:3])
-                + " (nothing written; use --verify-each to find the pass)",
-                metrics=comparison.to_json(),
-            )
-    if output_path is not None:
-        io.save(loaded, output_path, external_data=external_data, overwrite=True)
-        report.output_size = output_path.stat().st_size + _data_size(output_path)
-    return OptimizeResult(loaded, report, comparison, output_path)
-
-
-def _check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool) -> None:
-    if isinstance(source, (str, os.PathLike)):
-        src = pathlib.Path(source)
-        if src.exists() and output.exists() and src.resolve() == output.resolve() and not overwrite:
-            raise InputError(
-                f"output path is the input path ({output}); pass --overwrite to replace the input"
-            )
-    if (
-        output.exists()
-        and not overwrite
-        and not (
-            isinstance(source, (str, os.PathLike)) and pathlib.Path(source).resolve() == output.resolve()
-        )
-    ):
-        raise InputError(f"output file exists: {output} (pass --overwrite to replace it)")
-    if output.is_dir():
-        raise InputError(f"output path is a directory: {output}")
-    if not output.parent.exists():
-        raise InputError(f"output folder does not exist: {output.parent}")
-
-
-def _file_size(source: io.ModelSource) -> int | None:
-    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_file():
-        return pathlib.Path(source).stat().st_size
-    if isinstance(source, (bytes, bytearray)):
-        return len(source)
-    return None
-
-
-def _data_size(path: pathlib.Path) -> int:
-    data = path.with_name(path.name + ".data")
-    return data.stat().st_size if data.exists() else 0
 
 
 def inspect(
@@ -293,7 +147,7 @@ def inspect(
     loaded = io.load(model)
     specs = verification.input_specs(loaded)
     shapes, notes = verification.resolve_shapes(specs, verification.parse_input_shapes(input_shapes))
-    summary = summarize(loaded, input_shapes=shapes, file_size=_file_size(model)).to_json()
+    summary = summarize(loaded, input_shapes=shapes, file_size=file_size(model)).to_json()
     summary["input_notes"] = notes
     if memory:
         summary["memory"] = plan_memory(loaded, input_shapes=shapes).to_json()
@@ -500,7 +354,7 @@ def optimize_auto(
 
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
-        _check_output(model, output_path, overwrite)  # before a long search, not after it
+        check_output(model, output_path, overwrite)  # before a long search, not after it
     if max_accuracy_drop is None and max_error is None:
         if evaluate is not None:
             max_accuracy_drop = 1.0

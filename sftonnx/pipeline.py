@@ -1,23 +1,18 @@
-"""Pass specs, the Pipeline that runs passes with per-pass checks, and the PipelineReport.
+"""The Pipeline that runs passes with per-pass checks, its PipelineReport, and the optimize core.
 
-Spec syntax (``--passes``): comma-separated pass names, each with optional options in braces whose keys
-are the pass constructor's keywords and whose values are parsed by its type hints::
-
-    simplify,fold-bn,prune{rate=0.3},quantize{method=entropy, per_channel=true}
-
-A preset name may stand in a spec and expands to its passes (``lossless,prune{rate=0.3}``).
+:func:`optimize_model` is the load-build-run-verify-save core that ``sftonnx.api.optimize`` and the
+accuracy-aware search both call. Spec parsing lives in :mod:`sftonnx.spec` (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import pathlib
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,12 +20,17 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from sftonnx import verify
-from sftonnx.errors import InputError, PassConfigError, PassError, VerificationError
+from sftonnx import io, verify
+from sftonnx.errors import InputError, PassError, VerificationError
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
-from sftonnx.pass_infra import Numerics, PassReport, SftPass, coerce_option, pass_options
+from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.spec import build_passes, parse_spec, resolve_spec
 
 __all__ = [
+    "OptimizeResult",
+    "check_output",
+    "file_size",
+    "optimize_model",
     "ModelStats",
     "PassRow",
     "Pipeline",
@@ -42,122 +42,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------------------------ spec
-def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
-    """Split a spec into ``[(name, {option: raw value})]``.
-
-    Raises:
-        PassConfigError: Unbalanced braces, an empty name, or an option without ``=``.
-    """
-    items: list[tuple[str, dict[str, str]]] = []
-    position = 0
-    text = spec.strip()
-    if not text:
-        raise PassConfigError("empty pass spec")
-    while position < len(text):
-        end = position
-        while end < len(text) and text[end] not in ",{}":
-            end += 1
-        name = text[position:end].strip()
-        if not name:
-            raise PassConfigError(f"pass spec '{spec}': empty pass name at character {position + 1}")
-        options: dict[str, str] = {}
-        position = end
-        if position < len(text) and text[position] == "{":
-            close = text.find("}", position)
-            if close < 0:
-                raise PassConfigError(f"pass spec '{spec}': '{{' after '{name}' is never closed")
-            body = text[position + 1 : close]
-            if "{" in body:
-                raise PassConfigError(f"pass spec '{spec}': nested '{{' in the options of '{name}'")
-            for part in [p for p in body.split(",") if p.strip()]:
-                key, sep, value = part.partition("=")
-                if not sep or not key.strip():
-                    raise PassConfigError(
-                        f"pass spec '{spec}': option '{part.strip()}' of '{name}' needs key=value"
-                    )
-                options[key.strip()] = value.strip()
-            position = close + 1
-        elif position < len(text) and text[position] == "}":
-            raise PassConfigError(f"pass spec '{spec}': unexpected '}}' after '{name}'")
-        items.append((name, options))
-        while position < len(text) and text[position] in " \t":
-            position += 1
-        if position < len(text):
-            if text[position] != ",":
-                raise PassConfigError(f"pass spec '{spec}': expected ',' after '{name}'")
-            position += 1
-    return items
-
-
-def resolve_spec(
-    spec: str, registry: Mapping[str, type[SftPass]], presets: Mapping[str, str], *, _depth: int = 0
-) -> list[tuple[str, dict[str, str], bool]]:
-    """Parse ``spec`` and expand preset names: ``[(pass name, raw options, came_from_preset)]``.
-
-    Raises:
-        PassConfigError: An unknown pass or preset name (with the closest known names).
-    """
-    if _depth > 4:
-        raise PassConfigError("presets nest too deeply")
-    resolved: list[tuple[str, dict[str, str], bool]] = []
-    for name, options in parse_spec(spec):
-        if name in registry:
-            resolved.append((name, options, _depth > 0))
-        elif name in presets:
-            if options:
-                raise PassConfigError(f"preset '{name}' takes no options; list its passes to configure them")
-            resolved.extend(
-                (n, o, True) for n, o, _ in resolve_spec(presets[name], registry, presets, _depth=_depth + 1)
-            )
-        else:
-            close = difflib.get_close_matches(name, [*registry, *presets], n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else " (see 'sftonnx passes')"
-            raise PassConfigError(f"unknown pass '{name}'{hint}")
-    return resolved
-
-
-def build_passes(
-    spec: str,
-    registry: Mapping[str, type[SftPass]],
-    presets: Mapping[str, str],
-    *,
-    extra: Mapping[str, Any] | None = None,
-) -> list[tuple[SftPass, bool]]:
-    """Instantiate the passes of ``spec``: ``[(pass, came_from_preset)]``.
-
-    Args:
-        spec: The pass spec.
-        registry: ``{name: pass class}``.
-        presets: ``{preset name: spec}``.
-        extra: Keyword values handed to every pass whose constructor accepts them and that the spec does
-            not set (e.g. ``calibration_data``).
-
-    Raises:
-        PassConfigError: Unknown pass or option, or a value that does not parse or validate.
-    """
-    passes: list[tuple[SftPass, bool]] = []
-    for name, raw_options, from_preset in resolve_spec(spec, registry, presets):
-        cls = registry[name]
-        declared = pass_options(cls)
-        kwargs: dict[str, Any] = {}
-        for key, raw in raw_options.items():
-            if key not in declared:
-                known = ", ".join(declared) or "none"
-                raise PassConfigError(f"{name}: unknown option '{key}' (options: {known})")
-            kwargs[key] = coerce_option(name, declared[key], raw)
-        for key, value in (extra or {}).items():
-            if key in declared and key not in kwargs and value is not None:
-                kwargs[key] = value
-        try:
-            passes.append((cls(**kwargs), from_preset))
-        except PassConfigError:
-            raise
-        except (TypeError, ValueError) as error:
-            raise PassConfigError(f"{name}: {error}") from None
-    return passes
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -521,3 +405,141 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+# ------------------------------------------------------------------------------------ optimize core
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize` returns.
+
+    Attributes:
+        model: The optimized model (``onnx_ir.Model``; ``ir.to_proto(model)`` gives a ``ModelProto``).
+        report: Per-pass statistics and the final verification.
+        verification: The final comparison with the original (``None`` with ``verify=False``).
+        output: The path written, if any.
+    """
+
+    model: ir.Model
+    report: PipelineReport
+    verification: verify.Comparison | None
+    output: pathlib.Path | None
+
+
+def optimize_model(
+    model: io.ModelSource,
+    output: str | os.PathLike | None,
+    built: Sequence[tuple[SftPass, bool]],
+    *,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    verify_result: bool = True,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    tolerance: verify.Tolerance | None = None,
+    budget: verify.Budget | None = None,
+    verify_each: bool = False,
+    dump_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    external_data: bool | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> OptimizeResult:
+    """Load, run the built passes, verify against the original, and save atomically (the optimize core).
+
+    Arguments are those of :func:`sftonnx.api.optimize`, with the passes already built
+    (``[(pass, came_from_preset)]``, see :func:`sftonnx.spec.build_passes`) and ``verify_result`` for
+    ``verify``.
+
+    Raises:
+        InputError: Bad model, data, shapes or output path (exit 2).
+        VerificationError: The result differs from the original beyond its limits (exit 3).
+        PassError: A pass failed or broke the model (exit 1).
+    """
+    if not built:
+        raise InputError("the pass list is empty")
+    output_path = pathlib.Path(output) if output is not None else None
+    if output_path is not None:
+        check_output(model, output_path, overwrite)
+    loaded = io.load(model)
+    input_size = file_size(model)
+    checking = verify_result or verify_each
+    feeds, shapes, notes = verify.prepare_feeds(loaded, data=data, input_shapes=input_shapes)
+    verifier = None
+    if checking:
+        original_source = (
+            str(model)
+            if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
+            else io.to_bytes(loaded)
+        )
+        verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
+
+    # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch.
+    stat_shapes, _ = verify.resolve_shapes(
+        verify.input_specs(loaded), verify.parse_input_shapes(input_shapes)
+    )
+    pipeline = Pipeline(
+        built,
+        verifier=verifier,
+        verify_each=verify_each,
+        dump_dir=dump_dir,
+        input_shapes=stat_shapes,
+        progress=progress,
+    )
+    report = pipeline.report
+    report.input_notes.extend(notes)
+    report.input_size = input_size
+    pipeline.run(loaded)
+
+    comparison = None
+    if verify_result and verifier is not None:
+        exact = all(p.numerics is Numerics.EXACT for p, _ in built)
+        comparison = verifier.compare(verifier.outputs(verify.session_source(loaded)), exact=exact)
+        report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
+        if not comparison.passed:
+            raise VerificationError(
+                "optimized model differs from the original: "
+                + "; ".join(comparison.failures[:3])
+                + " (nothing written; use --verify-each to find the pass)",
+                metrics=comparison.to_json(),
+            )
+    if output_path is not None:
+        io.save(loaded, output_path, external_data=external_data, overwrite=True)
+        report.output_size = output_path.stat().st_size + _data_size(output_path)
+    return OptimizeResult(loaded, report, comparison, output_path)
+
+
+def check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool) -> None:
+    """Refuse an output path that would overwrite the input or a file without ``overwrite``, or cannot be written.
+
+    Raises:
+        InputError: Naming the path and what to do.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        src = pathlib.Path(source)
+        if src.exists() and output.exists() and src.resolve() == output.resolve() and not overwrite:
+            raise InputError(
+                f"output path is the input path ({output}); pass --overwrite to replace the input"
+            )
+    if (
+        output.exists()
+        and not overwrite
+        and not (
+            isinstance(source, (str, os.PathLike)) and pathlib.Path(source).resolve() == output.resolve()
+        )
+    ):
+        raise InputError(f"output file exists: {output} (pass --overwrite to replace it)")
+    if output.is_dir():
+        raise InputError(f"output path is a directory: {output}")
+    if not output.parent.exists():
+        raise InputError(f"output folder does not exist: {output.parent}")
+
+
+def file_size(source: io.ModelSource) -> int | None:
+    """Size of a model given as a file path or bytes (``None`` for in-memory models)."""
+    if isinstance(source, (str, os.PathLike)) and pathlib.Path(source).is_file():
+        return pathlib.Path(source).stat().st_size
+    if isinstance(source, (bytes, bytearray)):
+        return len(source)
+    return None
+
+
+def _data_size(path: pathlib.Path) -> int:
+    data = path.with_name(path.name + ".data")
+    return data.stat().st_size if data.exists() else 0

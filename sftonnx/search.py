@@ -376,11 +376,9 @@ def _state(task: _Task) -> _State:
         return _STATES[task.key]
     import importlib
 
-    from sftonnx import api
-
     bench = importlib.import_module("sftonnx.benchmark")
     original = io.load(task.original_path)
-    feeds, _, _ = api.prepare_feeds(original, data=task.verify_data, input_shapes=dict(task.input_shapes))
+    feeds, _, _ = verification.prepare_feeds(original, data=task.verify_data, input_shapes=dict(task.input_shapes))
     session = verification.make_session(task.original_path, threads=task.threads)
     expected = verification.run_model(session, feeds)
     evaluator = None
@@ -429,7 +427,8 @@ def _evaluate(task: _Task, job: dict[str, Any]) -> dict[str, Any]:
 
     Returns a record; ``status`` is ``fatal`` when the evaluation function itself failed (a usage error).
     """
-    from sftonnx import api
+    from sftonnx.passes import PRESETS, REGISTRY
+    from sftonnx.pipeline import build_passes, optimize_model
 
     started = time.perf_counter()
     folder = pathlib.Path(task.folder)
@@ -437,13 +436,13 @@ def _evaluate(task: _Task, job: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"key": job["key"], "spec": job["spec"], "status": "ok", "message": ""}
     try:
         with _quiet_passes():
-            result = api.optimize(
+            built = build_passes(job["spec"], REGISTRY, PRESETS, extra={"calibration_data": task.calibration})
+            result = optimize_model(
                 job["source"],
                 path,
-                passes=job["spec"],
-                verify=False,
+                built,
+                verify_result=False,
                 input_shapes=dict(task.input_shapes) or None,
-                calibration_data=task.calibration,
                 overwrite=True,
             )
     except Exception as error:  # any pipeline failure makes this candidate fail, not the search

@@ -1,0 +1,71 @@
+"""Numerical verification: model inputs and user data, onnxruntime runs, and output metrics.
+
+The optimized model is run against the original on the same inputs: user data (``--data``), or inputs built
+from the model's input specs (dynamic dimensions filled from ``--input-shape`` or stated defaults).
+
+Modules: :mod:`~sftonnx.verify.inputs` (input specs, shapes, synthesized inputs), :mod:`~sftonnx.verify.data`
+(``.npz`` files and folders, calibration streams, feed preparation), :mod:`~sftonnx.verify.runtime`
+(onnxruntime sessions, divergence search), :mod:`~sftonnx.verify.metrics` (metrics, tolerance, budgets).
+Everything public is re-exported here: ``from sftonnx import verify; verify.compare_outputs(...)``.
+"""
+
+from __future__ import annotations
+
+from sftonnx.verify.data import (
+    MAX_VERIFY_SAMPLES,
+    RANDOM_SAMPLES,
+    batches,
+    calibration_feeds,
+    load_npz,
+    prepare_feeds,
+)
+from sftonnx.verify.inputs import (
+    DEFAULT_BATCH,
+    DEFAULT_DYNAMIC_DIM,
+    InputSpec,
+    check_shape,
+    input_specs,
+    parse_input_shapes,
+    random_feeds,
+    resolve_shapes,
+)
+from sftonnx.verify.metrics import (
+    DEFAULT_ATOL,
+    DEFAULT_MIN_COSINE,
+    DEFAULT_RTOL,
+    Budget,
+    Comparison,
+    OutputMetrics,
+    Tolerance,
+    compare_outputs,
+)
+from sftonnx.verify.runtime import find_first_divergence, make_session, run_model, session_source
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_BATCH",
+    "DEFAULT_DYNAMIC_DIM",
+    "DEFAULT_MIN_COSINE",
+    "DEFAULT_RTOL",
+    "MAX_VERIFY_SAMPLES",
+    "RANDOM_SAMPLES",
+    "Budget",
+    "Comparison",
+    "InputSpec",
+    "OutputMetrics",
+    "Tolerance",
+    "batches",
+    "calibration_feeds",
+    "check_shape",
+    "compare_outputs",
+    "find_first_divergence",
+    "input_specs",
+    "load_npz",
+    "make_session",
+    "parse_input_shapes",
+    "prepare_feeds",
+    "random_feeds",
+    "resolve_shapes",
+    "run_model",
+    "session_source",
+]
