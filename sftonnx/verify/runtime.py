@@ -39,12 +39,13 @@ def make_session(
     optimization: str = "all",
     threads: int = 0,
     optimized_model_path: str | None = None,
+    log_severity: int = 3,
 ):
-    """An onnxruntime session (warnings silenced). Raises whatever onnxruntime raises."""
+    """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = log_severity
     options.intra_op_num_threads = threads
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
