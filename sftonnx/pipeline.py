@@ -145,8 +145,8 @@ class Verifier:
             self.output_names = [o.name for o in session.get_outputs()]
             self.expected = verify.run_model(session, self.feeds)
         except Exception as error:  # onnxruntime's own error types vary by build
-            advice = f"; {hint}" if hint else ""
-            raise InputError(f"onnxruntime cannot run the input model: {_first_line(error)}{advice}") from None
+            line = f"{verify.ort_failure(error)}; {hint}" if hint else _first_line(error)
+            raise InputError(f"onnxruntime cannot run the input model: {line}") from None
 
     def outputs(self, candidate: bytes | str) -> list[list[np.ndarray]] | str:
         """The candidate's outputs per feed, or an error string when it does not load or run."""

@@ -42,7 +42,7 @@ from sftonnx.verify.metrics import (
     Tolerance,
     compare_outputs,
 )
-from sftonnx.verify.runtime import find_first_divergence, make_session, run_model, session_source
+from sftonnx.verify.runtime import find_first_divergence, make_session, ort_failure, run_model, session_source
 from sftonnx.verify.synthesis import synthesize_inputs
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "input_specs",
     "load_npz",
     "make_session",
+    "ort_failure",
     "parse_input_shapes",
     "prepare_feeds",
     "random_feeds",

@@ -219,8 +219,12 @@ def unfit_hint(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]
     tried = ", ".join(
         f"{s.name}={shape_text(s)}" + (" integers" if np.dtype(s.dtype).kind in "iu" else "") for s in named
     )
+
+    def template(spec: InputSpec) -> str:
+        dims = spec.shape or shapes.get(spec.name, ())
+        return "x".join(str(d) if isinstance(d, int) else f"D{axis}" for axis, d in enumerate(dims)) or "D0"
+
     advice = f"give real inputs with --data FILE.npz (arrays {', '.join(s.name for s in specs)})"
     if dynamic:
-        advice += " or other shapes with --input-shape " + " ".join(f"{s.name}={shape_text(s)}" for s in dynamic)
+        advice += " or the shapes with --input-shape " + " ".join(f"{s.name}={template(s)}" for s in dynamic)
     return f"the synthesized inputs do not fit (tried {tried}): {advice}"
-

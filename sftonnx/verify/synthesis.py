@@ -34,6 +34,7 @@ import onnx_ir as ir
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes
 from sftonnx.ir_utils import attr, constant_array
 from sftonnx.verify.inputs import DEFAULT_BATCH, DEFAULT_DYNAMIC_DIM, InputSpec
+from sftonnx.verify.runtime import make_session, ort_failure, run_model
 
 __all__ = ["LONGER_LENGTHS", "Synthesis", "synthesize_inputs"]
 
@@ -56,7 +57,6 @@ _KEEP_VALUES = {
 _LENGTH_NAME = re.compile(r"(^|[^a-z])(len|lens|length|lengths|seq_len|seq_lens|seqlen|sequence_length)s?($|[^a-z])")
 _LENGTH_OPS = {"Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Range", "Slice", "Sub", "Equal"}
 _UNRESOLVED = "unresolved"
-_ORT_FAILURE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)")
 
 Dim = int | str | None
 
@@ -137,25 +137,13 @@ def synthesize_inputs(
 
 
 def _try_run(source: bytes | None, feeds: Sequence[Mapping[str, np.ndarray]]) -> str | None:
-    """None when the model runs on the feeds, else onnxruntime's first error line."""
+    """None when the model runs on the feeds, else onnxruntime's first error line (its log kept quiet)."""
     if source is None:
         return None
-    import onnxruntime as ort
-
-    from sftonnx.verify.runtime import run_model
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # a failing trial is expected: keep onnxruntime's error log quiet
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     try:
-        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        run_model(session, feeds)
+        run_model(make_session(source, optimization="basic", log_severity=4), feeds)
     except Exception as error:  # onnxruntime's error types vary by build
-        text = str(error).strip()
-        line = text.splitlines()[0] if text else type(error).__name__
-        if match := _ORT_FAILURE.search(line):  # "... running Conv node. Name:'c' Status Message: ..."
-            line = f"{match.group(1)} '{match.group(2)}': {match.group(3)}"
-        return line[:200]
+        return ort_failure(error)
     return None
 
 
