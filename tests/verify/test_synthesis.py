@@ -119,6 +119,25 @@ def test_gather_on_embedding_of_two_rows():
     run_ort(model, feeds[0])
 
 
+def test_offset_before_gather_shifts_the_range():
+    model = make_model(
+        """
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (int64[B, L] ids) => (float[B, L, 4] y) {
+            one = Constant <value = int64 {1}> ()
+            shifted = Sub(ids, one)
+            y = Gather(emb, shifted)
+        }
+        """,
+        emb=seeded((4, 4)),
+    )
+    feeds, _, notes = prepare(model)
+    ids = np.concatenate([f["ids"].ravel() for f in feeds])
+    assert ids.min() == 1 and ids.max() == 4
+    assert "ids: integers in [1, 5) from Gather on embedding 'emb' (4 rows)" in notes
+    run_ort(model, feeds[0])
+
+
 def test_gather_indices_into_a_dim_of_five():
     model = make_model(GATHER_DIM)
     feeds, _, notes = prepare(model)
