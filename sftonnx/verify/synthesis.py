@@ -15,9 +15,7 @@ indices, so the graph is read for what fits:
   values (Cast, Reshape, Unsqueeze, Gather of its rows, Add of a constant ...) to the consumers that say what
   it is: indices of Gather/Scatter (``[0, dim)`` of the indexed axis), the ``sequence_lens`` of a recurrent
   op or a ``length`` input (the sequence length, so masks are full), or a comparison with constants (those
-  values, e.g. a sample rate an If compares with 16000).
-
-Every choice is stated in the notes that go into the report.
+  values, e.g. a sample rate an If compares with 16000). Every choice is stated in the notes of the report.
 """
 
 from __future__ import annotations
@@ -122,7 +120,7 @@ def synthesize_inputs(
     """
     reader = _GraphReader(model, specs, overrides)
     synthesis = reader.build(DEFAULT_DYNAMIC_DIM, samples=samples, seed=seed)
-    if trial_run and reader.guessed_lengths() and model_nbytes(model) <= PROTOBUF_LIMIT:
+    if trial_run and reader.model_bytes is not None and reader.guessed_lengths():  # None: over 2 GiB
         error = _try_run(reader.model_bytes, synthesis.feeds[:1])
         if error is not None:
             for length in LONGER_LENGTHS:
@@ -136,10 +134,8 @@ def synthesize_inputs(
     return synthesis
 
 
-def _try_run(source: bytes | None, feeds: Sequence[Mapping[str, np.ndarray]]) -> str | None:
+def _try_run(source: bytes, feeds: Sequence[Mapping[str, np.ndarray]]) -> str | None:
     """None when the model runs on the feeds, else onnxruntime's first error line (its log kept quiet)."""
-    if source is None:
-        return None
     try:
         run_model(make_session(source, optimization="basic", log_severity=4), feeds)
     except Exception as error:  # onnxruntime's error types vary by build
@@ -321,13 +317,10 @@ class _GraphReader:
 
     def guessed_lengths(self) -> bool:
         """Whether some dimension got a default length (a trial run may find a better one)."""
-        for dims in self.input_dims.values():
-            for dim in dims:
-                if isinstance(dim, str):
-                    value, reason = self._value(dim, DEFAULT_DYNAMIC_DIM)
-                    if reason == _UNRESOLVED and value == DEFAULT_DYNAMIC_DIM:
-                        return True
-        return False
+        chosen = [
+            self._value(d, DEFAULT_DYNAMIC_DIM) for dims in self.input_dims.values() for d in dims if isinstance(d, str)
+        ]
+        return (DEFAULT_DYNAMIC_DIM, _UNRESOLVED) in chosen
 
     # ------------------------------------------------------------------------------- constraints
     def _constrain(self, node: ir.Node) -> None:
@@ -384,6 +377,14 @@ class _GraphReader:
             self._broadcast(node, inputs, shapes)
         elif op == "Concat":
             self._concat(node, shapes)
+        elif op == "Reshape" and len(inputs) == 2 and shapes[0] and (target := constant_array(inputs[1])) is not None:
+            # A constant target without -1/0 fixes the one unknown dimension of the data: numel must match.
+            unknown = [d for d in shapes[0] if not isinstance(d, int)]
+            known = int(np.prod([d for d in shapes[0] if isinstance(d, int)]))
+            if len(unknown) == 1 and (symbol := self._known(unknown[0])) and target.size and (target > 0).all():
+                total = int(np.prod(target))
+                if total % known == 0:
+                    self._fix(symbol, total // known, f"Reshape '{node.name}' to {target.tolist()}")
         elif op in ("Gather", "GatherElements") and len(inputs) == 2 and shapes[0]:
             indices = constant_array(inputs[1])
             axis = attr(node, "axis", 0)
@@ -594,5 +595,4 @@ class _GraphReader:
 def _listed(reasons: Sequence[str], shown: int = 2) -> str:
     """The first distinct reasons, and how many more."""
     unique = list(dict.fromkeys(reasons))
-    more = f" and {len(unique) - shown} more" if len(unique) > shown else ""
-    return ", ".join(unique[:shown]) + more
+    return ", ".join(unique[:shown]) + (f" and {len(unique) - shown} more" if len(unique) > shown else "")
