@@ -74,7 +74,7 @@ def ort_failure(error: BaseException, limit: int = 200) -> str:
     line = text.splitlines()[0] if text else type(error).__name__
     if match := _ORT_FAILURE.search(line):  # "... running Conv node. Name:'c' Status Message: ..."
         line = f"{match.group(1)} '{match.group(2)}': {match.group(3)}"
-    line = re.sub(r"/onnxruntime_src/\S+ \S+::\S+\([^)]*\) ", "", line)  # source location of the check
+    line = re.sub(r"/onnxruntime_src/\S+ (\w+ )?\S+::\S+?\([^)]*\) ", "", line)  # where ORT checked
     return line[:limit]
 
 

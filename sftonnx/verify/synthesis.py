@@ -390,7 +390,7 @@ class _GraphReader:
             axis = attr(node, "axis", 0)
             axis = axis + len(shapes[0]) if axis < 0 else axis
             symbol = self._known(shapes[0][axis]) if 0 <= axis < len(shapes[0]) else None
-            if symbol and indices is None:
+            if symbol and indices is None and "batch" not in symbol.lower():
                 self._cls(symbol).kinds.add("length")  # rows read by computed indices: more than one
             elif symbol and indices is not None and indices.size and op == "Gather":
                 needed = int(max(indices.max() + 1, -indices.min()))
