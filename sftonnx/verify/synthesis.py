@@ -61,17 +61,11 @@ Dim = int | str | None
 
 @dataclasses.dataclass
 class Synthesis:
-    """Synthesized verification inputs.
+    """Synthesized verification inputs."""
 
-    Attributes:
-        feeds: One feed dict per sample.
-        shapes: The concrete shape of every input.
-        notes: What was chosen and why (shapes, value ranges), for the report.
-    """
-
-    feeds: list[dict[str, np.ndarray]]
-    shapes: dict[str, tuple[int, ...]]
-    notes: list[str]
+    feeds: list[dict[str, np.ndarray]]  # one feed dict per sample
+    shapes: dict[str, tuple[int, ...]]  # the concrete shape of every input
+    notes: list[str]  # what was chosen and why (shapes, value ranges), for the report
 
 
 @dataclasses.dataclass
@@ -360,6 +354,11 @@ class _GraphReader:
             self._kind(x[0], "batch")
             for dim in x[2:]:
                 self._kind(dim, "length")
+        elif op == "Scan" and (count := attr(node, "num_scan_inputs", 0)):
+            axes = list(attr(node, "scan_input_axes", None) or [0] * count)
+            for shape, axis in zip(shapes[len(inputs) - count :], axes, strict=False):
+                if shape:
+                    self._kind(shape[axis], "length")  # the scanned axis is a sequence
         elif op in ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool") and shapes[0]:
             self._kind(shapes[0][0], "batch")
             for dim in shapes[0][2:]:

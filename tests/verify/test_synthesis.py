@@ -121,6 +121,27 @@ def test_lstm_weight_fixes_unnamed_feature_dim_and_model_runs():
     assert y.shape == (32, 1, 1, 8) and np.isfinite(y).all()
 
 
+def test_matmul_inside_a_scan_body_fixes_the_feature_dim():
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 18]>
+        g (float[T, ?] x, float[2] h0) => (float[2] h, float[T, 2] ys)
+          <float[3, 2] W = {1, 2, 3, 4, 5, 6}> {
+            h, ys = Scan <num_scan_inputs = 1, body = step (float[2] s, float[?] xt) => (float[2] s2, float[2] y) {
+                p = MatMul(xt, W)
+                s2 = Add(s, p)
+                y = Identity(s2)
+            }> (h0, x)
+        }
+        """
+    )
+    feeds, shapes, notes = prepare(model)
+    assert shapes == {"x": (32, 3), "h0": (2,)}
+    assert "x: dim 1 set to 3 from MatMul weight 'W'" in notes
+    _, ys = run_ort(model, feeds[0])
+    assert ys.shape == (32, 2)
+
+
 def test_gather_on_embedding_of_two_rows():
     model = make_model(EMBEDDING, emb=seeded((2, 4)))
     feeds, shapes, notes = prepare(model)
