@@ -121,6 +121,7 @@ class Verifier:
         feeds: Input feed dicts (random or user data).
         tolerance: Limits for lossless pipelines.
         budget: Limits for pipelines with lossy passes.
+        hint: Appended to the error when the original does not run (what inputs to give instead).
 
     Raises:
         InputError: onnxruntime cannot load or run the original model.
@@ -133,17 +134,19 @@ class Verifier:
         *,
         tolerance: verify.Tolerance | None = None,
         budget: verify.Budget | None = None,
+        hint: str = "",
     ) -> None:
         self.original = original
         self.feeds = list(feeds)
         self.tolerance = tolerance or verify.Tolerance()
         self.budget = budget or verify.Budget()
-        try:
-            session = verify.make_session(original)
+        try:  # errors are reported below, in one line: keep onnxruntime's own log quiet
+            session = verify.make_session(original, log_severity=4)
             self.output_names = [o.name for o in session.get_outputs()]
             self.expected = verify.run_model(session, self.feeds)
         except Exception as error:  # onnxruntime's own error types vary by build
-            raise InputError(f"onnxruntime cannot run the input model: {_first_line(error)}") from None
+            line = f"{verify.ort_failure(error)}; {hint}" if hint else _first_line(error)
+            raise InputError(f"onnxruntime cannot run the input model: {line}") from None
 
     def outputs(self, candidate: bytes | str) -> list[list[np.ndarray]] | str:
         """The candidate's outputs per feed, or an error string when it does not load or run."""
@@ -468,7 +471,8 @@ def optimize_model(
             if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
             else io.to_bytes(loaded)
         )
-        verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget)
+        hint = verify.unfit_hint(verify.input_specs(loaded), shapes) if data is None else ""
+        verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget, hint=hint)
 
     # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch.
     stat_shapes, _ = verify.resolve_shapes(

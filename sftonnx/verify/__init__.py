@@ -1,11 +1,13 @@
 """Numerical verification: model inputs and user data, onnxruntime runs, and output metrics.
 
 The optimized model is run against the original on the same inputs: user data (``--data``), or inputs built
-from the model's input specs (dynamic dimensions filled from ``--input-shape`` or stated defaults).
+from the model's graph (dynamic dimensions from ``--input-shape``, the weights, or stated defaults).
 
 Modules: :mod:`~sftonnx.verify.inputs` (input specs, shapes, synthesized inputs), :mod:`~sftonnx.verify.data`
 (``.npz`` files and folders, calibration streams, feed preparation), :mod:`~sftonnx.verify.runtime`
-(onnxruntime sessions, divergence search), :mod:`~sftonnx.verify.metrics` (metrics, tolerance, budgets).
+(onnxruntime sessions, divergence search), :mod:`~sftonnx.verify.metrics` (metrics, tolerance, budgets),
+:mod:`~sftonnx.verify.synthesis` (inputs that fit the model when no data is given: dimensions from weights,
+integer ranges from the ops that consume them).
 Everything public is re-exported here: ``from sftonnx import verify; verify.compare_outputs(...)``.
 """
 
@@ -28,6 +30,7 @@ from sftonnx.verify.inputs import (
     parse_input_shapes,
     random_feeds,
     resolve_shapes,
+    unfit_hint,
 )
 from sftonnx.verify.metrics import (
     DEFAULT_ATOL,
@@ -39,7 +42,8 @@ from sftonnx.verify.metrics import (
     Tolerance,
     compare_outputs,
 )
-from sftonnx.verify.runtime import find_first_divergence, make_session, run_model, session_source
+from sftonnx.verify.runtime import find_first_divergence, make_session, ort_failure, run_model, session_source
+from sftonnx.verify.synthesis import synthesize_inputs
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -62,10 +66,13 @@ __all__ = [
     "input_specs",
     "load_npz",
     "make_session",
+    "ort_failure",
     "parse_input_shapes",
     "prepare_feeds",
     "random_feeds",
     "resolve_shapes",
     "run_model",
     "session_source",
+    "synthesize_inputs",
+    "unfit_hint",
 ]

@@ -16,9 +16,9 @@ from sftonnx.verify.inputs import (
     check_shape,
     input_specs,
     parse_input_shapes,
-    random_feeds,
     resolve_shapes,
 )
+from sftonnx.verify.synthesis import synthesize_inputs
 
 __all__ = ["MAX_VERIFY_SAMPLES", "RANDOM_SAMPLES", "batches", "calibration_feeds", "load_npz", "prepare_feeds"]
 
@@ -164,7 +164,11 @@ def prepare_feeds(
     seed: int = 0,
     allow_extra: Sequence[str] = ("labels",),
 ) -> tuple[list[dict[str, np.ndarray]], dict[str, tuple[int, ...]], list[str]]:
-    """Feed dicts for running ``model``: user data split in batches, or seeded random inputs.
+    """Feed dicts for running ``model``: user data split in batches, or seeded inputs synthesized to fit it.
+
+    Without ``data``, inputs are synthesized by :func:`~sftonnx.verify.synthesis.synthesize_inputs`: dynamic
+    dimensions resolved from weights (``input_shapes`` always win), integer inputs drawn from the ranges their
+    consumers allow; the notes state every shape and range used.
 
     Returns:
         ``(feeds, concrete input shapes, notes on defaults used)``.
@@ -175,12 +179,13 @@ def prepare_feeds(
     specs = input_specs(model)
     overrides = parse_input_shapes(input_shapes)
     if data is None:
-        shapes, notes = resolve_shapes(specs, overrides)
-        feeds = [random_feeds(specs, shapes, seed=seed + i) for i in range(random_samples)]
-        notes.append(
-            f"verification inputs: {random_samples} random sets (floats ~ N(0,1), integers in [0,8))"
-        )
-        return feeds, shapes, notes
+        resolve_shapes(specs, overrides)  # checks the overrides against the model
+        synthesis = synthesize_inputs(model, specs, overrides, samples=random_samples, seed=seed)
+        notes = [
+            *synthesis.notes,
+            f"verification inputs: {random_samples} synthesized sets (floats ~ N(0,1) unless stated above)",
+        ]
+        return synthesis.feeds, synthesis.shapes, notes
     if isinstance(data, (str, os.PathLike)):
         arrays = load_npz(data, specs, allow_extra=allow_extra)
     else:

@@ -23,6 +23,7 @@ __all__ = [
     "parse_input_shapes",
     "random_feeds",
     "resolve_shapes",
+    "unfit_hint",
 ]
 
 #: Symbolic first (batch) dimension, when no ``--input-shape`` names it.
@@ -84,8 +85,10 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             )
         shape = None
         if value.shape is not None:
+            # dim_value <= 0 (Paddle writes -1) is a dynamic dimension, not a size.
             shape = tuple(
-                d if isinstance(d, int) else (d.value if d.value else None) for d in value.shape.dims
+                (d if d > 0 else None) if isinstance(d, int) else (d.value if d.value else None)
+                for d in value.shape.dims
             )
         specs.append(InputSpec(value.name or "", np.dtype(dtype), shape))
     return specs
@@ -198,3 +201,30 @@ def check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
     for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=True)):
         if isinstance(fixed, int) and fixed != got:
             raise InputError(f"{label}: '{spec.name}' dimension {axis} is {got}, the model fixes it to {fixed}")
+
+
+def unfit_hint(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """What to say when the model does not run on synthesized inputs: the inputs guessed, and what to give.
+
+    Names the inputs whose shape or values were guessed (dynamic dimensions, integer values), the shapes
+    tried, and the ``--data`` / ``--input-shape`` options that replace them.
+    """
+    dynamic = [s for s in specs if s.shape is None or any(not isinstance(d, int) for d in s.shape)]
+    integer = [s for s in specs if np.dtype(s.dtype).kind in "iu" and s not in dynamic]
+    named = [*dynamic, *integer] or list(specs)
+
+    def shape_text(spec: InputSpec) -> str:
+        return "x".join(str(d) for d in shapes.get(spec.name, ())) or "scalar"
+
+    tried = ", ".join(
+        f"{s.name}={shape_text(s)}" + (" integers" if np.dtype(s.dtype).kind in "iu" else "") for s in named
+    )
+
+    def template(spec: InputSpec) -> str:
+        dims = spec.shape or shapes.get(spec.name, ())
+        return "x".join(str(d) if isinstance(d, int) else f"D{axis}" for axis, d in enumerate(dims)) or "D0"
+
+    advice = f"give real inputs with --data FILE.npz (arrays {', '.join(s.name for s in specs)})"
+    if dynamic:
+        advice += " or the shapes with --input-shape " + " ".join(f"{s.name}={template(s)}" for s in dynamic)
+    return f"the synthesized inputs do not fit (tried {tried}): {advice}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,9 +16,12 @@ import onnx_ir as ir
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
 from sftonnx.verify.metrics import Tolerance
 
-__all__ = ["find_first_divergence", "make_session", "run_model", "session_source"]
+__all__ = ["find_first_divergence", "make_session", "ort_failure", "run_model", "session_source"]
 
 logger = logging.getLogger(__name__)
+
+_ORT_FAILURE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: (.*)")
+
 
 # ---------------------------------------------------------------------------------------- onnxruntime
 def session_source(model: ir.Model | bytes | str | os.PathLike, workdir: str | None = None) -> bytes | str:
@@ -39,12 +43,13 @@ def make_session(
     optimization: str = "all",
     threads: int = 0,
     optimized_model_path: str | None = None,
+    log_severity: int = 3,
 ):
-    """An onnxruntime session (warnings silenced). Raises whatever onnxruntime raises."""
+    """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = log_severity
     options.intra_op_num_threads = threads
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -61,6 +66,16 @@ def run_model(session, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> list[l
     """Run every feed dict; returns one list of outputs per feed."""
     wanted = {i.name for i in session.get_inputs()}
     return [session.run(None, {k: v for k, v in feeds.items() if k in wanted}) for feeds in feeds_list]
+
+
+def ort_failure(error: BaseException, limit: int = 200) -> str:
+    """The first line of an onnxruntime error, shortened to ``Op 'node': message`` when it names a failing node."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    if match := _ORT_FAILURE.search(line):  # "... running Conv node. Name:'c' Status Message: ..."
+        line = f"{match.group(1)} '{match.group(2)}': {match.group(3)}"
+    line = re.sub(r"/onnxruntime_src/\S+ (\w+ )?\S+::\S+?\([^)]*\) ", "", line)  # where ORT checked
+    return line[:limit]
 
 
 # ------------------------------------------------------------------------------ locating divergence
@@ -126,4 +141,3 @@ def find_first_divergence(
         elif not np.array_equal(cand, ref):
             return name
     return None
-
