@@ -55,9 +55,14 @@ def load(
     """Load a model as an ``onnx_ir.Model``.
 
     Args:
-        source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is).
+        source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is,
+            but for the dimension clean-up below).
         base_dir: Folder holding external data for a bytes/``ModelProto`` source (defaults to the file's folder).
         validate: Check that the model has a graph, known domains and a supported opset.
+
+    Declared dimensions ``<= 0`` (Paddle writes a dynamic batch as ``dim_value: -1``) on graph inputs, outputs
+    and intermediate values (value_info) of every graph, subgraph and function become unnamed dynamic
+    dimensions: nothing downstream may take them as sizes.
 
     Raises:
         InputError: The file is missing, not an ONNX model, truncated, or uses what onnxruntime cannot run.
@@ -81,6 +86,7 @@ def load(
         model = _from_proto(_parse(data, str(path)), base_dir or path.parent)
     else:
         raise InputError(f"cannot load a model from {type(source).__name__}")
+    _unknown_nonpositive_dims(model)
     if validate:
         _validate(model)
     return model
@@ -110,6 +116,38 @@ def _from_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | None) -> i
         for function in model.functions.values():
             ir.external_data.set_base_dir(function, base_dir)  # type: ignore[arg-type]
     return model
+
+
+def _unknown_nonpositive_dims(model: ir.Model) -> None:
+    """Replace declared dimensions ``<= 0`` by unnamed symbolic ones (initializer shapes are their tensors')."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    changed = 0
+    for root in graphs:
+        for graph in (root, *_subgraphs(root)):
+            values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
+            for value in values:
+                shape = value.shape
+                if value.is_initializer() or shape is None:
+                    continue
+                if any(isinstance(dim, int) and dim <= 0 for dim in shape):
+                    value.shape = ir.Shape(
+                        [ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim for dim in shape]
+                    )
+                    changed += 1
+    if changed:
+        logger.debug("%d declared shapes had dimensions <= 0; read as dynamic", changed)
+
+
+def _subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
+    """Every subgraph nested in ``graph``'s nodes, at any depth."""
+    found: list[ir.Graph] = []
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                found.append(attribute.as_graph())
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                found.extend(attribute.as_graphs())
+    return found
 
 
 def _validate(model: ir.Model) -> None:

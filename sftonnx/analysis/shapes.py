@@ -43,7 +43,7 @@ def tensor_nbytes(dtype: ir.DataType | None, shape: Sequence[Dim] | None) -> int
     """
     if dtype is None or shape is None or dtype in (ir.DataType.UNDEFINED, ir.DataType.STRING):
         return None
-    if not all(isinstance(d, int) for d in shape):
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
         return None
     return math.ceil(math.prod(shape) * dtype.bitwidth / 8)  # type: ignore[arg-type]
 
@@ -63,7 +63,7 @@ class TensorInfo:
     @property
     def static_shape(self) -> tuple[int, ...] | None:
         """The shape when every dimension is a known size, else ``None``."""
-        if self.shape is None or not all(isinstance(d, int) for d in self.shape):
+        if self.shape is None or not all(isinstance(d, int) and d >= 0 for d in self.shape):
             return None
         return self.shape  # type: ignore[return-value]
 
@@ -188,7 +188,23 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
         ir.serde.serialize_function_into(proto.functions.add(), function, model_ir_version=model.ir_version)
     for subgraph in _proto_graphs(graph):
         del subgraph.value_info[:]
+        # Declared output shapes are often wrong in exported models ([1, seqlen] for a [T, 1, 8210] result)
+        # and a contradiction stops all of onnx inference: infer them instead, keeping only the element type.
+        for output in subgraph.output:
+            if output.type.HasField("tensor_type"):
+                output.type.tensor_type.ClearField("shape")
+        if subgraph is not graph:
+            for value_info in subgraph.input:
+                _clear_nonpositive_dims(value_info)
     return proto
+
+
+def _clear_nonpositive_dims(value_info: onnx.ValueInfoProto) -> None:
+    """Make declared dimensions <= 0 (Paddle's dynamic -1) unknown."""
+    if value_info.type.HasField("tensor_type"):
+        for dim in value_info.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value <= 0:
+                dim.Clear()
 
 
 def _declare_input(value_info: onnx.ValueInfoProto, value: ir.Value) -> None:
@@ -226,7 +242,7 @@ def _fill_input_shapes(
         if len(dims) != len(shape):
             raise InputError(f"input '{name}' has rank {len(dims)}, input_shapes gives {tuple(shape)}")
         for axis, (dim, size) in enumerate(zip(dims, shape, strict=True)):
-            if dim.HasField("dim_value") and dim.dim_value != size:
+            if dim.HasField("dim_value") and dim.dim_value > 0 and dim.dim_value != size:
                 raise InputError(
                     f"input '{name}' has size {dim.dim_value} on axis {axis}, input_shapes gives {size}"
                 )
@@ -244,8 +260,10 @@ def _fill_input_shapes(
                 tensor_type.shape.dim.add().dim_value = int(size)
         elif tensor_type.HasField("shape"):
             for axis, dim in enumerate(tensor_type.shape.dim):
-                if dim.HasField("dim_value"):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
                     continue
+                if dim.HasField("dim_value"):  # Paddle's -1 (or 0) for a dynamic dimension
+                    dim.Clear()
                 if dim.HasField("dim_param") and dim.dim_param in symbols:
                     dim.dim_value = symbols[dim.dim_param]
                 elif axis == 0 or "batch" in dim.dim_param.lower():
@@ -283,7 +301,7 @@ def _from_type_proto(type_proto: onnx.TypeProto) -> TensorInfo | None:
     shape: tuple[Dim, ...] | None = None
     if tensor_type.HasField("shape"):
         shape = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else (d.dim_param or None)
+            (int(d.dim_value) if d.dim_value >= 0 else None) if d.HasField("dim_value") else (d.dim_param or None)
             for d in tensor_type.shape.dim
         )
     return TensorInfo(_dtype(tensor_type.elem_type), shape)
@@ -298,5 +316,5 @@ def _value_info(value: ir.Value) -> TensorInfo | None:
         return None
     shape = None
     if value.shape is not None:
-        shape = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+        shape = tuple((d if d >= 0 else None) if isinstance(d, int) else d.value for d in value.shape)
     return TensorInfo(value.dtype, shape)

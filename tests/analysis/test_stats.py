@@ -240,3 +240,23 @@ def test_summarize_does_not_load_external_data(tmp_path):
 def test_parameter_bytes_follow_the_dtype(dtype, itemsize):
     model = make_model(GEMM, b=seeded((7, 5)).astype(dtype), c=seeded(7))
     assert parameter_stats(model) == (42, 35 * itemsize + 7 * 4)
+
+
+def test_minus_one_dims_never_give_negative_macs_or_bytes():
+    """A model read without sftonnx.io (which clears them) still has Paddle's -1 batch dims."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 6, 7, 7])],
+        [numpy_helper.from_array(seeded((6, 4, 3, 3)), "w")],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert model.graph.inputs[0].shape[0] == -1
+    summary = summarize(model)
+    assert summary.assumed_input_shapes == {"x": (1, 4, 9, 9)}
+    assert summary.macs == {"Conv": 6 * 49 * 4 * 9}
+    assert summary.peak_activation_bytes > 0 and summary.arena_bytes > 0
+    assert count_macs(model, {"x": (2, 4, 9, 9)})["Conv"] == 2 * 6 * 49 * 4 * 9
