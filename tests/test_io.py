@@ -193,3 +193,53 @@ def test_cli_optimizes_a_model_with_minus_one_batch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "verified" in result.stdout
     assert io.load(out).graph.inputs[0].shape[0] == ir.SymbolicDim(None)
+
+
+def _matmul_proto() -> onnx.ModelProto:
+    return ir.to_proto(tiny())
+
+
+def _undefined_attribute(proto: onnx.ModelProto) -> None:
+    """An attribute whose type field was lost: protobuf and onnx-ir read it, onnx-ir cannot write it."""
+    attribute = proto.graph.node[0].attribute.add()
+    attribute.name = "alpha"
+    attribute.f = 1.0  # type stays UNDEFINED (0)
+
+
+def _missing_external_file(proto: onnx.ModelProto) -> None:
+    """The model was copied without its .data file."""
+    tensor = proto.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "weights.onnx.data"
+
+
+def _truncated_external_file(proto: onnx.ModelProto, folder) -> None:
+    _missing_external_file(proto)
+    (folder / "weights.onnx.data").write_bytes(b"\0" * 20)  # w needs 4 * 3 * 4 = 48 bytes
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_undefined_attribute, "the model cannot be serialized: node"),
+        (_missing_external_file, "external data of tensor 'w' not found: weights.onnx.data"),
+        (_truncated_external_file, "external data of tensor 'w' is truncated"),
+    ],
+)
+def test_models_that_load_but_cannot_be_written_are_input_errors(tmp_path, mutate, message):
+    from tests.helpers import assert_clean_error, run_cli
+
+    proto = _matmul_proto()
+    if mutate is _truncated_external_file:
+        mutate(proto, tmp_path)
+    else:
+        mutate(proto)
+    path, out = tmp_path / "mutated.onnx", tmp_path / "out.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(InputError, match=message.replace("'", ".")):
+        io.load(path)
+    assert_clean_error(run_cli("optimize", path, out), 2, message)
+    assert not out.exists()
+    assert_clean_error(run_cli("inspect", path), 2, message)
