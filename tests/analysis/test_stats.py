@@ -260,3 +260,53 @@ def test_minus_one_dims_never_give_negative_macs_or_bytes():
     assert summary.macs == {"Conv": 6 * 49 * 4 * 9}
     assert summary.peak_activation_bytes > 0 and summary.arena_bytes > 0
     assert count_macs(model, {"x": (2, 4, 9, 9)})["Conv"] == 2 * 6 * 49 * 4 * 9
+
+
+# The flatten size is computed from Shape at run time, with opset-12 Unsqueeze (axes attribute): onnx's data
+# propagation stops there, so MatMul's input shape is known only once the chain is folded (as simplify does).
+SHAPE_COMPUTED_FLATTEN = """
+<ir_version: 7, opset_import: ["" : 12]>
+g (float[1, 3, 8, 8] x) => (float[1, 10] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    r = Relu(c)
+    s = Shape(r)
+    zero = Constant <value = int64 {0}> ()
+    one = Constant <value = int64 {1}> ()
+    two = Constant <value = int64 {2}> ()
+    three = Constant <value = int64 {3}> ()
+    n = Gather <axis = 0> (s, zero)
+    ch = Gather <axis = 0> (s, one)
+    h = Gather <axis = 0> (s, two)
+    wd = Gather <axis = 0> (s, three)
+    hw = Mul(h, wd)
+    chw = Mul(ch, hw)
+    n1 = Unsqueeze <axes = [0]> (n)
+    chw1 = Unsqueeze <axes = [0]> (chw)
+    shape = Concat <axis = 0> (n1, chw1)
+    f = Reshape(r, shape)
+    y = MatMul(f, m)
+}
+"""
+SHAPE_COMPUTED_FLATTEN_MACS = {"Conv": 4 * 64 * 3 * 9, "MatMul": 256 * 10}
+
+
+def test_macs_are_the_same_before_and_after_simplify():
+    from sftonnx.passes.cleanup import SimplifyPass
+
+    model = make_model(SHAPE_COMPUTED_FLATTEN, w=seeded((4, 3, 3, 3)), m=seeded((256, 10), 1))
+    before = count_macs(model)
+    assert SimplifyPass()(model).changes["nodes_removed"] >= 10  # the shape chain is folded into a constant
+    after = count_macs(model)
+    assert before == after == {**SHAPE_COMPUTED_FLATTEN_MACS, UNKNOWN_SHAPE: 0}
+
+
+def test_macs_ignore_shapes_stored_on_intermediate_values():
+    """value_info in the file (written by one tool, not another) must not change the figures."""
+    text = SHAPE_COMPUTED_FLATTEN.replace("float[1, 3, 8, 8] x", "float[N, 3, H, W] x")
+    text = text.replace("float[1, 10] y", "float[N, 10] y")
+    model = make_model(text, w=seeded((4, 3, 3, 3)), m=seeded((256, 10), 1))
+    plain = count_macs(model)
+    flattened = next(node for node in model.graph if node.op_type == "Reshape").outputs[0]
+    flattened.shape = ir.Shape([1, 256])  # as if the file carried value_info from an earlier run
+    assert count_macs(model) == plain == {UNKNOWN_SHAPE: 2}  # H and W unknown: Conv and MatMul
+    assert count_macs(model, {"x": (1, 3, 8, 8)}) == {**SHAPE_COMPUTED_FLATTEN_MACS, UNKNOWN_SHAPE: 0}
