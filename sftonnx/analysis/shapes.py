@@ -353,6 +353,7 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
     for function in model.functions.values():
         ir.serde.serialize_function_into(proto.functions.add(), function, model_ir_version=model.ir_version)
     for subgraph in _proto_graphs(graph):
+        _standard_stand_ins(subgraph)
         del subgraph.value_info[:]
         # Declared output shapes are often wrong in exported models ([1, seqlen] for a [T, 1, 8210] result)
         # and a contradiction stops all of onnx inference: infer them instead, keeping only the element type.
@@ -363,6 +364,37 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
             for value_info in subgraph.input:
                 _clear_nonpositive_dims(value_info)
     return proto
+
+
+#: onnxruntime contrib ops (what ``ort-offline`` and ``fuse-ort`` write) that onnx shape inference does not know,
+#: and the standard op with the same output shape: ``{op_type: (standard op_type, inputs kept, attributes kept)}``.
+_STAND_INS: dict[str, tuple[str, int, frozenset[str]]] = {
+    "FusedConv": ("Conv", 3, frozenset({"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"})),
+    "FusedGemm": ("Gemm", 3, frozenset({"alpha", "beta", "transA", "transB"})),
+    "FusedMatMul": ("MatMul", 2, frozenset()),
+    "Gelu": ("Identity", 1, frozenset()),
+    "FastGelu": ("Identity", 1, frozenset()),
+    "QuickGelu": ("Identity", 1, frozenset()),
+    "BiasGelu": ("Identity", 1, frozenset()),
+}
+
+
+def _standard_stand_ins(graph: onnx.GraphProto) -> None:
+    """Replace contrib ops of known output shape by standard ones in the skeleton, so inference goes on."""
+    for node in graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in _STAND_INS or len(node.output) != 1:
+            continue
+        attributes = {attribute.name: attribute for attribute in node.attribute}
+        if node.op_type == "FusedMatMul" and any(
+            attributes[name].i for name in ("transA", "transB", "transBatchA", "transBatchB") if name in attributes
+        ):
+            continue  # transposed operands: not a plain MatMul
+        op_type, arity, kept = _STAND_INS[node.op_type]
+        node.domain, node.op_type = "", op_type
+        del node.input[arity:]
+        keep = [attribute for attribute in node.attribute if attribute.name in kept]
+        del node.attribute[:]
+        node.attribute.extend(keep)
 
 
 def _clear_nonpositive_dims(value_info: onnx.ValueInfoProto) -> None:

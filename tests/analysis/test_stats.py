@@ -310,3 +310,28 @@ def test_macs_ignore_shapes_stored_on_intermediate_values():
     flattened.shape = ir.Shape([1, 256])  # as if the file carried value_info from an earlier run
     assert count_macs(model) == plain == {UNKNOWN_SHAPE: 2}  # H and W unknown: Conv and MatMul
     assert count_macs(model, {"x": (1, 3, 8, 8)}) == {**SHAPE_COMPUTED_FLATTEN_MACS, UNKNOWN_SHAPE: 0}
+
+
+def test_onnxruntime_fused_ops_count_as_their_standard_op_and_keep_shapes_flowing():
+    """ort-offline writes FusedConv/FusedGemm, which onnx inference does not know: MACs must not drop."""
+    model = make_model(
+        """
+<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (float[1, 4, 9, 9] x, float[6, 2, 3, 3] w) => (float[1, 5] y) {
+  c = com.microsoft.FusedConv <activation = "Relu", group = 2, strides = [2, 2], pads = [1, 1, 1, 1],
+                               dilations = [2, 2]> (x, w)
+  f = Reshape(c, shape)
+  g = com.microsoft.FusedGemm <activation = "Relu", transB = 1> (f, k)
+  y = MatMul(g, m)
+}
+""",
+        shape=np.array([1, 96], dtype=np.int64),
+        k=seeded((7, 96)),
+        m=seeded((7, 5)),
+    )
+    assert count_macs(model) == {
+        "MatMul": 7 * 5,
+        "com.microsoft::FusedConv": CONV_MACS,
+        "com.microsoft::FusedGemm": 96 * 7,
+        UNKNOWN_SHAPE: 0,
+    }
