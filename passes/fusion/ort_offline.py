@@ -110,13 +110,14 @@ _NONSTANDARD_FUSIONS = ("LayerNormFusion", "LayerNormFusionL1", "LayerNormFusion
 
 
 def _session_input(model: ir.Model) -> bytes:
-    """The model as onnxruntime should see it, without touching ``model``.
+    """The model as onnxruntime should see it, without changing ``model`` (external data is read in, though).
 
     IR < 4 models list initializers as graph inputs too: onnxruntime then treats them as overridable inputs
     and writes a graph that still expects them. They become plain constants first (as onnxsim does), and IR 3,
     which requires every initializer to be a graph input, becomes IR 4.
     """
-    proto = ir.to_proto(model)
+    proto = onnx.ModelProto()
+    proto.ParseFromString(io.to_bytes(model))  # self-contained: external data read in
     initializers = {tensor.name for tensor in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in initializers]
     if len(inputs) != len(proto.graph.input):

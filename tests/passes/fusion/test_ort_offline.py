@@ -107,3 +107,24 @@ def test_ort_offline_on_light_squeezenet():
     path = next(p for p in LIGHT_MODELS if p.stem == "light_squeezenet")
     result = api.optimize(path, passes="simplify,ort-offline{level=basic}")
     assert result.verification.passed
+
+
+def test_ort_offline_on_a_model_with_external_data(tmp_path):
+    from sftonnx import io
+
+    model = make_model(
+        CONV_BN_RELU,
+        w=seeded((4, 3, 3, 3)),
+        b=seeded(4),
+        s=seeded(4, 1) + 2,
+        bias=seeded(4, 2),
+        mean=seeded(4, 3),
+        var=abs(seeded(4, 4)) + 0.5,
+    )
+    original = to_bytes(model)
+    io.save(model, tmp_path / "m.onnx", external_data=True, size_threshold_bytes=16)
+    loaded = io.load(tmp_path / "m.onnx")
+    assert isinstance(loaded.graph.initializers["w"].const_value, ir.ExternalTensor)
+    report = OrtOfflinePass()(loaded)
+    assert report.changes["nodes_removed"] >= 1 and not report.skipped
+    assert_same_outputs(original, loaded)
