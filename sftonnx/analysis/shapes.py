@@ -352,8 +352,9 @@ def _skeleton(model: ir.Model) -> onnx.ModelProto:
         ir.serde.serialize_value_into(graph.output.add(), value)
     for function in model.functions.values():
         ir.serde.serialize_function_into(proto.functions.add(), function, model_ir_version=model.ir_version)
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     for subgraph in _proto_graphs(graph):
-        _standard_stand_ins(subgraph)
+        _standard_stand_ins(subgraph, opset)
         del subgraph.value_info[:]
         # Declared output shapes are often wrong in exported models ([1, seqlen] for a [T, 1, 8210] result)
         # and a contradiction stops all of onnx inference: infer them instead, keeping only the element type.
@@ -379,22 +380,35 @@ _STAND_INS: dict[str, tuple[str, int, frozenset[str]]] = {
 }
 
 
-def _standard_stand_ins(graph: onnx.GraphProto) -> None:
+def _standard_stand_ins(graph: onnx.GraphProto, opset: int) -> None:
     """Replace contrib ops of known output shape by standard ones in the skeleton, so inference goes on."""
     for node in graph.node:
         if node.domain != "com.microsoft" or node.op_type not in _STAND_INS or len(node.output) != 1:
             continue
-        attributes = {attribute.name: attribute for attribute in node.attribute}
-        if node.op_type == "FusedMatMul" and any(
-            attributes[name].i for name in ("transA", "transB", "transBatchA", "transBatchB") if name in attributes
-        ):
-            continue  # transposed operands: not a plain MatMul
+        attributes = {attribute.name: attribute.i for attribute in node.attribute}
+        if node.op_type == "FusedMatMul" and (attributes.get("transA") or attributes.get("transB")):
+            if opset >= 12:  # Einsum's first opset
+                _fused_matmul_as_einsum(node, attributes)
+            continue
         op_type, arity, kept = _STAND_INS[node.op_type]
         node.domain, node.op_type = "", op_type
         del node.input[arity:]
         keep = [attribute for attribute in node.attribute if attribute.name in kept]
         del node.attribute[:]
         node.attribute.extend(keep)
+
+
+def _fused_matmul_as_einsum(node: onnx.NodeProto, attributes: Mapping[str, int]) -> None:
+    """A FusedMatMul with a transposed operand as the Einsum of the same shape (batch transposes: left alone)."""
+    if attributes.get("transBatchA") or attributes.get("transBatchB"):
+        return
+    left = "...ji" if attributes.get("transA") else "...ij"
+    right = "...kj" if attributes.get("transB") else "...jk"
+    node.domain, node.op_type = "", "Einsum"
+    del node.input[2:]
+    del node.attribute[:]
+    equation = node.attribute.add()
+    equation.name, equation.type, equation.s = "equation", onnx.AttributeProto.STRING, f"{left},{right}->...ik".encode()
 
 
 def _clear_nonpositive_dims(value_info: onnx.ValueInfoProto) -> None:

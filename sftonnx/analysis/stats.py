@@ -183,9 +183,22 @@ MAC_OPS: dict[str, Callable[[ir.Node, ShapeTable], int | None]] = {
 
 
 def _mac_fused_matmul(node: ir.Node, shapes: ShapeTable) -> int | None:
-    if any(_int_attr(node, name) for name in ("transA", "transB", "transBatchA", "transBatchB")):
-        return None  # transposed operands: not counted
-    return _mac_matmul(node, shapes, 1)
+    """FusedMatMul is ``alpha * op(A) @ op(B)``; ``transA``/``transB`` swap the last two axes of an operand."""
+    if _int_attr(node, "transBatchA") or _int_attr(node, "transBatchB"):
+        return None  # batch axes moved too: not counted
+    a = shapes.static_shape(_input(node, 0))
+    b = shapes.static_shape(_input(node, 1))
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    if _int_attr(node, "transA"):
+        a = (*a[:-2], a[-1], a[-2])
+    if _int_attr(node, "transB"):
+        b = (*b[:-2], b[-1], b[-2])
+    try:
+        batch = np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        return None
+    return math.prod(batch) * a[-2] * b[-1] * a[-1]
 
 
 #: onnxruntime contrib ops (``com.microsoft``) that are one of the above plus an activation, counted the same way.

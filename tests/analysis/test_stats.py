@@ -322,16 +322,19 @@ g (float[1, 4, 9, 9] x, float[6, 2, 3, 3] w) => (float[1, 5] y) {
                                dilations = [2, 2]> (x, w)
   f = Reshape(c, shape)
   g = com.microsoft.FusedGemm <activation = "Relu", transB = 1> (f, k)
-  y = MatMul(g, m)
+  t = com.microsoft.FusedMatMul <transB = 1, alpha = 0.5> (g, q)
+  y = MatMul(t, m)
 }
 """,
         shape=np.array([1, 96], dtype=np.int64),
         k=seeded((7, 96)),
-        m=seeded((7, 5)),
+        q=seeded((3, 7)),
+        m=seeded((3, 5)),
     )
     assert count_macs(model) == {
-        "MatMul": 7 * 5,
+        "MatMul": 3 * 5,
         "com.microsoft::FusedConv": CONV_MACS,
         "com.microsoft::FusedGemm": 96 * 7,
+        "com.microsoft::FusedMatMul": 7 * 3,
         UNKNOWN_SHAPE: 0,
     }
