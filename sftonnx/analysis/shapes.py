@@ -172,7 +172,7 @@ _FOLD_MAX_ELEMENTS = 4096
 #: Default-domain operators evaluated on constant inputs while folding (shape arithmetic).
 _FOLDABLE = frozenset(
     {
-        "Abs", "Add", "Cast", "Ceil", "Concat", "Constant", "ConstantOfShape", "Div", "Equal", "Expand",
+        "Abs", "Add", "Cast", "Ceil", "Concat", "ConstantOfShape", "Div", "Equal", "Expand",
         "Floor", "Gather", "Greater", "Identity", "Less", "Max", "Min", "Mod", "Mul", "Neg", "Not",
         "Range", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSum", "Reshape", "Shape", "Size", "Slice",
         "Sqrt", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
@@ -199,14 +199,26 @@ def _infer_with_folding(proto: onnx.ModelProto, inferred: onnx.ModelProto) -> on
     return inferred
 
 
+class _LazyShapes(dict):
+    """``{name: TensorInfo}`` of a graph's inferred values, converted from their protos on first lookup."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        super().__init__()
+        self._types = {vi.name: vi.type for vi in (*graph.input, *graph.value_info, *graph.output)}
+
+    def get(self, name: str, default: TensorInfo | None = None) -> TensorInfo | None:  # type: ignore[override]
+        """The info of ``name`` (``default`` when inference has nothing for it)."""
+        if name not in self and name in self._types:
+            info = _from_type_proto(self._types[name])
+            if info is not None:
+                self[name] = info
+        return super().get(name, default)
+
+
 def _fold_shape_computations(proto: onnx.ModelProto, inferred: onnx.ModelProto) -> int:
     """Replace main-graph nodes whose outputs are small constants (given ``inferred``) by initializers."""
     graph = proto.graph
-    shapes: dict[str, TensorInfo] = {}
-    for value_info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
-        info = _from_type_proto(value_info.type)
-        if info is not None:
-            shapes[value_info.name] = info
+    shapes = _LazyShapes(inferred.graph)
     known: dict[str, np.ndarray] = {}
     for tensor in graph.initializer:
         shapes[tensor.name] = TensorInfo(_dtype(tensor.data_type), tuple(int(d) for d in tensor.dims))
@@ -217,6 +229,12 @@ def _fold_shape_computations(proto: onnx.ModelProto, inferred: onnx.ModelProto) 
     folded = 0
     for node in graph.node:
         outputs = None
+        if node.domain in ("", "ai.onnx") and node.op_type == "Constant":
+            value = _constant_value(node)
+            if value is not None and node.output:
+                known[node.output[0]] = value  # read only: folding a Constant into an initializer gains nothing
+            kept.append(node)
+            continue
         if node.domain in ("", "ai.onnx") and node.op_type in _FOLDABLE:
             outputs = _evaluate(node, known, shapes, opsets, proto.ir_version)
         if outputs is None:
@@ -270,6 +288,28 @@ def _evaluate(
     if any(array.size > _FOLD_MAX_ELEMENTS or array.dtype.kind not in "biuf" for array in arrays):
         return None
     return arrays
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """A small numeric Constant node's value, else None."""
+    for attribute in node.attribute:
+        if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
+            tensor = attribute.t
+            if math.prod(tensor.dims) > _FOLD_MAX_ELEMENTS or tensor.data_type == onnx.TensorProto.STRING:
+                return None
+            try:
+                return ir.serde.deserialize_tensor(tensor).numpy()
+            except Exception:  # unreadable (external, malformed): not folded
+                return None
+        if attribute.name == "value_int":
+            return np.array(attribute.i, dtype=np.int64)
+        if attribute.name == "value_ints":
+            return np.array(list(attribute.ints), dtype=np.int64)
+        if attribute.name == "value_float":
+            return np.array(attribute.f, dtype=np.float32)
+        if attribute.name == "value_floats":
+            return np.array(list(attribute.floats), dtype=np.float32)
+    return None
 
 
 def _result_too_large(node: onnx.NodeProto, known: Mapping[str, np.ndarray], shapes: Mapping[str, TensorInfo]) -> bool:
