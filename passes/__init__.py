@@ -21,6 +21,7 @@ from sftonnx.passes.fusion.affine import FoldAffinePass
 from sftonnx.passes.fusion.batch_norm import FoldBatchNormPass
 from sftonnx.passes.fusion.matmul_add import FuseMatMulAddPass
 from sftonnx.passes.fusion.ort import FuseOrtPass
+from sftonnx.passes.fusion.ort_offline import OrtOfflinePass
 from sftonnx.passes.fusion.standard import CollapseLayoutPass, FoldInputNormPass, FoldPadPass
 from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass
 from sftonnx.passes.pruning.channels import PruneChannelsPass
@@ -28,7 +29,6 @@ from sftonnx.passes.pruning.magnitude import PruneMagnitudePass
 from sftonnx.passes.quantization.dynamic import QuantizeDynamicPass
 from sftonnx.passes.quantization.fp16 import ConvertFloat16Pass
 from sftonnx.passes.quantization.qdq import QuantizeStaticPass
-from sftonnx.passes.tensor_reuse.ort_offline import OrtOfflinePass
 from sftonnx.passes.tensor_reuse.scheduling import ScheduleMemoryPass
 from sftonnx.passes.tensor_reuse.weights import ShareWeightsPass
 

@@ -168,16 +168,91 @@ def _initializer_count(model: ir.Model) -> int:
     return len(model.graph.initializers) + sum(len(g.initializers) for g in model.graph.subgraphs())
 
 
-class EliminateIdentityPass(_WrappedPass):
+class EliminateIdentityPass(SftPass):
     """Remove Identity nodes, rewiring their consumers (graph outputs keep their names).
 
-    Statistics: changes ``nodes_removed``.
+    ``y = Identity(x)`` in a graph G (main graph, If/Loop/Scan body at any depth, or a function body):
+
+    * ``y`` is no graph output: every use of ``y`` (in G and in subgraphs nested in it) reads ``x`` instead.
+    * ``y`` is an output of G: ``x`` takes over the output and its name, which is only safe when ``x`` is
+      computed by a node of G itself and is not already a graph output. Otherwise the node stays:
+      renaming a graph input or initializer changes the model's interface; renaming an outer-scope value
+      (a branch that returns a value of the enclosing graph) would rename it for every other branch and
+      graph that reads it, and would make one value the output of two graphs; a value that already is an
+      output would be listed twice.
+
+    After onnx-ir's ``IdentityEliminationPass`` (rules 1-3), with the nested-subgraph cases it does not
+    guard (it failed with "already an output of a different graph" on nested If branches).
+
+    Statistics: changes ``nodes_removed``; skipped ``graph_input_to_output`` (``x`` is a graph input or
+    initializer), ``outer_scope_to_output`` (``x`` is defined outside G), ``value_already_output``
+    (``x`` already is a graph output), ``output_of_other_graph`` (``y`` is returned by a nested graph).
     """
 
     name = "eliminate-identity"
 
-    def _inner(self) -> ir.passes.PassBase:
-        return common_passes.IdentityEliminationPass()
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        """Visit every node of every graph and function and eliminate the Identity nodes that allow it."""
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        for graph in graphs:
+            for node in ir.traversal.RecursiveGraphIterator(graph):
+                reason = _eliminate_identity(node)
+                if reason == "removed":
+                    report.changes["nodes_removed"] += 1
+                elif reason:
+                    report.skipped[reason] += 1
+                    logger.debug("eliminate-identity: kept %s (%s)", node.name or node.outputs[0].name, reason)
+
+
+def _eliminate_identity(node: ir.Node) -> str | None:
+    """Remove ``node`` if it is an Identity that can go; return ``"removed"``, a skip reason, or ``None``."""
+    if node.op_type != "Identity" or node.domain not in ("", "ai.onnx"):
+        return None
+    if len(node.inputs) != 1 or len(node.outputs) != 1 or node.inputs[0] is None:
+        return None
+    source, result = node.inputs[0], node.outputs[0]
+    graph = node.graph
+    if graph is None:
+        return None
+    renames = result.is_graph_output()
+    if renames:
+        if result.graph is not graph:
+            return "output_of_other_graph"
+        if source.is_graph_input() or source.is_initializer():
+            return "graph_input_to_output"
+        producer = source.producer()
+        if producer is None or producer.graph is not graph:
+            return "outer_scope_to_output"
+        if source.is_graph_output():
+            return "value_already_output"
+    _merge_type(source, result)
+    ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
+    if renames:
+        source.name = result.name
+    graph.remove(node, safe=True)
+    return "removed"
+
+
+def _merge_type(source: ir.Value, result: ir.Value) -> None:
+    """Give ``source`` what ``result`` knows about type and shape that ``source`` does not."""
+    if source.type is None:
+        source.type = result.type
+    if result.shape is None:
+        return
+    if source.shape is None:
+        source.shape = result.shape
+        return
+    if len(source.shape) != len(result.shape):
+        return  # contradictory declarations: keep the producer's
+    dims = []
+    for mine, theirs in zip(source.shape, result.shape, strict=True):
+        if isinstance(mine, int):
+            dims.append(mine)
+        elif isinstance(theirs, int) or (mine.value is None and theirs.value is not None):
+            dims.append(theirs)
+        else:
+            dims.append(mine)
+    source.shape = ir.Shape(dims)
 
 
 class EliminateDeadNodesPass(_WrappedPass):

@@ -55,12 +55,19 @@ def load(
     """Load a model as an ``onnx_ir.Model``.
 
     Args:
-        source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is).
+        source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is,
+            but for the dimension clean-up below).
         base_dir: Folder holding external data for a bytes/``ModelProto`` source (defaults to the file's folder).
-        validate: Check that the model has a graph, known domains and a supported opset.
+        validate: Check that the model has a graph, known domains and a supported opset, that its external
+            data files exist and that it can be serialized again (every later step serializes it).
+
+    Declared dimensions ``<= 0`` (Paddle writes a dynamic batch as ``dim_value: -1``) on graph inputs, outputs
+    and intermediate values (value_info) of every graph, subgraph and function become unnamed dynamic
+    dimensions: nothing downstream may take them as sizes.
 
     Raises:
-        InputError: The file is missing, not an ONNX model, truncated, or uses what onnxruntime cannot run.
+        InputError: The file is missing, not an ONNX model, truncated, uses what onnxruntime cannot run, lacks
+            its external data, or holds fields that cannot be serialized (a mutated or hand-edited protobuf).
     """
     if isinstance(source, ir.Model):
         model = source
@@ -81,8 +88,11 @@ def load(
         model = _from_proto(_parse(data, str(path)), base_dir or path.parent)
     else:
         raise InputError(f"cannot load a model from {type(source).__name__}")
+    _unknown_nonpositive_dims(model)
     if validate:
         _validate(model)
+        _check_external_data(model)
+        _check_serializable(model)
     return model
 
 
@@ -112,6 +122,38 @@ def _from_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | None) -> i
     return model
 
 
+def _unknown_nonpositive_dims(model: ir.Model) -> None:
+    """Replace declared dimensions ``<= 0`` by unnamed symbolic ones (initializer shapes are their tensors')."""
+    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    changed = 0
+    for root in graphs:
+        for graph in (root, *_subgraphs(root)):
+            values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
+            for value in values:
+                shape = value.shape
+                if value.is_initializer() or shape is None:
+                    continue
+                if any(isinstance(dim, int) and dim <= 0 for dim in shape):
+                    value.shape = ir.Shape(
+                        [ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim for dim in shape]
+                    )
+                    changed += 1
+    if changed:
+        logger.debug("%d declared shapes had dimensions <= 0; read as dynamic", changed)
+
+
+def _subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
+    """Every subgraph nested in ``graph``'s nodes, at any depth."""
+    found: list[ir.Graph] = []
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        for attribute in node.attributes.values():
+            if attribute.type == ir.AttributeType.GRAPH:
+                found.append(attribute.as_graph())
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                found.extend(attribute.as_graphs())
+    return found
+
+
 def _validate(model: ir.Model) -> None:
     graph = model.graph
     if len(graph) == 0 and not graph.outputs:
@@ -135,6 +177,60 @@ def _validate(model: ir.Model) -> None:
                 f"node '{node.name or node.op_type}' uses operator {node.domain}::{node.op_type}: "
                 f"domain '{node.domain}' is not one onnxruntime implements"
             )
+
+
+def _check_external_data(model: ir.Model) -> None:
+    """Every external tensor's file exists and holds the bytes the tensor needs (data itself is not read)."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if not isinstance(tensor, ir.ExternalTensor):
+                continue
+            path = pathlib.Path(tensor.path)
+            if not path.is_file():
+                raise InputError(
+                    f"external data of tensor '{value.name}' not found: {tensor.location} "
+                    f"(looked in {pathlib.Path(tensor.base_dir or '.').resolve()})"
+                )
+            end = (tensor.offset or 0) + (tensor.length if tensor.length is not None else tensor.nbytes)
+            size = path.stat().st_size
+            if size < end:
+                raise InputError(
+                    f"external data of tensor '{value.name}' is truncated: {tensor.location} has {size} bytes, "
+                    f"the tensor needs bytes up to {end}"
+                )
+
+
+def _check_serializable(model: ir.Model) -> None:
+    """Serialize the model's structure once, so that a field the serializer rejects is a clear input error.
+
+    onnx-ir reads some malformed fields without complaint (an attribute of type UNDEFINED, say) and fails only
+    when writing them; without this check that surfaces later as an internal error. Tensor data is not copied
+    (initializers are skipped; Constant nodes and subgraphs are serialized with their node).
+    """
+    parts: list[tuple[str, object]] = [("graph input", value) for value in model.graph.inputs]
+    parts += [("graph output", value) for value in model.graph.outputs]
+    parts += [("node", node) for node in model.graph]
+    parts += [("function", function) for function in model.functions.values()]
+    for kind, part in parts:
+        try:
+            if isinstance(part, ir.Node):
+                ir.serde.serialize_node(part)
+            elif isinstance(part, ir.Function):
+                ir.serde.serialize_function(part)
+            else:
+                ir.serde.serialize_value(part)  # type: ignore[arg-type]
+        except Exception as error:  # onnx-ir wraps assorted errors in SerdeError
+            name = getattr(part, "name", None) or getattr(part, "op_type", "?")
+            raise InputError(f"the model cannot be serialized: {kind} '{name}': {_root_cause(error)}") from None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost exception's first line (onnx-ir's SerdeError repeats the whole node in its message)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def model_nbytes(model: ir.Model) -> int:

@@ -7,6 +7,7 @@ compares summaries; scheduling passes evaluate candidate node orders with :func:
 from sftonnx.analysis.memory import MemoryPlan, TensorLifetime, plan_memory, topological_order
 from sftonnx.analysis.shapes import ShapeTable, TensorInfo, infer_tensor_shapes, tensor_nbytes
 from sftonnx.analysis.stats import (
+    CONTRIB_MAC_OPS,
     MAC_OPS,
     UNKNOWN_SHAPE,
     ModelSummary,
@@ -19,6 +20,7 @@ from sftonnx.analysis.stats import (
 )
 
 __all__ = [
+    "CONTRIB_MAC_OPS",
     "MAC_OPS",
     "UNKNOWN_SHAPE",
     "MemoryPlan",

@@ -182,6 +182,33 @@ MAC_OPS: dict[str, Callable[[ir.Node, ShapeTable], int | None]] = {
 }
 
 
+def _mac_fused_matmul(node: ir.Node, shapes: ShapeTable) -> int | None:
+    """FusedMatMul is ``alpha * op(A) @ op(B)``; ``transA``/``transB`` swap the last two axes of an operand."""
+    if _int_attr(node, "transBatchA") or _int_attr(node, "transBatchB"):
+        return None  # batch axes moved too: not counted
+    a = shapes.static_shape(_input(node, 0))
+    b = shapes.static_shape(_input(node, 1))
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return None
+    if _int_attr(node, "transA"):
+        a = (*a[:-2], a[-1], a[-2])
+    if _int_attr(node, "transB"):
+        b = (*b[:-2], b[-1], b[-2])
+    try:
+        batch = np.broadcast_shapes(a[:-2], b[:-2])
+    except ValueError:
+        return None
+    return math.prod(batch) * a[-2] * b[-1] * a[-1]
+
+
+#: onnxruntime contrib ops (``com.microsoft``) that are one of the above plus an activation, counted the same way.
+CONTRIB_MAC_OPS: dict[str, Callable[[ir.Node, ShapeTable], int | None]] = {
+    "FusedConv": lambda node, shapes: _mac_conv(node, shapes, 1),
+    "FusedGemm": _mac_gemm,
+    "FusedMatMul": _mac_fused_matmul,
+}
+
+
 def count_macs(
     model: ir.Model,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
@@ -192,8 +219,9 @@ def count_macs(
 
     Shapes come from onnx shape inference on a copy of the model (see
     :func:`~sftonnx.analysis.shapes.infer_tensor_shapes`). Nodes in subgraphs are counted once each: both
-    branches of an If, one iteration of a Loop or Scan body. Bodies of local functions and com.microsoft
-    fused operators are not counted.
+    branches of an If, one iteration of a Loop or Scan body. onnxruntime's FusedConv, FusedGemm and FusedMatMul
+    count as their standard op (keys ``com.microsoft::FusedConv``, ...), so fusing leaves the total unchanged;
+    bodies of local functions and other com.microsoft operators are not counted.
 
     Args:
         model: The model; not modified.
@@ -210,14 +238,18 @@ def count_macs(
     macs: Counter[str] = Counter()
     unknown = 0
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in MAC_OPS:
+        if node.domain in ("", "ai.onnx") and node.op_type in MAC_OPS:
+            formula = MAC_OPS[node.op_type]
+        elif node.domain == "com.microsoft" and node.op_type in CONTRIB_MAC_OPS:
+            formula = CONTRIB_MAC_OPS[node.op_type]
+        else:
             continue
-        value = MAC_OPS[node.op_type](node, shapes)
+        value = formula(node, shapes)
         if value is None:
             unknown += 1
             logger.debug("MACs of %s '%s' unknown: shapes not static", node.op_type, node.name)
         else:
-            macs[node.op_type] += value
+            macs[_op_key(node)] += value
     result = dict(sorted(macs.items()))
     result[UNKNOWN_SHAPE] = unknown
     return result

@@ -240,3 +240,101 @@ def test_summarize_does_not_load_external_data(tmp_path):
 def test_parameter_bytes_follow_the_dtype(dtype, itemsize):
     model = make_model(GEMM, b=seeded((7, 5)).astype(dtype), c=seeded(7))
     assert parameter_stats(model) == (42, 35 * itemsize + 7 * 4)
+
+
+def test_minus_one_dims_never_give_negative_macs_or_bytes():
+    """A model read without sftonnx.io (which clears them) still has Paddle's -1 batch dims."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4, 9, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 6, 7, 7])],
+        [numpy_helper.from_array(seeded((6, 4, 3, 3)), "w")],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert model.graph.inputs[0].shape[0] == -1
+    summary = summarize(model)
+    assert summary.assumed_input_shapes == {"x": (1, 4, 9, 9)}
+    assert summary.macs == {"Conv": 6 * 49 * 4 * 9}
+    assert summary.peak_activation_bytes > 0 and summary.arena_bytes > 0
+    assert count_macs(model, {"x": (2, 4, 9, 9)})["Conv"] == 2 * 6 * 49 * 4 * 9
+
+
+# The flatten size is computed from Shape at run time, with opset-12 Unsqueeze (axes attribute): onnx's data
+# propagation stops there, so MatMul's input shape is known only once the chain is folded (as simplify does).
+SHAPE_COMPUTED_FLATTEN = """
+<ir_version: 7, opset_import: ["" : 12]>
+g (float[1, 3, 8, 8] x) => (float[1, 10] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w)
+    r = Relu(c)
+    s = Shape(r)
+    zero = Constant <value = int64 {0}> ()
+    one = Constant <value = int64 {1}> ()
+    two = Constant <value = int64 {2}> ()
+    three = Constant <value = int64 {3}> ()
+    n = Gather <axis = 0> (s, zero)
+    ch = Gather <axis = 0> (s, one)
+    h = Gather <axis = 0> (s, two)
+    wd = Gather <axis = 0> (s, three)
+    hw = Mul(h, wd)
+    chw = Mul(ch, hw)
+    n1 = Unsqueeze <axes = [0]> (n)
+    chw1 = Unsqueeze <axes = [0]> (chw)
+    shape = Concat <axis = 0> (n1, chw1)
+    f = Reshape(r, shape)
+    y = MatMul(f, m)
+}
+"""
+SHAPE_COMPUTED_FLATTEN_MACS = {"Conv": 4 * 64 * 3 * 9, "MatMul": 256 * 10}
+
+
+def test_macs_are_the_same_before_and_after_simplify():
+    from sftonnx.passes.cleanup import SimplifyPass
+
+    model = make_model(SHAPE_COMPUTED_FLATTEN, w=seeded((4, 3, 3, 3)), m=seeded((256, 10), 1))
+    before = count_macs(model)
+    assert SimplifyPass()(model).changes["nodes_removed"] >= 10  # the shape chain is folded into a constant
+    after = count_macs(model)
+    assert before == after == {**SHAPE_COMPUTED_FLATTEN_MACS, UNKNOWN_SHAPE: 0}
+
+
+def test_macs_ignore_shapes_stored_on_intermediate_values():
+    """value_info in the file (written by one tool, not another) must not change the figures."""
+    text = SHAPE_COMPUTED_FLATTEN.replace("float[1, 3, 8, 8] x", "float[N, 3, H, W] x")
+    text = text.replace("float[1, 10] y", "float[N, 10] y")
+    model = make_model(text, w=seeded((4, 3, 3, 3)), m=seeded((256, 10), 1))
+    plain = count_macs(model)
+    flattened = next(node for node in model.graph if node.op_type == "Reshape").outputs[0]
+    flattened.shape = ir.Shape([1, 256])  # as if the file carried value_info from an earlier run
+    assert count_macs(model) == plain == {UNKNOWN_SHAPE: 2}  # H and W unknown: Conv and MatMul
+    assert count_macs(model, {"x": (1, 3, 8, 8)}) == {**SHAPE_COMPUTED_FLATTEN_MACS, UNKNOWN_SHAPE: 0}
+
+
+def test_onnxruntime_fused_ops_count_as_their_standard_op_and_keep_shapes_flowing():
+    """ort-offline writes FusedConv/FusedGemm, which onnx inference does not know: MACs must not drop."""
+    model = make_model(
+        """
+<ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+g (float[1, 4, 9, 9] x, float[6, 2, 3, 3] w) => (float[1, 5] y) {
+  c = com.microsoft.FusedConv <activation = "Relu", group = 2, strides = [2, 2], pads = [1, 1, 1, 1],
+                               dilations = [2, 2]> (x, w)
+  f = Reshape(c, shape)
+  g = com.microsoft.FusedGemm <activation = "Relu", transB = 1> (f, k)
+  t = com.microsoft.FusedMatMul <transB = 1, alpha = 0.5> (g, q)
+  y = MatMul(t, m)
+}
+""",
+        shape=np.array([1, 96], dtype=np.int64),
+        k=seeded((7, 96)),
+        q=seeded((3, 7)),
+        m=seeded((3, 5)),
+    )
+    assert count_macs(model) == {
+        "MatMul": 3 * 5,
+        "com.microsoft::FusedConv": CONV_MACS,
+        "com.microsoft::FusedGemm": 96 * 7,
+        "com.microsoft::FusedMatMul": 7 * 3,
+        UNKNOWN_SHAPE: 0,
+    }

@@ -14,7 +14,7 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
-from tests.helpers import assert_same_outputs, make_model, op_types, seeded, to_bytes
+from tests.helpers import assert_same_outputs, make_model, op_types, run_ort, seeded, to_bytes
 
 FOLDABLE = """
 <ir_version: 8, opset_import: ["" : 18]>
@@ -110,6 +110,78 @@ g (float[2] x) => (float[2] y) { r = Relu(x)  y = Identity(r) }
 """)
     EliminateIdentityPass()(model)
     assert [o.name for o in model.graph.outputs] == ["y"] and op_types(model) == ["Relu"]
+
+
+NESTED_IF = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[2, 4] x, bool c1, bool c2) => (float[2, 4] y, float[2, 4] z) {
+    h = Relu(x)
+    hi = Identity(h)
+    y = If (c1) <
+        then_branch = t1 () => (float[2, 4] t1o) {
+            t1o = If (c2) <
+                then_branch = t2 () => (float[2, 4] t2o) { t2o = Identity(hi) },
+                else_branch = e2 () => (float[2, 4] e2o) { e2o = Identity(hi) }
+            >
+        },
+        else_branch = e1 () => (float[2, 4] e1o) { n = Neg(hi)  e1o = Identity(n) }
+    >
+    z = Identity(h)
+}
+"""
+
+
+def test_identity_elimination_in_nested_if_keeps_outer_scope_outputs():
+    """Both inner branches return the outer value `hi` through an Identity: those two must stay.
+
+    onnx-ir's pass renamed `hi` to the first branch's output name and then failed on the second branch
+    ("already an output of a different graph"). `hi = Identity(h)` is read inside three subgraphs.
+    """
+    model = make_model(NESTED_IF)
+    original = to_bytes(model)
+    report = EliminateIdentityPass()(model)
+    assert report.changes == {"nodes_removed": 3}  # hi, e1o, z
+    assert report.skipped == {"outer_scope_to_output": 2}  # t2o, e2o
+    assert [o.name for o in model.graph.outputs] == ["y", "z"]
+    assert op_types(model) == ["Relu", "If"]
+    outer = list(model.graph)[1]
+    inner = list(outer.attributes["then_branch"].as_graph())[0]
+    for branch in ("then_branch", "else_branch"):
+        identity = list(inner.attributes[branch].as_graph())[0]
+        assert identity.op_type == "Identity" and identity.inputs[0].name == "z"  # h took the name z
+    assert op_types_of(outer.attributes["else_branch"].as_graph()) == ["Neg"]
+    import onnx
+
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    for c1 in (True, False):
+        for c2 in (True, False):
+            feeds = {"x": seeded((2, 4)), "c1": np.array(c1), "c2": np.array(c2)}
+            for expected, actual in zip(run_ort(original, feeds), run_ort(model, feeds), strict=True):
+                np.testing.assert_array_equal(actual, expected)
+
+
+def test_identity_of_graph_input_or_existing_output_stays():
+    model = make_model("""
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[2] x) => (float[2] r, float[2] y, float[2] z) { r = Relu(x)  y = Identity(r)  z = Identity(x) }
+""")
+    text = ir.to_onnx_text(model)
+    report = EliminateIdentityPass()(model)
+    assert not report.modified
+    assert report.skipped == {"value_already_output": 1, "graph_input_to_output": 1}
+    assert ir.to_onnx_text(model) == text
+
+
+def test_identity_of_graph_output_read_elsewhere_keeps_both_names():
+    model = make_model("""
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[2] x) => (float[2] r, float[2] z) { r = Relu(x)  i = Identity(r)  z = Neg(i) }
+""")
+    original = to_bytes(model)
+    report = EliminateIdentityPass()(model)
+    assert report.changes == {"nodes_removed": 1} and not report.skipped
+    assert [o.name for o in model.graph.outputs] == ["r", "z"] and op_types(model) == ["Relu", "Neg"]
+    assert_same_outputs(original, model)
 
 
 def test_dead_nodes_and_unused_initializers_removed():
