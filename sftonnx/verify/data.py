@@ -419,11 +419,11 @@ def prepare_feeds(
             samples += count
         as_is = isinstance(data, DataPart) and data.files is not None or pathlib.Path(label).is_dir()
         described = (
-            f"{len(feeds)} feed(s), one per file, used as they are"
+            f"{len(feeds)} feed(s) of user data ({label}), one per file, used as they are"
             if as_is
-            else f"{samples} sample(s) in {len(feeds)} feed(s)"
+            else f"{samples} samples of user data ({label}) in {len(feeds)} feed(s)"
         )
-        notes.append(f"verification inputs: user data {label}: {described}")
+        notes.append(f"verification inputs: {described}")
     elif isinstance(data, Mapping):
         arrays = _check_mapping(data, specs)
         limited = {k: v[:max_samples] if v.ndim else v for k, v in arrays.items() if k in names}
