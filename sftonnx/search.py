@@ -803,12 +803,13 @@ def run_search(
         verify_data = os.fspath(calibration_data)
         notes.append(f"output error and verification on the calibration data {verify_data} (in-sample)")
     else:
-        if not allow_random_verification:
+        # An evaluation function judges candidates on its own data; random inputs then only measure drift.
+        if not allow_random_verification and evaluate is None:
             raise InputError(
                 "lossy passes are verified on real data: give --data or --calibration-data (an .npz file for "
                 "the search), or --eval with a labels .npz; --allow-random-verification accepts random inputs"
             )
-        random_inputs = True
+        random_inputs = evaluate is None
         resolved, shape_notes = verification.resolve_shapes(specs, shapes)
         feeds = [verification.random_feeds(specs, resolved, seed=seed + i) for i in range(RANDOM_SAMPLES)]
         verify_data = _save_npz(folder / f"random-seed{seed}.npz", _stack(feeds))
