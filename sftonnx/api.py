@@ -241,15 +241,19 @@ def compare(
     tolerance: verification.Tolerance | None = None,
     budget: verification.Budget | None = None,
 ) -> Any:
-    """Compare two models' outputs on the same inputs: max abs error, mean relative error, cosine, top-1 agreement.
+    """Compare two models' outputs on the same inputs, per output: kind, errors, cosine and task agreement.
+
+    Metrics: max abs error, mean relative error, cosine, and top-1, argmax, threshold or label agreement
+    (see :mod:`sftonnx.verify.metrics`).
 
     Args:
         reference: Model A (path, bytes, ``ModelProto`` or ``onnx_ir.Model``).
         candidate: Model B, with the same input and output names.
-        data: ``.npz`` (or mapping) with one array per input; default: seeded random inputs.
+        data: ``.npz``, folder of ``.npz`` (one feed per file) or mapping with one array per input; default:
+            seeded random inputs.
         input_shapes: ``["name=1x3x224x224"]`` or a mapping, for dynamic dimensions.
         tolerance: Elementwise limits, checked only when given.
-        budget: Cosine (and max abs / top-1) limits, checked only when given.
+        budget: Agreement and cosine (and max abs / top-1) limits, checked only when given.
 
     Returns:
         A :class:`sftonnx.benchmark.CompareResult`; ``passed`` is false when a given limit is exceeded (the

@@ -704,7 +704,10 @@ def bench(
 def compare(
     reference: Annotated[pathlib.Path, typer.Argument(help="Model A (the reference).")],
     candidate: Annotated[pathlib.Path, typer.Argument(help="Model B, with the same input and output names.")],
-    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
+    data: Annotated[
+        pathlib.Path | None,
+        typer.Option(help=".npz with one array per input (axis 0 = batch), or a folder of .npz (one feed per file)."),
+    ] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
     ] = None,

@@ -157,3 +157,13 @@ def test_cli_reports_task_metrics_in_table_and_json(tmp_path, pair):
     assert metric["threshold_agreement"] is None and data["limits"] == {"min_agreement": 0.999}
     assert "argmax agreement" in result.stdout and "scores" in result.stdout
     assert_clean_error(result, 3, "argmax agreement")
+
+
+def test_api_data_folder_is_one_feed_per_file(tmp_path, pair):
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    for index, rows in enumerate((3, 7)):
+        np.savez(folder / f"f{index}.npz", x=seeded((rows, 4), seed=index))
+    result = api.compare(*pair, data=folder)
+    assert any("2 feed(s) of user data" in note for note in result.notes)
+    assert result.comparison.outputs[0].decisions == 3 + 7

@@ -210,7 +210,7 @@ def read_feeds(
 
     def generate() -> Iterator[tuple[dict[str, np.ndarray], int]]:
         for file in files:
-            arrays = load_npz(file, specs)
+            arrays = load_npz(file, specs, allow_extra=("labels",))
             if folder:
                 yield {name: arrays[name] for name in names}, 1
                 continue
