@@ -417,7 +417,7 @@ def prepare_feeds(
                 feed, count = {k: v[: max_samples - samples] for k, v in feed.items()}, max_samples - samples
             feeds.append(feed)
             samples += count
-        as_is = isinstance(data, DataPart) and data.files is not None or pathlib.Path(label).is_dir()
+        as_is = data.files is not None if isinstance(data, DataPart) else pathlib.Path(data).is_dir()
         described = (
             f"{len(feeds)} feed(s) of user data ({label}), one per file, used as they are"
             if as_is
