@@ -22,8 +22,17 @@ import numpy as np
 from sftonnx import io
 from sftonnx import verify as verification
 from sftonnx.errors import InputError, VerificationError
-from sftonnx.pass_infra import SftPass
-from sftonnx.pipeline import ModelStats, OptimizeResult, build_passes, check_output, file_size, optimize_model
+from sftonnx.pass_infra import Numerics, SftPass
+from sftonnx.pipeline import (
+    ModelStats,
+    OptimizeResult,
+    build_passes,
+    check_output,
+    file_size,
+    lossy_without_data,
+    optimize_model,
+    resolve_spec,
+)
 from sftonnx.verify import prepare_feeds
 
 __all__ = ["DEFAULT_PRESET", "OptimizeResult", "inspect", "optimize", "prepare_feeds"]
@@ -113,8 +122,15 @@ def optimize(
         spec: str | Sequence[SftPass] = preset  # expanded by name, so its passes count as from a preset
     else:
         spec = passes
+    checking = verify or verify_each
+    if isinstance(spec, str) and data is None and calibration_data is None and checking:
+        # Before building: a lossy pass's own "no calibration data" error would hide the real problem.
+        resolved = resolve_spec(spec, REGISTRY, PRESETS)
+        lossy = [name for name, _, _ in resolved if REGISTRY[name].numerics is Numerics.APPROXIMATE]
+        if lossy and not allow_random_verification:
+            raise lossy_without_data(lossy)
     data_notes: list[str] = []
-    if data is None and calibration_data is not None and (verify or verify_each):
+    if data is None and calibration_data is not None and checking:
         # Real data for verification: the last calibration samples, which the calibrating passes then skip.
         split = verification.hold_out(calibration_data)
         calibration_data, data, data_notes = split.calibration, split.verification, split.notes

@@ -30,6 +30,7 @@ __all__ = [
     "OptimizeResult",
     "check_output",
     "file_size",
+    "lossy_without_data",
     "optimize_model",
     "ModelStats",
     "PassRow",
@@ -463,11 +464,7 @@ def optimize_model(
     lossy = [p.name for p, _ in built if p.numerics is Numerics.APPROXIMATE]
     random_lossy = bool(lossy) and data is None and (verify_result or verify_each)
     if random_lossy and not allow_random_verification:
-        raise InputError(
-            "lossy passes are verified on real data: give --data or --calibration-data "
-            f"(lossy here: {', '.join(dict.fromkeys(lossy))}; --allow-random-verification accepts random "
-            "inputs, recorded in the report)"
-        )
+        raise lossy_without_data(lossy)
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
         check_output(model, output_path, overwrite)
@@ -525,6 +522,15 @@ def optimize_model(
         io.save(loaded, output_path, external_data=external_data, overwrite=True)
         report.output_size = output_path.stat().st_size + _data_size(output_path)
     return OptimizeResult(loaded, report, comparison, output_path)
+
+
+def lossy_without_data(lossy: Sequence[str]) -> InputError:
+    """The exit-2 error for lossy passes that would be verified on random inputs (``lossy``: their names)."""
+    return InputError(
+        "lossy passes are verified on real data: give --data or --calibration-data "
+        f"(lossy here: {', '.join(dict.fromkeys(lossy))}; --allow-random-verification accepts random "
+        "inputs, recorded in the report)"
+    )
 
 
 def check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool) -> None:

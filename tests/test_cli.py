@@ -145,6 +145,10 @@ def test_lossy_passes_without_real_data_exit_2_unless_allowed(tiny_path, tmp_pat
     result = sftonnx("optimize", tiny_path, out, "--passes", "prune{rate=0.3}")
     assert_clean_error(result, 2, "lossy passes are verified on real data: give --data or --calibration-data")
     assert not out.exists()
+    # A preset whose quantize would refuse to calibrate without data says the same first.
+    result = sftonnx("optimize", tiny_path, out, "--preset", "int8")
+    assert_clean_error(result, 2, "lossy passes are verified on real data")
+    assert "lossy here: quantize" in result.stderr
     result = sftonnx(
         "optimize", tiny_path, out, "--passes", "prune{rate=0.3}", "--allow-random-verification",
         "--min-cosine", "0", "--min-agreement", "0", "--report", report,
