@@ -22,8 +22,17 @@ import numpy as np
 from sftonnx import io
 from sftonnx import verify as verification
 from sftonnx.errors import InputError, VerificationError
-from sftonnx.pass_infra import SftPass
-from sftonnx.pipeline import ModelStats, OptimizeResult, build_passes, check_output, file_size, optimize_model
+from sftonnx.pass_infra import Numerics, SftPass
+from sftonnx.pipeline import (
+    ModelStats,
+    OptimizeResult,
+    build_passes,
+    check_output,
+    file_size,
+    lossy_without_data,
+    optimize_model,
+    resolve_spec,
+)
 from sftonnx.verify import prepare_feeds
 
 __all__ = ["DEFAULT_PRESET", "OptimizeResult", "inspect", "optimize", "prepare_feeds"]
@@ -50,6 +59,7 @@ def optimize(
     external_data: bool | None = None,
     calibration_data: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
+    allow_random_verification: bool = False,
 ) -> OptimizeResult:
     """Optimize a model with a pass spec or preset, verify it against the original, and optionally save it.
 
@@ -58,23 +68,29 @@ def optimize(
         output: Where to write the result (atomically, only after verification passed).
         passes: A pass spec (``"simplify,fold-bn"``) or pass objects; overrides ``preset``.
         preset: A preset name (see ``sftonnx passes``), used when ``passes`` is not given.
-        data: User inputs (``.npz`` path or mapping; axis 0 = batch) for verification instead of random ones.
+        data: User inputs for verification: an ``.npz`` (axis 0 = batch when its arrays allow it), a folder of
+            ``.npz`` files (one feed per file, as is), or a mapping of arrays. Without it, verification runs on
+            held-out ``calibration_data`` samples when given, else on inputs built from the model's inputs.
         verify: Compare the result with the original in onnxruntime before returning/writing.
         input_shapes: ``["name=1x3x224x224"]`` or ``{"name": (1, 3, 224, 224)}`` for dynamic dimensions.
         tolerance: Limits for lossless pipelines (default ``atol=1e-4, rtol=1e-3``).
-        budget: Limits for pipelines with lossy passes (default cosine >= 0.99 per output).
+        budget: Limits for pipelines with lossy passes (default ``Budget()``: per output, agreement >= 0.99
+            where a task metric applies and cosine >= 0.99; see :mod:`sftonnx.verify.metrics`).
         verify_each: Check numerics after every pass, naming the pass and first tensor that diverge.
         dump_dir: On a failing pass, save the model from just before it and a reproducer command here.
         overwrite: Allow ``output`` to be the input path or an existing file.
         external_data: Force (``True``) or forbid (``False``) external data; default: only past 2 GiB.
         calibration_data: Calibration inputs (``.npz`` path, folder or iterable of feed dicts) for lossy passes.
         progress: Called as ``progress(index, total, pass_name)`` before each pass.
+        allow_random_verification: Verify lossy passes on synthesized inputs when no real data is given
+            (recorded in the report: ``random_verification`` and a note) instead of refusing.
 
     Returns:
         The optimized model, its report and the final verification.
 
     Raises:
-        InputError: Bad model, data, shapes, spec or output path (exit 2).
+        InputError: Bad model, data, shapes, spec or output path; lossy passes without real data to verify
+            them on (exit 2).
         VerificationError: The result differs from the original beyond its limits (exit 3).
         PassError: A pass failed or broke the model (exit 1).
     """
@@ -92,6 +108,7 @@ def optimize(
             input_shapes=input_shapes,
             overwrite=overwrite,
             external_data=external_data,
+            allow_random_verification=allow_random_verification,
         )
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
@@ -105,6 +122,18 @@ def optimize(
         spec: str | Sequence[SftPass] = preset  # expanded by name, so its passes count as from a preset
     else:
         spec = passes
+    checking = verify or verify_each
+    if isinstance(spec, str) and data is None and calibration_data is None and checking:
+        # Before building: a lossy pass's own "no calibration data" error would hide the real problem.
+        resolved = resolve_spec(spec, REGISTRY, PRESETS)
+        lossy = [name for name, _, _ in resolved if REGISTRY[name].numerics is Numerics.APPROXIMATE]
+        if lossy and not allow_random_verification:
+            raise lossy_without_data(lossy)
+    data_notes: list[str] = []
+    if data is None and calibration_data is not None and checking:
+        # Real data for verification: the last calibration samples, which the calibrating passes then skip.
+        split = verification.hold_out(calibration_data)
+        calibration_data, data, data_notes = split.calibration, split.verification, split.notes
     if isinstance(spec, str):
         built = build_passes(spec, REGISTRY, PRESETS, extra={"calibration_data": calibration_data})
     else:
@@ -123,6 +152,8 @@ def optimize(
         overwrite=overwrite,
         external_data=external_data,
         progress=progress,
+        allow_random_verification=allow_random_verification,
+        data_notes=data_notes,
     )
 
 
@@ -226,15 +257,19 @@ def compare(
     tolerance: verification.Tolerance | None = None,
     budget: verification.Budget | None = None,
 ) -> Any:
-    """Compare two models' outputs on the same inputs: max abs error, mean relative error, cosine, top-1 agreement.
+    """Compare two models' outputs on the same inputs, per output: kind, errors, cosine and task agreement.
+
+    Metrics: max abs error, mean relative error, cosine, and top-1, argmax, threshold or label agreement
+    (see :mod:`sftonnx.verify.metrics`).
 
     Args:
         reference: Model A (path, bytes, ``ModelProto`` or ``onnx_ir.Model``).
         candidate: Model B, with the same input and output names.
-        data: ``.npz`` (or mapping) with one array per input; default: seeded random inputs.
+        data: ``.npz``, folder of ``.npz`` (one feed per file) or mapping with one array per input; default:
+            seeded random inputs.
         input_shapes: ``["name=1x3x224x224"]`` or a mapping, for dynamic dimensions.
         tolerance: Elementwise limits, checked only when given.
-        budget: Cosine (and max abs / top-1) limits, checked only when given.
+        budget: Agreement and cosine (and max abs / top-1) limits, checked only when given.
 
     Returns:
         A :class:`sftonnx.benchmark.CompareResult`; ``passed`` is false when a given limit is exceeded (the
@@ -305,6 +340,7 @@ def optimize_auto(
     latency_runs: int = 100,
     latency_seconds: float = 8.0,
     progress: Callable[[float, float, str], None] | None = None,
+    allow_random_verification: bool = False,
 ) -> AutoOptimizeResult:
     """Search per-layer lossy configurations within an accuracy budget and write the best (``--preset auto``).
 
@@ -342,6 +378,8 @@ def optimize_auto(
         latency_runs: Timed runs per model and round.
         latency_seconds: Time limit of one timing round.
         progress: Called as ``progress(done, total, phase)``.
+        allow_random_verification: Judge candidates on seeded random inputs when there is no real data
+            (no ``data``, no labels file, no calibration ``.npz``); refused otherwise.
 
     Returns:
         The written model's result, with the search in ``search``.
@@ -380,6 +418,7 @@ def optimize_auto(
         latency_runs=latency_runs,
         latency_seconds=latency_seconds,
         progress=progress,
+        allow_random_verification=allow_random_verification,
     )
     if found.chosen is None:
         best = found.best
@@ -405,6 +444,7 @@ def optimize_auto(
                 overwrite=overwrite,
                 external_data=external_data,
                 calibration_data=found.calibration_data,
+                allow_random_verification=allow_random_verification,
             )
         except VerificationError as error:  # the rebuilt model differs from the evaluated one: try the next
             failures.append(f"{candidate.name}: {error}")
@@ -420,6 +460,11 @@ def optimize_auto(
             found.notes.append(f"{found.chosen.name} failed its final verification; wrote {candidate.name}")
             found.chosen = found.best = candidate
         result.report.input_notes.append(f"auto: chosen {candidate.name}, spec: {candidate.spec}")
+        if found.random_inputs:
+            result.report.random_verification = True
+            result.report.input_notes.append(
+                "auto: candidates judged on seeded random inputs (--allow-random-verification)"
+            )
         return AutoOptimizeResult(result.model, result.report, result.verification, result.output, search=found)
     raise search.BudgetNotMetError(
         "every feasible candidate failed its final verification (nothing written): " + "; ".join(failures[:3]),

@@ -154,7 +154,10 @@ def optimize(
         str,
         typer.Option(help="standard: portable ONNX (preset lossless); ort: onnxruntime contrib ops (preset fast-cpu)."),
     ] = "standard",
-    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
+    data: Annotated[
+        pathlib.Path | None,
+        typer.Option(help=".npz with one array per input (axis 0 = batch), or a folder of .npz (one feed per file)."),
+    ] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
     ] = None,
@@ -169,6 +172,15 @@ def optimize(
     atol: Annotated[float, typer.Option(help="Absolute tolerance (lossless pipelines).")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance (lossless pipelines).")] = 1e-3,
     min_cosine: Annotated[float, typer.Option(help="Least cosine similarity per output (lossy pipelines).")] = 0.99,
+    min_agreement: Annotated[
+        float, typer.Option(help="Least argmax/threshold/label agreement per decision output (lossy pipelines).")
+    ] = 0.99,
+    allow_random_verification: Annotated[
+        bool,
+        typer.Option(
+            "--allow-random-verification", help="Verify lossy passes on random inputs when no real data is given."
+        ),
+    ] = False,
     report: Annotated[pathlib.Path | None, typer.Option(help="Write the report as JSON here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow replacing an existing output (or the input).")] = False,
     external_data: Annotated[
@@ -229,6 +241,7 @@ def optimize(
             pareto_json=pareto_json,
             pareto_plot=pareto_plot,
             quiet=quiet,
+            allow_random_verification=allow_random_verification,
         )
         return
     progress = None
@@ -247,13 +260,14 @@ def optimize(
         verify=not no_verify,
         input_shapes=input_shape,
         tolerance=Tolerance(atol=atol, rtol=rtol),
-        budget=Budget(min_cosine=min_cosine),
+        budget=Budget(min_cosine=min_cosine, min_agreement=min_agreement),
         verify_each=verify_each,
         dump_dir=dump_dir,
         overwrite=overwrite,
         external_data=external_data,
         calibration_data=calibration_data,
         progress=progress,
+        allow_random_verification=allow_random_verification,
     )
     rep = result.report
     _write_json(report, rep.to_json())
@@ -273,10 +287,11 @@ def optimize(
     if result.verification is not None:
         worst = result.verification.worst()
         mode = rep.verification.get("mode") if rep.verification else ""
-        top1 = worst.get("top1_agreement")
+        top1, agreement = worst.get("top1_agreement"), worst.get("agreement")
         out.print(
             f"verified ({mode}): max abs error {worst['max_abs']:.3g}, min cosine {worst['cosine']:.6f}"
-            + (f", top-1 agreement {top1:.4f}" if top1 is not None else ""),
+            + (f", top-1 agreement {top1:.4f}" if top1 is not None else "")
+            + (f", min task agreement {agreement:.4f}" if agreement is not None else ""),
             markup=False,
         )
     else:
@@ -689,7 +704,10 @@ def bench(
 def compare(
     reference: Annotated[pathlib.Path, typer.Argument(help="Model A (the reference).")],
     candidate: Annotated[pathlib.Path, typer.Argument(help="Model B, with the same input and output names.")],
-    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
+    data: Annotated[
+        pathlib.Path | None,
+        typer.Option(help=".npz with one array per input (axis 0 = batch), or a folder of .npz (one feed per file)."),
+    ] = None,
     input_shape: Annotated[
         list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
     ] = None,
@@ -702,6 +720,10 @@ def compare(
     min_cosine: Annotated[
         float | None, typer.Option(help="Fail (exit 3) below this cosine similarity per output.")
     ] = None,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(help="Fail (exit 3) below this argmax/threshold/label agreement (with --min-cosine: budget)."),
+    ] = None,
     json_path: Annotated[pathlib.Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
 ) -> None:
@@ -713,31 +735,41 @@ def compare(
     tolerance = None
     if atol is not None or rtol is not None:
         tolerance = Tolerance(atol=atol or 0.0, rtol=rtol or 0.0)
-    budget = Budget(min_cosine=min_cosine) if min_cosine is not None else None
+    budget = None
+    if min_cosine is not None or min_agreement is not None:
+        budget = Budget(min_cosine=min_cosine, min_agreement=min_agreement)
     result = api.compare(reference, candidate, data=data, input_shapes=input_shape, tolerance=tolerance, budget=budget)
     _write_json(json_path, result.to_json())
     if not quiet:
         table = Table(title=f"{candidate} vs {reference}")
-        for column in ("output", "max abs error", "mean rel error", "cosine", "top-1 agreement", "within limits"):
-            table.add_column(column, justify="left" if column == "output" else "right")
+        columns = ("output", "kind", "max abs error", "mean rel error", "cosine", "top-1 agreement",
+                   "argmax agreement", "threshold agreement", "within limits")
+        for column in columns:
+            table.add_column(column, justify="left" if column in ("output", "kind") else "right")
         for metric in result.comparison.outputs:
             top1 = "-" if metric.top1_agreement is None else f"{metric.top1_agreement:.4f}"
             if not metric.shape_ok:
-                table.add_row(metric.name, "shape differs", "-", "-", "-", "no")
+                table.add_row(metric.name, "-", "shape differs", "-", "-", "-", "-", "-", "no")
                 continue
+            argmax = "-" if metric.argmax_agreement is None else f"{metric.argmax_agreement:.4f}"
+            threshold = "-" if metric.threshold_agreement is None else f"{metric.threshold_agreement:.4f}"
             table.add_row(
                 metric.name,
+                metric.kind,
                 f"{metric.max_abs:.3g}",
                 f"{metric.mean_rel:.3g}",
                 f"{metric.cosine:.6f}",
                 top1,
+                argmax,
+                threshold,
                 "yes" if metric.within_tolerance else "no",
             )
         out.print(table)
         for note in result.notes:
             out.print(f"note: {note}", markup=False)
         limits = ", ".join(f"{k}={v:g}" for k, v in result.limits.items())
-        out.print(f"limits: {limits}" if limits else "no limits given (--atol/--rtol/--min-cosine): metrics only")
+        unlimited = "no limits given (--atol/--rtol/--min-cosine/--min-agreement): metrics only"
+        out.print(f"limits: {limits}" if limits else unlimited)
         if json_path is not None:
             out.print(f"wrote {json_path}", markup=False)
     if not result.passed:

@@ -30,6 +30,7 @@ __all__ = [
     "OptimizeResult",
     "check_output",
     "file_size",
+    "lossy_without_data",
     "optimize_model",
     "ModelStats",
     "PassRow",
@@ -106,6 +107,8 @@ class PipelineReport:
     seconds: float = 0.0
     input_size: int | None = None
     output_size: int | None = None
+    #: Lossy passes were verified on random inputs because the caller allowed it explicitly.
+    random_verification: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -443,20 +446,28 @@ def optimize_model(
     overwrite: bool = False,
     external_data: bool | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    allow_random_verification: bool = False,
+    data_notes: Sequence[str] = (),
 ) -> OptimizeResult:
     """Load, run the built passes, verify against the original, and save atomically (the optimize core).
 
     Arguments are those of :func:`sftonnx.api.optimize`, with the passes already built
-    (``[(pass, came_from_preset)]``, see :func:`sftonnx.spec.build_passes`) and ``verify_result`` for
-    ``verify``.
+    (``[(pass, came_from_preset)]``, see :func:`sftonnx.spec.build_passes`), ``verify_result`` for
+    ``verify``, ``data`` as :func:`sftonnx.verify.prepare_feeds` takes it (held-out calibration samples
+    included) and ``data_notes`` saying where that data came from.
 
     Raises:
-        InputError: Bad model, data, shapes or output path (exit 2).
+        InputError: Bad model, data, shapes or output path; lossy passes to verify without real data and
+            without ``allow_random_verification`` (exit 2).
         VerificationError: The result differs from the original beyond its limits (exit 3).
         PassError: A pass failed or broke the model (exit 1).
     """
     if not built:
         raise InputError("the pass list is empty")
+    lossy = [p.name for p, _ in built if p.numerics is Numerics.APPROXIMATE]
+    random_lossy = bool(lossy) and data is None and (verify_result or verify_each)
+    if random_lossy and not allow_random_verification:
+        raise lossy_without_data(lossy)
     output_path = pathlib.Path(output) if output is not None else None
     if output_path is not None:
         check_output(model, output_path, overwrite)
@@ -487,7 +498,15 @@ def optimize_model(
         progress=progress,
     )
     report = pipeline.report
-    report.input_notes.extend(notes)
+    report.input_notes.extend([*data_notes, *notes])
+    if random_lossy:
+        warning = (
+            "lossy passes verified on random inputs (--allow-random-verification): the budget says little "
+            "about real data"
+        )
+        report.random_verification = True
+        report.input_notes.append(warning)
+        logger.warning("%s", warning)
     report.input_size = input_size
     pipeline.run(loaded)
 
@@ -507,6 +526,15 @@ def optimize_model(
         io.save(loaded, output_path, external_data=external_data, overwrite=True)
         report.output_size = output_path.stat().st_size + _data_size(output_path)
     return OptimizeResult(loaded, report, comparison, output_path)
+
+
+def lossy_without_data(lossy: Sequence[str]) -> InputError:
+    """The exit-2 error for lossy passes that would be verified on random inputs (``lossy``: their names)."""
+    return InputError(
+        "lossy passes are verified on real data: give --data or --calibration-data "
+        f"(lossy here: {', '.join(dict.fromkeys(lossy))}; --allow-random-verification accepts random "
+        "inputs, recorded in the report)"
+    )
 
 
 def check_output(source: io.ModelSource, output: pathlib.Path, overwrite: bool) -> None:

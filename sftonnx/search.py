@@ -152,10 +152,11 @@ class SearchBudget:
         With an accuracy budget only: the chosen model's own cosine on the verification inputs, minus a margin
         for float noise - so the check proves that the written model is the one whose accuracy was measured.
         """
+        # min_agreement=None: the search measures cosine, so its final check holds the same figure.
         if self.max_error is not None:
-            return verification.Budget(min_cosine=1.0 - self.max_error)
+            return verification.Budget(min_cosine=1.0 - self.max_error, min_agreement=None)
         cosine = chosen.cosine if chosen.cosine is not None else 0.0
-        return verification.Budget(min_cosine=max(-1.0, cosine - 1e-4))
+        return verification.Budget(min_cosine=max(-1.0, cosine - 1e-4), min_agreement=None)
 
 
 class BudgetNotMetError(VerificationError):
@@ -645,6 +646,8 @@ class SearchResult:
     calibration_data: str | None
     verify_data: str | None
     task: Any = dataclasses.field(default=None, repr=False)
+    #: Candidates were judged on seeded random inputs (allowed explicitly: ``allow_random_verification``).
+    random_inputs: bool = False
 
     @property
     def timed(self) -> list[Candidate]:
@@ -674,6 +677,7 @@ class SearchResult:
             "cache_dir": self.cache_dir,
             "calibration_data": self.calibration_data,
             "verify_data": self.verify_data,
+            "random_inputs": self.random_inputs,
         }
 
 
@@ -702,6 +706,7 @@ def run_search(
     latency_runs: int = 100,
     latency_seconds: float = 8.0,
     progress: Callable[[float, float, str], None] | None = None,
+    allow_random_verification: bool = False,
 ) -> SearchResult:
     """Search per-layer lossy configurations for the fastest (or smallest) model within ``budget``.
 
@@ -713,7 +718,8 @@ def run_search(
             ``budget.max_accuracy_drop``.
         objective: ``latency`` (p50 on ``ep``) or ``size`` (file bytes).
         data: Inputs for the output error and verification (``.npz`` or mapping); default: ``evaluate``'s
-            inputs for a labels file, else :data:`RANDOM_SAMPLES` seeded random sets.
+            inputs for a labels file, else a calibration ``.npz`` (in-sample), else (only with
+            ``allow_random_verification``) :data:`RANDOM_SAMPLES` seeded random sets.
         calibration_data: For quantization, reconstruction and data-aware factorization (``.npz``, folder or
             iterable of feed dicts). Without it, ``quantize`` calibrates on seeded random inputs
             (``allow_random=true`` in its spec).
@@ -727,6 +733,7 @@ def run_search(
         latency_runs: Timed runs per model (at most; see ``latency_seconds``).
         latency_seconds: Time limit of each interleaved timing round.
         progress: Called as ``progress(done, total, phase)`` after each candidate and timing round.
+        allow_random_verification: Judge candidates on seeded random inputs when there is no real data.
 
     Returns:
         The search result; ``chosen`` is ``None`` when nothing met the budget.
@@ -748,6 +755,7 @@ def run_search(
     bench.parse_providers(ep)
     chosen_techniques = available_techniques(techniques)
     notes: list[str] = []
+    random_inputs = False
 
     # ---- the original, its hash and the cache folder
     loaded = io.load(model)
@@ -789,7 +797,19 @@ def run_search(
     elif isinstance(evaluate, str) and scale == 100.0:
         verify_data = evaluate
         notes.append(f"output error and verification on the inputs of {evaluate}")
+    elif isinstance(calibration_data, (str, os.PathLike)) and pathlib.Path(calibration_data).is_file():
+        # Real data, in-sample: the candidates calibrate on the same file.
+        verification.load_npz(calibration_data, specs, allow_extra=("labels",))
+        verify_data = os.fspath(calibration_data)
+        notes.append(f"output error and verification on the calibration data {verify_data} (in-sample)")
     else:
+        # An evaluation function judges candidates on its own data; random inputs then only measure drift.
+        if not allow_random_verification and evaluate is None:
+            raise InputError(
+                "lossy passes are verified on real data: give --data or --calibration-data (an .npz file for "
+                "the search), or --eval with a labels .npz; --allow-random-verification accepts random inputs"
+            )
+        random_inputs = evaluate is None
         resolved, shape_notes = verification.resolve_shapes(specs, shapes)
         feeds = [verification.random_feeds(specs, resolved, seed=seed + i) for i in range(RANDOM_SAMPLES)]
         verify_data = _save_npz(folder / f"random-seed{seed}.npz", _stack(feeds))
@@ -1020,6 +1040,7 @@ def run_search(
         calibration_data=calibration,
         verify_data=verify_data,
         task=task,
+        random_inputs=random_inputs,
     )
 
 

@@ -138,3 +138,52 @@ def test_optimize_never_imports_torch(tiny_path, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.onnx").exists()
+
+
+def test_lossy_passes_without_real_data_exit_2_unless_allowed(tiny_path, tmp_path):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = sftonnx("optimize", tiny_path, out, "--passes", "prune{rate=0.3}")
+    assert_clean_error(result, 2, "lossy passes are verified on real data: give --data or --calibration-data")
+    assert not out.exists()
+    # A preset whose quantize would refuse to calibrate without data says the same first.
+    result = sftonnx("optimize", tiny_path, out, "--preset", "int8")
+    assert_clean_error(result, 2, "lossy passes are verified on real data")
+    assert "lossy here: quantize" in result.stderr
+    result = sftonnx(
+        "optimize", tiny_path, out, "--passes", "prune{rate=0.3}", "--allow-random-verification",
+        "--min-cosine", "0", "--min-agreement", "0", "--report", report,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "random inputs (--allow-random-verification)" in result.stdout
+    data = json.loads(report.read_text())
+    assert data["random_verification"] is True
+    assert any("--allow-random-verification" in note for note in data["input_notes"])
+
+
+def test_data_folder_of_different_widths_verifies_a_lossy_pass(tmp_path):
+    import numpy as np
+
+    model = tmp_path / "seq.onnx"
+    text = """
+    <ir_version: 8, opset_import: ["" : 18]>
+    seq (float[1, T, 4] x, float[2, 1, 3] state) => (float[1, T, 3] y, float[2, 1, 3] next) {
+        y = MatMul(x, w)
+        next = Tanh(state)
+    }
+    """
+    ir.save(make_model(text, w=seeded((4, 3))), model)
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    for index, width in enumerate((5, 9, 13)):
+        np.savez(folder / f"l{index}.npz", x=seeded((1, width, 4), seed=index), state=seeded((2, 1, 3), seed=9))
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    result = sftonnx(
+        "optimize", model, out, "--passes", "quantize", "--data", folder, "--calibration-data", folder,
+        "--report", report, "--min-cosine", "0.95",
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(report.read_text())
+    assert data["random_verification"] is False
+    assert any("3 feed(s) of user data" in note for note in data["input_notes"])
+    outputs = {o["name"]: o for o in data["verification"]["outputs"]}
+    assert outputs["y"]["kind"] == "scores" and outputs["y"]["decisions"] == 5 + 9 + 13

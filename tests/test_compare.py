@@ -144,3 +144,26 @@ def test_cli_different_inputs_exit_2(tmp_path):
 def test_cli_missing_input_in_data_exit_2(tmp_path, pair):
     np.savez(tmp_path / "inputs.npz", image=seeded((3, 4)))
     assert_clean_error(sftonnx("compare", *pair, "--data", tmp_path / "inputs.npz"), 2, "no array for input 'x'")
+
+
+def test_cli_reports_task_metrics_in_table_and_json(tmp_path, pair):
+    out = tmp_path / "compare.json"
+    np.savez(tmp_path / "inputs.npz", x=seeded((200, 4)))
+    result = sftonnx("compare", *pair, "--data", tmp_path / "inputs.npz", "--min-agreement", "0.999", "--json", out)
+    data = json.loads(out.read_text())
+    metric = data["outputs"][0]
+    assert metric["kind"] == "scores" and metric["decisions"] == 200
+    assert 0.9 < metric["argmax_agreement"] < 1.0  # the perturbed weights flip a few decisions
+    assert metric["threshold_agreement"] is None and data["limits"] == {"min_agreement": 0.999}
+    assert "argmax agreement" in result.stdout and "scores" in result.stdout
+    assert_clean_error(result, 3, "argmax agreement")
+
+
+def test_api_data_folder_is_one_feed_per_file(tmp_path, pair):
+    folder = tmp_path / "feeds"
+    folder.mkdir()
+    for index, rows in enumerate((3, 7)):
+        np.savez(folder / f"f{index}.npz", x=seeded((rows, 4), seed=index))
+    result = api.compare(*pair, data=folder)
+    assert any("2 feed(s) of user data" in note for note in result.notes)
+    assert result.comparison.outputs[0].decisions == 3 + 7

@@ -176,8 +176,127 @@ def test_optimize_report_statistics(tmp_path):
 def test_preset_passes_that_do_not_apply_are_skipped_not_fatal():
     """A preset's pass whose precondition fails (no Conv for factorize-conv) is a skipped row, not exit 2."""
     model = two_layers()
-    result = api.optimize(model, preset="compact", budget=Budget(min_cosine=0.0))
+    result = api.optimize(
+        model, preset="compact", budget=Budget(min_cosine=0.0, min_agreement=None), allow_random_verification=True
+    )
     rows = {row.name: row for row in result.report.rows}
     assert rows["factorize-conv"].status == "skipped" and "no Conv" in rows["factorize-conv"].message
     with pytest.raises(InputError, match="factorize-conv cannot be applied"):
-        api.optimize(two_layers(), passes="factorize-conv{mode=tucker}")
+        api.optimize(two_layers(), passes="factorize-conv{mode=tucker}", allow_random_verification=True)
+
+
+# ------------------------------------------------------------------------------------- real data
+class RecordCalibration(SftPass):
+    """A lossy pass that only records the calibration samples it is given (by their value)."""
+
+    name = "record-calibration"
+    numerics = Numerics.APPROXIMATE
+    uses_calibration = True
+    seen: list[float] = []
+
+    def __init__(self, *, calibration_data=None) -> None:
+        self.calibration_data = calibration_data
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        from sftonnx.verify import calibration_feeds
+
+        for feed in calibration_feeds(self.calibration_data, input_specs(model)):
+            RecordCalibration.seen.extend(float(v) for v in feed["x"][..., 0].ravel())
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    from sftonnx.passes import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, RecordCalibration.name, RecordCalibration)
+    RecordCalibration.seen = []
+    return RecordCalibration
+
+
+def _numbered_rows(count: int) -> np.ndarray:
+    return np.repeat(np.arange(count, dtype=np.float32)[:, None], 4, axis=1)  # row i is all i
+
+
+def test_calibration_without_data_holds_out_the_last_quarter_for_verification(tmp_path, recording):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=_numbered_rows(16))
+    result = api.optimize(two_layers(), passes="record-calibration", calibration_data=path)
+    assert sorted(set(recording.seen)) == list(range(12))  # the passes never see samples 12..15
+    notes = " ".join(result.report.input_notes)
+    assert "held-out calibration data, samples 12..15" in notes and "see only samples 0..11" in notes
+    assert result.verification.passed and not result.report.random_verification
+    # The same with a folder: one file per sample, the last 2 of 8 files held out.
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for index in range(8):
+        np.savez(folder / f"s{index}.npz", x=np.full((1, 4), index, np.float32))
+    recording.seen = []
+    result = api.optimize(two_layers(), passes="record-calibration", calibration_data=folder)
+    assert sorted(set(recording.seen)) == list(range(6))
+    assert "2 file(s) of" in " ".join(result.report.input_notes) and "(s6.npz, s7.npz)" in " ".join(
+        result.report.input_notes
+    )
+    # Too few samples to hold out: verification runs on them all, and says it is in-sample.
+    small = tmp_path / "small.npz"
+    np.savez(small, x=_numbered_rows(5))
+    recording.seen = []
+    result = api.optimize(two_layers(), passes="record-calibration", calibration_data=small)
+    assert sorted(set(recording.seen)) == list(range(5))
+    assert "in-sample" in " ".join(result.report.input_notes)
+
+
+def test_explicit_data_leaves_all_calibration_samples_to_the_passes(tmp_path, recording):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=_numbered_rows(16))
+    np.savez(tmp_path / "data.npz", x=_numbered_rows(3) + 100)
+    api.optimize(two_layers(), passes="record-calibration", calibration_data=path, data=tmp_path / "data.npz")
+    assert sorted(set(recording.seen)) == list(range(16))
+
+
+def test_lossy_passes_without_real_data_are_refused_unless_allowed(recording):
+    with pytest.raises(InputError, match="lossy passes are verified on real data: give --data or --calibration-data"):
+        api.optimize(two_layers(), passes="prune{rate=0.3}")
+    result = api.optimize(two_layers(), passes="simplify")  # lossless: random inputs are fine
+    assert not result.report.random_verification
+    result = api.optimize(
+        two_layers(), passes="prune{rate=0.3}", budget=Budget(min_cosine=0.0, min_agreement=0.0),
+        allow_random_verification=True,
+    )
+    assert result.report.random_verification and result.report.to_json()["random_verification"] is True
+    assert any("random inputs (--allow-random-verification)" in n for n in result.report.input_notes)
+    # Without verification nothing is judged on random inputs, so nothing is refused.
+    api.optimize(two_layers(), passes="prune{rate=0.3}", verify=False)
+
+
+RECURRENT = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, T, 4] x, float[2, 1, 3] state) => (float[1, T, 5] y, float[2, 1, 3] next) {
+    y = MatMul(x, w)
+    next = Tanh(state)
+}
+"""
+
+
+def test_folder_of_different_shapes_with_a_state_input_for_data_and_calibration(tmp_path):
+    model = make_model(RECURRENT, w=seeded((4, 5)))
+    folder = tmp_path / "lines"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index, width in enumerate((7, 12, 5, 9, 16, 3, 10, 8)):
+        np.savez(folder / f"line{index}.npz", x=rng.standard_normal((1, width, 4)).astype(np.float32),
+                 state=rng.standard_normal((2, 1, 3)).astype(np.float32))
+    result = api.optimize(model, passes="quantize", data=folder, calibration_data=folder)
+    assert result.report.rows[0].changes  # quantized, calibrated on the folder
+    assert result.verification.passed
+    assert any("8 feed(s) of user data" in n and "one per file" in n for n in result.report.input_notes)
+    by_name = {m.name: m for m in result.verification.outputs}
+    assert by_name["y"].kind == "scores" and by_name["y"].decisions == sum((7, 12, 5, 9, 16, 3, 10, 8))
+    assert by_name["y"].argmax_agreement >= 0.99
+    # Calibration alone: the last 2 files verify, the first 6 calibrate.
+    # (int8 of a 4x5 MatMul on unseen lines: cosine about 0.98, so the cosine limit is lowered here.)
+    result = api.optimize(
+        make_model(RECURRENT, w=seeded((4, 5))), passes="quantize", calibration_data=folder,
+        budget=Budget(min_cosine=0.95),
+    )
+    assert any("(line6.npz, line7.npz)" in n for n in result.report.input_notes)
+    assert result.verification.outputs[0].decisions == 10 + 8  # the two held-out lines, position by position

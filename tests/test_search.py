@@ -153,6 +153,7 @@ def _small_search(model: pathlib.Path, cache: pathlib.Path, **kwargs):
         "cache_dir": cache,
         "latency_runs": 5,
         "latency_seconds": 1.0,
+        "allow_random_verification": True,
     }
     options.update(kwargs)
     return search.run_search(model, **options)
@@ -177,6 +178,17 @@ def test_cache_resumes_without_recomputing(tmp_path):
     assert fourth.stats["cached"] == 0
 
 
+def test_search_verifies_on_real_data_or_needs_the_override(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    with pytest.raises(InputError, match="lossy passes are verified on real data"):
+        _small_search(model, tmp_path / "cache", allow_random_verification=False)
+    calibration = tmp_path / "calib.npz"
+    np.savez(calibration, x=np.random.default_rng(5).standard_normal((16, 8)).astype(np.float32))
+    found = _small_search(model, tmp_path / "cache", allow_random_verification=False, calibration_data=calibration)
+    assert found.verify_data == str(calibration) and not found.random_inputs
+    assert any("calibration data" in note and "in-sample" in note for note in found.notes)
+
+
 def test_search_is_deterministic_with_a_seed(tmp_path):
     model = _tiny_mlp(tmp_path / "mlp.onnx")
     runs = [_small_search(model, tmp_path / f"cache{i}", seed=3) for i in range(2)]
@@ -192,7 +204,7 @@ def test_budget_not_met_raises_and_writes_nothing(tmp_path):
     with pytest.raises(search.BudgetNotMetError) as caught:
         api.optimize_auto(
             model, output, max_error=0.0, techniques=["quantize-dynamic"], presets=["int8-dynamic"],
-            cache_dir=tmp_path / "cache", latency_runs=5, latency_seconds=1.0,
+            cache_dir=tmp_path / "cache", latency_runs=5, latency_seconds=1.0, allow_random_verification=True,
         )
     assert caught.value.exit_code == 3
     assert caught.value.result.best is not None
@@ -210,7 +222,12 @@ def _cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
 def test_cli_budget_not_met_exits_3_and_writes_nothing(tmp_path):
     model = _tiny_mlp(tmp_path / "mlp.onnx", affine=True)
     output = tmp_path / "out.onnx"
-    done = _cli("optimize", str(model), str(output), "--preset", "auto", "--max-error", "0", cwd=tmp_path)
+    refused = _cli("optimize", str(model), str(output), "--preset", "auto", "--max-error", "0", cwd=tmp_path)
+    assert refused.returncode == 2 and "lossy passes are verified on real data" in refused.stderr
+    done = _cli(
+        "optimize", str(model), str(output), "--preset", "auto", "--max-error", "0",
+        "--allow-random-verification", cwd=tmp_path,
+    )
     assert done.returncode == 3, done.stderr
     assert "no candidate meets the budget" in done.stderr
     assert "closest candidate" in done.stderr
@@ -279,8 +296,11 @@ def test_optimize_preset_auto_routes_to_the_search(tmp_path):
 
     model = _tiny_mlp(tmp_path / "mlp.onnx")
     output = tmp_path / "out.onnx"
-    result = api.optimize(model, output, preset="auto", budget=Budget(min_cosine=0.98))
+    result = api.optimize(
+        model, output, preset="auto", budget=Budget(min_cosine=0.98), allow_random_verification=True
+    )
     assert isinstance(result, api.AutoOptimizeResult) and output.is_file()
+    assert result.report.random_verification and result.search.random_inputs
     assert result.search.budget.max_error == pytest.approx(0.02)
     assert result.search.chosen.error <= 0.02
     assert (tmp_path / ".sftonnx-cache").is_dir()  # next to the output

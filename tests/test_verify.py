@@ -75,8 +75,12 @@ def test_metrics_and_limits():
     bad = verify.compare_outputs(["p"], expected, swapped, tolerance=verify.Tolerance())
     assert not bad.passed and bad.outputs[0].top1_agreement == 0.0 and bad.outputs[0].max_abs == 2.0
     assert "beyond atol" in bad.failures[0]
-    budget = verify.compare_outputs(["p"], expected, swapped, budget=verify.Budget(min_cosine=0.5))
+    cosine_only = verify.Budget(min_cosine=0.5, min_agreement=None)
+    budget = verify.compare_outputs(["p"], expected, swapped, budget=cosine_only)
     assert budget.passed and 0.5 < budget.outputs[0].cosine < 1.0
+    # With the task metric on, the flipped decisions refuse it whatever the cosine limit.
+    task = verify.compare_outputs(["p"], expected, swapped, budget=verify.Budget(min_cosine=0.5))
+    assert not task.passed and "argmax agreement 0.0000 < 0.99" in task.failures[0]
     shape = verify.compare_outputs(["p"], expected, [[expected[0][0][:1]]], tolerance=verify.Tolerance())
     assert not shape.passed and "shape" in shape.failures[0]
 
@@ -103,3 +107,182 @@ def test_calibration_feeds_from_iterables_are_checked():
         list(verify.calibration_feeds([{"image": seeded((2, 3, 8, 8))}], specs()))
     with pytest.raises(InputError, match="not found"):
         verify.calibration_feeds("/nonexistent/calib.npz", specs())
+
+
+# ------------------------------------------------------------------------------------- the task gate
+def _logits_with_agreement(rng, shape, agreement):
+    """Logits [.., C] and a copy whose argmax differs at a ``1 - agreement`` share of the positions."""
+    logits = rng.standard_normal(shape).astype(np.float32) * 0.1
+    positions = int(np.prod(shape[:-1]))
+    flat = logits.reshape(positions, shape[-1])
+    labels = rng.integers(0, shape[-1], positions)
+    flat[np.arange(positions), labels] += 8.0  # a clear winner per position
+    changed = flat.copy()
+    flips = rng.choice(positions, int(round(positions * (1 - agreement))), replace=False)
+    changed[flips, (labels[flips] + 1) % shape[-1]] += 9.0  # another class wins there
+    return logits, changed.reshape(shape)
+
+
+def test_sequence_logits_with_61_percent_argmax_agreement_are_refused():
+    rng = np.random.default_rng(0)
+    # A recognizer's per-position outputs [T, B, C]: 100 positions x 2 samples, 40 classes.
+    pairs = [_logits_with_agreement(rng, (100, 1, 40), 0.61) for _ in range(2)]
+    expected, actual = [[e] for e, _ in pairs], [[a] for _, a in pairs]
+    result = verify.compare_outputs(["logits"], expected, actual, budget=verify.Budget())
+    metric = result.outputs[0]
+    assert metric.kind == "scores" and metric.decisions == 200
+    assert metric.argmax_agreement == pytest.approx(0.61)
+    assert not result.passed and "argmax agreement 0.61" in result.failures[0]
+    # The same drift kept under 1% of the positions passes the agreement (cosine judged too for scores).
+    close = [_logits_with_agreement(rng, (50, 1, 40), 1.0) for _ in range(2)]
+    ok = verify.compare_outputs(["logits"], [[e] for e, _ in close], [[e * 1.001] for e, _ in close])
+    assert ok.outputs[0].argmax_agreement == 1.0
+    assert verify.compare_outputs(
+        ["logits"], [[e] for e, _ in close], [[e * 1.001] for e, _ in close], budget=verify.Budget()
+    ).passed
+
+
+def test_batch_first_sequence_probabilities_are_judged_by_argmax_agreement():
+    rng = np.random.default_rng(1)
+    logits, changed = _logits_with_agreement(rng, (4, 64, 12), 0.97)  # [B, T, C] softmax outputs
+
+    def softmax(x):
+        z = np.exp(x - x.max(-1, keepdims=True))
+        return (z / z.sum(-1, keepdims=True)).astype(np.float32)
+
+    result = verify.compare_outputs(["probs"], [[softmax(logits)]], [[softmax(changed)]], budget=verify.Budget())
+    metric = result.outputs[0]
+    assert metric.kind == "probs" and metric.decisions == 256
+    assert metric.argmax_agreement == pytest.approx(0.97, abs=0.005)
+    assert not result.passed and "argmax agreement" in result.failures[0]
+
+
+def test_sigmoid_map_near_zero_on_noise_is_accepted_when_same_side_of_threshold():
+    rng = np.random.default_rng(2)
+    # A text detector's map on noise: ~1e-5 everywhere; the int8 model's map is unrelated noise of that size.
+    reference = (rng.random((1, 1, 64, 64)) * 2e-5).astype(np.float32)
+    candidate = (rng.random((1, 1, 64, 64)) * 2e-5).astype(np.float32)
+    result = verify.compare_outputs(["map"], [[reference]], [[candidate]], budget=verify.Budget())
+    metric = result.outputs[0]
+    assert metric.kind == "sigmoid" and metric.threshold_agreement == 1.0 and metric.decisions == 4096
+    assert metric.cosine < 0.9  # cosine would have refused it
+    assert result.passed and metric.judged_by == "agreement"
+    # Pixels that cross 0.5 are what matters: 3% of them crossing is refused.
+    page = np.where(rng.random((1, 1, 64, 64)) < 0.2, 0.95, 0.02).astype(np.float32)
+    crossed = page.copy().reshape(-1)
+    flips = rng.choice(crossed.size, int(crossed.size * 0.03), replace=False)
+    crossed[flips] = 1.0 - crossed[flips]  # 0.95 <-> 0.05-ish: the other side of 0.5
+    crossed = crossed.reshape(page.shape)
+    bad = verify.compare_outputs(["map"], [[page]], [[crossed]], budget=verify.Budget())
+    assert bad.outputs[0].threshold_agreement == pytest.approx(0.97, abs=0.002)
+    assert not bad.passed and "agreement on the side of 0.5" in bad.failures[0]
+
+
+def test_int8_detector_with_low_cosine_on_one_output_but_agreeing_map_is_accepted():
+    rng = np.random.default_rng(3)
+    page = np.clip(rng.random((2, 1, 32, 32)) ** 4, 0, 1).astype(np.float32)
+    noisy = np.clip(page + rng.normal(0, 0.05, page.shape), 0, 1).astype(np.float32)
+    noisy = np.where((page >= 0.5) != (noisy >= 0.5), page, noisy)  # same decisions
+    result = verify.compare_outputs(["map"], [[page]], [[noisy]], budget=verify.Budget(min_cosine=0.999))
+    metric = result.outputs[0]
+    assert metric.kind == "sigmoid" and metric.threshold_agreement == 1.0
+    assert metric.cosine < 0.999 and result.passed
+
+
+def test_classifier_outputs_need_agreement_and_cosine_on_few_samples():
+    rng = np.random.default_rng(4)
+    logits, changed = _logits_with_agreement(rng, (8, 10), 7 / 8)  # one of 8 decisions flipped
+    result = verify.compare_outputs(["logits"], [[logits]], [[changed]], budget=verify.Budget(min_cosine=0.0))
+    metric = result.outputs[0]
+    assert metric.kind == "scores" and metric.decisions == 8 and metric.argmax_agreement == 0.875
+    assert metric.top1_agreement == 0.875 and not result.passed
+    same = verify.compare_outputs(["logits"], [[logits]], [[logits + 0.5]], budget=verify.Budget())
+    assert same.outputs[0].argmax_agreement == 1.0 and not same.passed  # cosine still judged: shifted logits
+    assert "cosine" in same.failures[0] and same.outputs[0].judged_by == "agreement+cosine"
+    # Integer outputs (argmax done in the graph) are decisions too.
+    labels = verify.compare_outputs(
+        ["ids"], [[np.arange(200, dtype=np.int64) % 7]], [[np.arange(200, dtype=np.int64) % 5]], budget=verify.Budget()
+    )
+    assert labels.outputs[0].kind == "labels" and not labels.passed
+
+
+def test_output_kinds():
+    assert verify.output_kind([np.zeros((1, 5, 1, 1), np.float32) + np.arange(5, dtype=np.float32)[:, None, None]]) == (
+        "scores"
+    )
+    assert verify.output_kind([np.full((2, 4), 0.25, np.float32)]) == "probs"
+    assert verify.output_kind([np.full((1, 1, 8, 8), 0.3, np.float32)]) == "sigmoid"
+    assert verify.output_kind([np.ones((1, 3, 8, 8), np.float32) * 2]) == "values"
+    assert verify.output_kind([np.ones((3,), np.int64)]) == "labels"
+
+
+# -------------------------------------------------------------------------------------- real data
+STATEFUL = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, T, 4] x, float[2, 1, 3] state) => (float[1, T, 4] y, float[2, 1, 3] next) {
+    y = Relu(x)
+    next = Sigmoid(state)
+}
+"""
+
+
+def _stateful_folder(folder, widths=(5, 9, 7, 12)):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index, width in enumerate(widths):
+        np.savez(
+            folder / f"s{index:02d}.npz",
+            x=rng.standard_normal((1, width, 4)).astype(np.float32),
+            state=rng.standard_normal((2, 1, 3)).astype(np.float32),
+        )
+    return folder
+
+
+def test_folder_of_npz_is_one_feed_per_file_as_is(tmp_path):
+    model = make_model(STATEFUL)
+    folder = _stateful_folder(tmp_path / "data")
+    feeds, shapes, notes = verify.prepare_feeds(model, data=folder)
+    assert [f["x"].shape for f in feeds] == [(1, 5, 4), (1, 9, 4), (1, 7, 4), (1, 12, 4)]
+    assert all(f["state"].shape == (2, 1, 3) for f in feeds)
+    assert shapes == {"x": (1, 5, 4), "state": (2, 1, 3)}
+    assert "one per file" in notes[-1]
+    calibration = list(verify.calibration_feeds(folder, verify.input_specs(model)))
+    assert [f["x"].shape[1] for f in calibration] == [5, 9, 7, 12]
+    assert len(list(verify.calibration_feeds(folder, verify.input_specs(model), max_samples=2))) == 2
+
+
+def test_single_npz_that_cannot_be_split_is_one_feed(tmp_path):
+    model = make_model(STATEFUL)
+    path = tmp_path / "one.npz"
+    np.savez(path, x=np.ones((1, 6, 4), np.float32), state=np.ones((2, 1, 3), np.float32))
+    feeds, _, notes = verify.prepare_feeds(model, data=path)
+    assert len(feeds) == 1 and feeds[0]["state"].shape == (2, 1, 3)
+    assert any("cannot be split along axis 0" in n for n in notes)
+    # A splittable .npz keeps its meaning: axis 0 = samples, in batches.
+    image = tmp_path / "image.npz"
+    np.savez(image, image=seeded((40, 3, 8, 8)), ids=np.zeros((40, 5), np.int64))
+    feeds, _, _ = verify.prepare_feeds(make_model(IMAGE), data=image)
+    assert [len(f["image"]) for f in feeds] == [32, 8]
+
+
+@pytest.mark.parametrize(("count", "held"), [(8, 2), (12, 3), (7, 0)])
+def test_hold_out_splits_folders_files_and_feeds(tmp_path, count, held):
+    folder = _stateful_folder(tmp_path / "data", widths=range(3, 3 + count))
+    split = verify.hold_out(folder)
+    assert split.held_out == bool(held)
+    if held:
+        assert [f.name for f in split.verification.files] == [f"s{i:02d}.npz" for i in range(count - held, count)]
+        assert [f.name for f in split.calibration.files] == [f"s{i:02d}.npz" for i in range(count - held)]
+        assert "held-out" in split.notes[0]
+    else:
+        assert split.verification == split.calibration == folder and "in-sample" in split.notes[0]
+    path = tmp_path / "rows.npz"
+    np.savez(path, image=seeded((count, 3, 8, 8)), ids=np.zeros((count, 5), np.int64))
+    rows = verify.hold_out(path)
+    if held:
+        assert (rows.calibration.start, rows.calibration.stop) == (0, count - held)
+        assert (rows.verification.start, rows.verification.stop) == (count - held, count)
+        feeds = list(verify.calibration_feeds(rows.calibration, specs()))
+        assert sum(len(f["image"]) for f in feeds) == count - held
+    feeds_split = verify.hold_out(iter([{"image": seeded((1, 3, 8, 8))} for _ in range(count)]))
+    assert len(feeds_split.verification) == (held or count)

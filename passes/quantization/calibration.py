@@ -414,6 +414,8 @@ class CalibrationSource:
             logger.warning("%s: calibrating on random inputs: %s", pass_name, self.description)
         elif isinstance(data, (str, os.PathLike)):
             self.description = f"user data from {os.fspath(data)}"
+        elif isinstance(data, verify.DataPart):  # calibration samples, the held-out ones left out
+            self.description = f"user data: {data.describe()}"
         else:
             if isinstance(data, Iterator):
                 self._one_shot = True

@@ -1,7 +1,9 @@
 """Numerical verification: model inputs and user data, onnxruntime runs, and output metrics.
 
-The optimized model is run against the original on the same inputs: user data (``--data``), or inputs built
-from the model's graph (dynamic dimensions from ``--input-shape``, the weights, or stated defaults).
+The optimized model is run against the original on the same inputs: user data (``--data``: an ``.npz`` or a
+folder of them), held-out calibration samples (``--calibration-data`` without ``--data``), or inputs built
+from the model's graph (dynamic dimensions from ``--input-shape``, the weights, or stated defaults; never
+for lossy passes unless explicitly allowed).
 
 Modules: :mod:`~sftonnx.verify.inputs` (input specs, shapes, synthesized inputs), :mod:`~sftonnx.verify.data`
 (``.npz`` files and folders, calibration streams, feed preparation), :mod:`~sftonnx.verify.runtime`
@@ -14,12 +16,18 @@ Everything public is re-exported here: ``from sftonnx import verify; verify.comp
 from __future__ import annotations
 
 from sftonnx.verify.data import (
+    HELD_OUT_FRACTION,
     MAX_VERIFY_SAMPLES,
+    MIN_HELD_OUT,
     RANDOM_SAMPLES,
+    DataPart,
+    HeldOut,
     batches,
     calibration_feeds,
+    hold_out,
     load_npz,
     prepare_feeds,
+    read_feeds,
 )
 from sftonnx.verify.inputs import (
     DEFAULT_BATCH,
@@ -34,13 +42,16 @@ from sftonnx.verify.inputs import (
 )
 from sftonnx.verify.metrics import (
     DEFAULT_ATOL,
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_MIN_COSINE,
     DEFAULT_RTOL,
+    MIN_DECISIONS,
     Budget,
     Comparison,
     OutputMetrics,
     Tolerance,
     compare_outputs,
+    output_kind,
 )
 from sftonnx.verify.runtime import find_first_divergence, make_session, ort_failure, run_model, session_source
 from sftonnx.verify.synthesis import synthesize_inputs
@@ -49,12 +60,18 @@ __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_BATCH",
     "DEFAULT_DYNAMIC_DIM",
+    "DEFAULT_MIN_AGREEMENT",
     "DEFAULT_MIN_COSINE",
     "DEFAULT_RTOL",
+    "HELD_OUT_FRACTION",
     "MAX_VERIFY_SAMPLES",
+    "MIN_DECISIONS",
+    "MIN_HELD_OUT",
     "RANDOM_SAMPLES",
     "Budget",
     "Comparison",
+    "DataPart",
+    "HeldOut",
     "InputSpec",
     "OutputMetrics",
     "Tolerance",
@@ -63,13 +80,16 @@ __all__ = [
     "check_shape",
     "compare_outputs",
     "find_first_divergence",
+    "hold_out",
     "input_specs",
     "load_npz",
     "make_session",
     "ort_failure",
+    "output_kind",
     "parse_input_shapes",
     "prepare_feeds",
     "random_feeds",
+    "read_feeds",
     "resolve_shapes",
     "run_model",
     "session_source",

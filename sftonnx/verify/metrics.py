@@ -1,10 +1,39 @@
 """Output metrics and the limits they are held to.
 
-Default tolerance for lossless (EXACT) passes: every element must satisfy
-``|optimized - original| <= atol + rtol * |original|`` with ``atol = 1e-4`` and ``rtol = 1e-3``
-(float32 re-association in folded weights stays well inside it). Lossy (APPROXIMATE) passes are held to a
-budget: cosine similarity ``>= 0.99`` per output by default, and optionally max abs error and top-1
-agreement.
+Lossless (EXACT) pipelines: every element must satisfy ``|optimized - original| <= atol + rtol * |original|``
+with ``atol = 1e-4`` and ``rtol = 1e-3`` (float32 re-association in folded weights stays well inside it).
+
+Lossy (APPROXIMATE) pipelines are held to a :class:`Budget`, per output, on real data (``--data`` or held-out
+calibration samples; see :mod:`sftonnx.verify.data`). Each output gets a *kind*, decided from the original's
+values, which says what agreement means for it:
+
+========== ============================================================ =====================================
+kind       when (original's outputs)                                     task metric
+========== ============================================================ =====================================
+labels     integer or bool                                              fraction of equal elements
+probs      float in [0, 1], rank >= 2, last axis >= 2, sums to 1 on it  argmax agreement over the last axis
+sigmoid    float in [0, 1] otherwise (a probability map)                same side of 0.5, per element
+scores     other float, rank 2 or 3 (trailing 1s dropped), last >= 2   argmax agreement over the last axis
+values     anything else                                               none (cosine only)
+========== ============================================================ =====================================
+
+Default budget (``Budget()``: ``--min-cosine 0.99 --min-agreement 0.99``):
+
+- ``labels``, ``probs`` and ``sigmoid`` outputs are decisions: the output passes when its agreement is
+  ``>= 0.99``, measured over at least ``MIN_DECISIONS`` (100) decisions (positions, samples or elements);
+  their cosine is reported, not judged. A per-element map can be ~0 everywhere (a text detector's map on a
+  blank region) where cosine says nothing, and an int8 detector whose map falls on the same side of 0.5 on
+  99% of the pixels finds the same text. With fewer decisions the agreement is too coarse to stand alone
+  and cosine ``>= 0.99`` must hold too.
+- ``scores`` (unnormalised logits, but also regressions that merely look like them) must hold both: argmax
+  agreement ``>= 0.99`` and cosine ``>= 0.99``. A recognizer whose per-position argmax agreement falls to
+  0.61 is refused whatever its cosine.
+- ``values`` outputs are held to cosine ``>= 0.99``; when the original is negligible (RMS below
+  ``NEGLIGIBLE_RMS``) cosine is meaningless, and the optimized output must then stay within
+  ``NEGLIGIBLE_RMS * 10`` of it in max abs error instead.
+
+``Budget(min_agreement=None)`` switches the task metrics off (cosine on every output, as the accuracy-aware
+search uses it). ``max_abs`` and ``min_top1`` limits are optional extras.
 """
 
 from __future__ import annotations
@@ -17,18 +46,31 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_ATOL",
+    "DEFAULT_MIN_AGREEMENT",
     "DEFAULT_MIN_COSINE",
     "DEFAULT_RTOL",
+    "MIN_DECISIONS",
+    "NEGLIGIBLE_RMS",
+    "THRESHOLD",
     "Budget",
     "Comparison",
     "OutputMetrics",
     "Tolerance",
     "compare_outputs",
+    "output_kind",
 ]
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 DEFAULT_MIN_COSINE = 0.99
+#: Least agreement (argmax, same side of the threshold, equal labels) of a decision output.
+DEFAULT_MIN_AGREEMENT = 0.99
+#: Decisions an agreement must be measured over to decide an output alone (else cosine must hold too).
+MIN_DECISIONS = 100
+#: Threshold of ``sigmoid`` outputs (probability maps).
+THRESHOLD = 0.5
+#: Root-mean-square below which an original output is ~0 everywhere and its cosine says nothing.
+NEGLIGIBLE_RMS = 1e-3
 
 # ------------------------------------------------------------------------------------------- metrics
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +88,7 @@ class Budget:
     min_cosine: float | None = DEFAULT_MIN_COSINE
     max_abs: float | None = None
     min_top1: float | None = None
+    min_agreement: float | None = DEFAULT_MIN_AGREEMENT
 
 
 @dataclasses.dataclass
@@ -59,6 +102,21 @@ class OutputMetrics:
     top1_agreement: float | None
     within_tolerance: bool
     shape_ok: bool = True
+    kind: str = "values"
+    argmax_agreement: float | None = None
+    threshold_agreement: float | None = None
+    label_agreement: float | None = None
+    decisions: int = 0
+    judged_by: str = ""
+
+    def agreement(self) -> float | None:
+        """The task metric of this output's kind (``None`` for ``values``)."""
+        return {
+            "labels": self.label_agreement,
+            "probs": self.argmax_agreement,
+            "scores": self.argmax_agreement,
+            "sigmoid": self.threshold_agreement,
+        }.get(self.kind)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -76,13 +134,21 @@ class Comparison:
     def worst(self) -> dict[str, float | None]:
         """Worst value of each metric over outputs (for report tables)."""
         if not self.outputs:
-            return {"max_abs": 0.0, "mean_rel": 0.0, "cosine": 1.0, "top1_agreement": None}
-        top1 = [m.top1_agreement for m in self.outputs if m.top1_agreement is not None]
+            return {"max_abs": 0.0, "mean_rel": 0.0, "cosine": 1.0, "top1_agreement": None, "agreement": None}
+
+        def least(field: str) -> float | None:
+            values = [getattr(m, field) for m in self.outputs if getattr(m, field) is not None]
+            return min(values) if values else None
+
+        agreements = [a for m in self.outputs if (a := m.agreement()) is not None]
         return {
             "max_abs": max(m.max_abs for m in self.outputs),
             "mean_rel": max(m.mean_rel for m in self.outputs),
             "cosine": min(m.cosine for m in self.outputs),
-            "top1_agreement": min(top1) if top1 else None,
+            "top1_agreement": least("top1_agreement"),
+            "argmax_agreement": least("argmax_agreement"),
+            "threshold_agreement": least("threshold_agreement"),
+            "agreement": min(agreements) if agreements else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +167,61 @@ def _classifier_like(array: np.ndarray) -> bool:
     return squeezed.ndim == 2 and squeezed.shape[1] > 1 and np.dtype(array.dtype).kind == "f"
 
 
+def _squeeze_trailing(array: np.ndarray) -> np.ndarray:
+    """Drop trailing unit axes (``[N, C, 1, 1]`` -> ``[N, C]``), keeping at least one axis."""
+    shape = list(array.shape)
+    while len(shape) > 1 and shape[-1] == 1:
+        shape.pop()
+    return array.reshape(shape)
+
+
+def output_kind(samples: Sequence[np.ndarray]) -> str:
+    """What agreement means for an output, from the original's values (see the module docstring).
+
+    Returns:
+        ``labels``, ``probs``, ``sigmoid``, ``scores`` or ``values``.
+    """
+    arrays = [np.asarray(a) for a in samples]
+    if not arrays or any(a.size == 0 for a in arrays):
+        return "values"
+    kinds = {np.dtype(a.dtype).kind for a in arrays}
+    if kinds <= set("iub"):
+        return "labels"
+    if kinds != {"f"} or not all(np.isfinite(a).all() for a in arrays):
+        return "values"
+    squeezed = [_squeeze_trailing(a) for a in arrays]
+    if all(float(a.min()) >= 0.0 and float(a.max()) <= 1.0 for a in arrays):
+        if all(
+            s.ndim >= 2 and s.shape[-1] >= 2 and np.allclose(s.astype(np.float64).sum(-1), 1.0, atol=1e-2)
+            for s in squeezed
+        ):
+            return "probs"
+        return "sigmoid"
+    if all(s.ndim in (2, 3) and s.shape[-1] >= 2 for s in squeezed):
+        return "scores"
+    return "values"
+
+
+def _task_metrics(kind: str, exp: Sequence[np.ndarray], act: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Agreement fields of one output (all samples pooled) and the number of decisions behind them."""
+    if kind in ("probs", "scores"):
+        agree = [
+            (np.argmax(_squeeze_trailing(e), axis=-1) == np.argmax(_squeeze_trailing(a), axis=-1)).ravel()
+            for e, a in zip(exp, act, strict=True)
+        ]
+        pooled = np.concatenate(agree)
+        return {"argmax_agreement": float(pooled.mean()), "decisions": int(pooled.size)}
+    if kind == "sigmoid":
+        same = np.concatenate(
+            [((e >= THRESHOLD) == (a >= THRESHOLD)).ravel() for e, a in zip(exp, act, strict=True)]
+        )
+        return {"threshold_agreement": float(same.mean()), "decisions": int(same.size)}
+    if kind == "labels":
+        equal = np.concatenate([(e == a).ravel() for e, a in zip(exp, act, strict=True)])
+        return {"label_agreement": float(equal.mean()), "decisions": int(equal.size)}
+    return {}
+
+
 def compare_outputs(
     names: Sequence[str],
     expected: Sequence[Sequence[np.ndarray]],
@@ -116,7 +237,7 @@ def compare_outputs(
         expected: Per sample, the original's outputs.
         actual: Per sample, the optimized model's outputs.
         tolerance: Elementwise limits (lossless); checked when given.
-        budget: Aggregate limits (lossy); checked when given.
+        budget: Per-output limits (lossy, see the module docstring); checked when given.
     """
     metrics: list[OutputMetrics] = []
     failures: list[str] = []
@@ -148,29 +269,72 @@ def compare_outputs(
                 for e, a in zip(exp, act, strict=False)
             ]
             top1 = float(np.mean(np.concatenate(agree)))
-        within = True
+        kind = output_kind(exp)
+        metric = OutputMetrics(name, max_abs, mean_rel, cosine, top1, True, kind=kind, **_task_metrics(kind, exp, act))
+        problems: list[str] = []
         if tolerance is not None:
+            metric.judged_by = "tolerance"
             limit = tolerance.atol + tolerance.rtol * np.abs(finite_e)
             if np.dtype(exp[0].dtype).kind not in "fc":
                 limit = np.zeros_like(limit)
             bad = diff > limit
             if bad.any():
-                within = False
                 worst = int(np.argmax(diff - limit))
-                failures.append(
+                problems.append(
                     f"output '{name}': {int(bad.sum())} of {bad.size} elements beyond atol={tolerance.atol:g} "
                     f"rtol={tolerance.rtol:g} (max abs error {max_abs:.3g}, at expected value {e_all[worst]:.4g})"
                 )
         if budget is not None:
-            if budget.min_cosine is not None and cosine < budget.min_cosine:
-                within = False
-                failures.append(f"output '{name}': cosine {cosine:.5f} < {budget.min_cosine:g}")
-            if budget.max_abs is not None and max_abs > budget.max_abs:
-                within = False
-                failures.append(f"output '{name}': max abs error {max_abs:.4g} > {budget.max_abs:g}")
-            if budget.min_top1 is not None and top1 is not None and top1 < budget.min_top1:
-                within = False
-                failures.append(f"output '{name}': top-1 agreement {top1:.4f} < {budget.min_top1:g}")
-        metrics.append(OutputMetrics(name, max_abs, mean_rel, cosine, top1, within))
+            problems.extend(_check_budget(metric, budget, e_f))
+        metric.within_tolerance = not problems
+        failures.extend(problems)
+        metrics.append(metric)
     return Comparison(metrics, not failures, failures)
 
+
+_AGREEMENT_NAMES = {
+    "labels": "label agreement",
+    "probs": "argmax agreement",
+    "scores": "argmax agreement",
+    "sigmoid": f"agreement on the side of {THRESHOLD:g}",
+}
+
+
+def _check_budget(metric: OutputMetrics, budget: Budget, reference: np.ndarray) -> list[str]:
+    """The budget's verdict on one output (see the module docstring); sets ``metric.judged_by``."""
+    name, problems, judged = metric.name, [], []
+    agreement = metric.agreement() if budget.min_agreement is not None else None
+    judge_cosine = budget.min_cosine is not None
+    if agreement is not None:
+        judged.append("agreement")
+        if agreement < budget.min_agreement:  # type: ignore[operator]
+            problems.append(
+                f"output '{name}' ({metric.kind}): {_AGREEMENT_NAMES[metric.kind]} {agreement:.4f} "
+                f"< {budget.min_agreement:g} over {metric.decisions} decisions"
+            )
+        if metric.kind != "scores" and metric.decisions >= MIN_DECISIONS:
+            judge_cosine = False  # a decision output measured on enough decisions: agreement decides
+    negligible = reference.size == 0 or float(np.sqrt(np.mean(reference**2))) < NEGLIGIBLE_RMS
+    if judge_cosine and negligible and budget.min_agreement is not None:
+        judge_cosine = False  # cosine of a ~0 output says nothing
+        if agreement is None:
+            judged.append("max_abs(negligible reference)")
+            if metric.max_abs > NEGLIGIBLE_RMS * 10:
+                problems.append(
+                    f"output '{name}': the original is ~0 (RMS < {NEGLIGIBLE_RMS:g}) and the optimized output "
+                    f"departs from it by {metric.max_abs:.4g}"
+                )
+    if judge_cosine:
+        judged.append("cosine")
+        if metric.cosine < budget.min_cosine:  # type: ignore[operator]
+            problems.append(f"output '{name}': cosine {metric.cosine:.5f} < {budget.min_cosine:g}")
+    if budget.max_abs is not None:
+        judged.append("max_abs")
+        if metric.max_abs > budget.max_abs:
+            problems.append(f"output '{name}': max abs error {metric.max_abs:.4g} > {budget.max_abs:g}")
+    if budget.min_top1 is not None and metric.top1_agreement is not None:
+        judged.append("top1")
+        if metric.top1_agreement < budget.min_top1:
+            problems.append(f"output '{name}': top-1 agreement {metric.top1_agreement:.4f} < {budget.min_top1:g}")
+    metric.judged_by = "+".join(judged) if metric.judged_by == "" else metric.judged_by + "+" + "+".join(judged)
+    return problems

@@ -128,8 +128,32 @@ def test_calibrate_streams_a_folder_and_collects_means(tmp_path):
         np.savez(tmp_path / f"part{index}.npz", x=seeded((5, 4), seed=index))
     result = calibrate(model, ["h", "y"], CalibrationSource(str(tmp_path), model, batch_size=2),
                        sum_names={"x": 1}, keep_samples=4)
-    assert result.batches == 9  # 3 files x (2 + 2 + 1)
+    assert result.batches == 3  # a folder is one feed per file, as it is (no batch axis assumed)
     everything = np.concatenate([seeded((5, 4), seed=i) for i in range(3)])
     np.testing.assert_allclose(result.channel_sums["x"].channel_mean(), everything.mean(axis=0), rtol=1e-6)
     assert result.histograms["y"].min >= 0.0
-    assert sum(len(s["x"]) for s in result.samples) == 4
+    assert [len(s["x"]) for s in result.samples] == [5]  # the first file, whole: feeds are not cut
+    # One .npz keeps its meaning: split along axis 0 in batches.
+    single = calibrate(model, ["h"], CalibrationSource(str(tmp_path / "part0.npz"), model, batch_size=2))
+    assert single.batches == 3  # 2 + 2 + 1
+
+
+RECURRENT = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[1, T, 4] x, float[2, 1, 3] state) => (float[1, T, 4] h, float[2, 1, 3] next) {
+    h = Relu(x)
+    next = Tanh(state)
+}
+"""
+
+
+def test_calibration_folder_with_state_input_and_different_widths(tmp_path):
+    """A state input [2, 1, 128]-like and text lines of different widths: one feed per file, as it is."""
+    model = make_model(RECURRENT)
+    for index, width in enumerate((6, 11, 3)):
+        np.savez(tmp_path / f"line{index}.npz", x=seeded((1, width, 4), seed=index),
+                 state=seeded((2, 1, 3), seed=10 + index))
+    result = calibrate(model, ["h", "next"], CalibrationSource(str(tmp_path), model), keep_samples=10)
+    assert result.batches == 3
+    assert [s["x"].shape for s in result.samples] == [(1, 6, 4), (1, 11, 4), (1, 3, 4)]
+    assert result.histograms["next"].max <= 1.0 and result.histograms["h"].min >= 0.0
