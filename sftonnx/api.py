@@ -176,8 +176,7 @@ def inspect(
     from sftonnx.analysis import plan_memory, summarize
 
     loaded = io.load(model)
-    specs = verification.input_specs(loaded)
-    shapes, notes = verification.resolve_shapes(specs, verification.parse_input_shapes(input_shapes))
+    shapes, notes = verification.model_shapes(loaded, input_shapes, trial_run=True)
     summary = summarize(loaded, input_shapes=shapes, file_size=file_size(model)).to_json()
     summary["input_notes"] = notes
     if memory:

@@ -474,9 +474,10 @@ def optimize_model(
     loaded = io.load(model)
     input_size = file_size(model)
     checking = verify_result or verify_each
-    feeds, shapes, notes = verify.prepare_feeds(loaded, data=data, input_shapes=input_shapes)
     verifier = None
+    notes: list[str] = []
     if checking:
+        feeds, shapes, notes = verify.prepare_feeds(loaded, data=data, input_shapes=input_shapes)
         original_source = (
             str(model)
             if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
@@ -485,10 +486,12 @@ def optimize_model(
         hint = verify.unfit_hint(verify.input_specs(loaded), shapes) if data is None else ""
         verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget, hint=hint)
 
-    # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch.
-    stat_shapes, _ = verify.resolve_shapes(
-        verify.input_specs(loaded), verify.parse_input_shapes(input_shapes)
-    )
+    # Statistics (MACs) are per single sample unless --input-shape says otherwise, whatever the data batch,
+    # on the dimensions synthesis resolves from the graph (those verification ran on, when it synthesized).
+    if checking and data is None:
+        stat_shapes = shapes
+    else:
+        stat_shapes, _ = verify.model_shapes(loaded, input_shapes)
     pipeline = Pipeline(
         built,
         verifier=verifier,

@@ -26,6 +26,7 @@ from sftonnx.verify.data import (
     calibration_feeds,
     hold_out,
     load_npz,
+    model_shapes,
     prepare_feeds,
     read_feeds,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "input_specs",
     "load_npz",
     "make_session",
+    "model_shapes",
     "ort_failure",
     "output_kind",
     "parse_input_shapes",

@@ -46,6 +46,7 @@ __all__ = [
     "calibration_feeds",
     "hold_out",
     "load_npz",
+    "model_shapes",
     "prepare_feeds",
     "read_feeds",
 ]
@@ -465,3 +466,25 @@ def _check_mapping(
             raise InputError(f"data '{spec.name}' has rank {array.ndim}, the model expects {spec.describe()}")
         arrays[spec.name] = array.astype(spec.dtype, copy=False)
     return arrays
+
+
+def model_shapes(
+    model: ir.Model,
+    input_shapes: Iterable[str] | Mapping[str, Sequence[int]] | None = None,
+    *,
+    trial_run: bool = False,
+) -> tuple[dict[str, tuple[int, ...]], list[str]]:
+    """Concrete single-sample input shapes for statistics (MACs, memory), resolved from the graph.
+
+    The same resolution as the synthesized verification inputs (``input_shapes`` win, then the weights, then
+    batch 1 / length 32), so statistics before and after a pipeline, and of ``inspect``, agree with what
+    verification ran. ``trial_run`` also runs the model to try longer lengths when the defaults do not fit.
+
+    Raises:
+        InputError: ``input_shapes`` that do not match the model's inputs.
+    """
+    specs = input_specs(model)
+    overrides = parse_input_shapes(input_shapes)
+    resolve_shapes(specs, overrides)  # checks the overrides against the model
+    synthesis = synthesize_inputs(model, specs, overrides, samples=1 if trial_run else 0, trial_run=trial_run)
+    return synthesis.shapes, synthesis.notes
