@@ -18,6 +18,7 @@ __all__ = [
     "make_initializer",
     "name_allocator",
     "opset_version",
+    "restore_model",
     "upgrade_opset",
     "sole_consumer",
 ]
@@ -121,6 +122,16 @@ def adopt_model(model: ir.Model, new_model: ir.Model) -> None:
     model.functions.clear()
     model.functions.update(new_model.functions)
     model.ir_version = max(model.ir_version, new_model.ir_version)
+
+
+def restore_model(model: ir.Model, saved: ir.Model) -> None:
+    """Make ``model`` equal ``saved`` again (graph, functions, opset imports, IR version), keeping the object.
+
+    For passes that decline after they started rewriting: ``saved`` is the model loaded from the bytes taken
+    before the first change, so the caller's model serializes exactly as it did.
+    """
+    adopt_model(model, saved)
+    model.ir_version = saved.ir_version
 
 
 def upgrade_opset(model: ir.Model, minimum: int, *, why: str) -> int | None:

@@ -17,7 +17,10 @@ onnxruntime runs). The MatMulInteger form is standard ONNX, so the model stays p
 Convolutions are never touched: ``ConvInteger`` runs about 3x slower than float Conv on onnxruntime's CPU EP
 and wrecked accuracy on real OCR models (FIELD-NOTES); use the static ``quantize`` pass for CNNs.
 
-Statistics: changes ``matmuls_quantized``, ``gemms_quantized``, ``weights_quantized``; skipped
+A model below opset 11 is converted first (``opset_upgraded``); a call that quantizes nothing, or finds int8
+slower, puts the model back exactly as it came in and reports no change.
+
+Statistics: changes ``matmuls_quantized``, ``gemms_quantized``, ``weights_quantized``, ``opset_upgraded``; skipped
 ``weight_not_constant``, ``weight_not_2d``, ``weight_not_float32``, ``gemm_trans_a``, ``excluded``,
 ``weight_too_small`` (fewer than ``min_weight_elements``), ``subgraph`` (nodes in subgraphs/functions are left
 alone), ``conv_left_float`` (counted, by design), ``slower_than_float`` (``ensure_faster``); details
@@ -35,7 +38,7 @@ import onnx_ir as ir
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array, name_allocator, upgrade_opset
+from sftonnx.ir_utils import attr, constant_array, name_allocator, opset_version, restore_model, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization.qdq import INTEGER_OPS, cpu_has_vnni, measure_latency, ort_optimized_graph
 
@@ -99,7 +102,10 @@ class QuantizeDynamicPass(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Rewrite every qualifying MatMul/Gemm of the main graph into the dynamic int8 pattern."""
-        # DynamicQuantizeLinear needs opset 11 (MatMulInteger 10): convert older models first.
+        # DynamicQuantizeLinear needs opset 11 (MatMulInteger 10): convert older models first. The model as it
+        # came in is kept when it may have to be restored (nothing quantized after a conversion, or slower).
+        needs_upgrade = opset_version(model) < 11
+        original = io.to_bytes(model) if self.ensure_faster or needs_upgrade else None
         previous = upgrade_opset(model, 11, why="quantize-dynamic needs DynamicQuantizeLinear")
         if previous is not None:
             report.details["opset_converted"] = [previous, 11]
@@ -107,7 +113,6 @@ class QuantizeDynamicPass(SftPass):
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         report.details["reduce_range"] = reduce_range
         qmax = 63 if reduce_range else 127
-        original = io.to_bytes(model) if self.ensure_faster else None
         subgraph_nodes = sum(1 for g in model.graph.subgraphs() for _ in g) + sum(
             1 for f in model.functions.values() for _ in f)
         if subgraph_nodes:
@@ -222,13 +227,17 @@ class QuantizeDynamicPass(SftPass):
                 output.replace_all_uses_with(result)
             graph.remove(node, safe=True)
             report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
+        if not (report.changes["matmuls_quantized"] or report.changes["gemms_quantized"]):
+            if original is not None and previous is not None:  # the conversion alone is not worth a change
+                restore_model(model, io.load(original, validate=False))
+                report.details.pop("opset_converted", None)
+            report.changes.clear()
+            return
         for name, value in list(graph.initializers.items()):
             if not value.uses() and not value.is_graph_output():
                 del graph.initializers[name]
                 if value in graph.inputs:
                     graph.inputs.remove(value)
-        if not report.changes:
-            return
         quantized = io.to_bytes(model)
         try:
             int_ops = collections.Counter(
@@ -248,6 +257,7 @@ class QuantizeDynamicPass(SftPass):
         if int8_time >= float_time:
             logger.warning("quantize-dynamic: int8 model is not faster: kept float")
             report.changes.clear()
+            report.details.pop("opset_converted", None)
             report.skipped["slower_than_float"] += 1
-            adopt_model(model, io.load(original, validate=False))
+            restore_model(model, io.load(original, validate=False))
 

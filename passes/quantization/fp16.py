@@ -23,8 +23,9 @@ once in onnxruntime on random inputs when inference leaves float values untyped.
 (If/Loop/Scan) or local functions are refused (``PreconditionError``): outer-scope values captured by
 subgraphs would change type under them.
 
-Statistics: changes ``initializers_converted``, ``constants_converted``, ``values_converted``,
-``casts_inserted``, ``values_clipped``; skipped ``kept_float32`` (nodes run in float32); details
+Statistics: changes ``initializers_converted``, ``constants_converted`` (Constant nodes and ConstantOfShape
+fill values), ``values_converted``, ``casts_inserted``, ``casts_retargeted`` (a Cast to float32 now casts to
+float16), ``values_clipped``; skipped ``kept_float32`` (nodes run in float32); details
 ``kept_float32`` (``{op type: count}``).
 """
 
@@ -185,11 +186,13 @@ class ConvertFloat16Pass(SftPass):
                 self._convert_constant(node, types, report)
             elif node.op_type == "Cast" and int(node.attributes["to"].value) == _FLOAT:
                 node.attributes["to"] = ir.AttrInt64("to", _FLOAT16)
+                report.changes["casts_retargeted"] += 1
             elif node.op_type == "ConstantOfShape" and "value" in node.attributes:
                 tensor = node.attributes["value"].as_tensor()
                 if tensor.dtype == _FLOAT:
                     half, _ = _to_half(tensor.numpy())
                     node.attributes["value"] = ir.AttrTensor("value", ir.tensor(half))
+                    report.changes["constants_converted"] += 1
             for value in node.outputs:
                 if is_float(value):
                     value.type = ir.TensorType(_FLOAT16)

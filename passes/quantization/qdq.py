@@ -50,9 +50,16 @@ CPU features: without VNNI (``avx512_vnni``/``avx_vnni`` in ``/proc/cpuinfo``), 
 quantizes weights to 7 bits there, as onnxruntime recommends. ``target=cuda`` warns (the CUDA EP has few
 int8 kernels; use TensorRT or ``fp16``); ``target=tensorrt`` forces symmetric int8 activations.
 
+Before planning, the main graph is prepared (each step counted): an opset below 13 is converted
+(``opset_upgraded``), unnamed or duplicate-named nodes get unique names (``nodes_renamed``), Clip bounds computed
+by Cast/CastLike of constants become initializers (``clip_bounds_folded``) and two-input Sums become Adds
+(``sums_rewritten_as_add``). A call that quantizes no node (or finds int8 slower) puts the model back exactly as
+it came in and reports no change.
+
 Statistics: changes ``nodes_quantized``, ``activations_quantized``, ``weights_quantized``,
 ``biases_quantized``, ``constants_quantized``, ``channels_equalized``, ``biases_corrected``,
-``channels_smoothed``; skipped as listed above; details ``calibration``, ``method``, ``float_nodes``
+``channels_smoothed``, ``opset_upgraded``, ``nodes_renamed``, ``clip_bounds_folded``, ``sums_rewritten_as_add``;
+skipped as listed above; details ``calibration``, ``method``, ``float_nodes``
 (``{node: reason}``), ``float_op_types``, ``int8_ops`` (onnxruntime's integer kernels, by op type),
 ``reduce_range``, ``latency_ms`` (``{"float": ..., "int8": ...}``), ``sensitivity``, ``error``, ``warnings``.
 """
@@ -78,7 +85,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array, is_op, opset_version, upgrade_opset
+from sftonnx.ir_utils import adopt_model, attr, constant_array, is_op, restore_model, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization.calibration import CalibrationSource, Range
@@ -953,13 +960,6 @@ class QuantizeStaticPass(SftPass):
         self.error_metric = error_metric
         self.sensitivity_samples = sensitivity_samples
 
-    def requires(self, model: ir.Model) -> None:
-        """The main graph must have float inputs to calibrate and an opset we can reach 13 from."""
-        version = opset_version(model)
-        if version < 10:
-            # onnx's version converter handles 10+ reliably; older graphs need an explicit upgrade step
-            logger.debug("quantize: opset %d will be converted to %d", version, _MIN_OPSET)
-
     # ---------------------------------------------------------------------------------------- rewrite
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Calibrate, plan and insert Q/DQ; then check kernels, accuracy and speed as configured."""
@@ -967,13 +967,15 @@ class QuantizeStaticPass(SftPass):
 
         details = report.details
         warnings: list[str] = []
-        original = io.to_bytes(model)  # restored as is when int8 turns out slower
+        original = io.to_bytes(model)  # restored as is when nothing is quantized or int8 turns out slower
         _upgrade_opset(model, report)
-        _name_nodes(model.graph)
+        report.changes["nodes_renamed"] += _name_nodes(model.graph)
         if folded := _fold_clip_bounds(model):
             details["clip_bounds_folded"] = folded
+            report.changes["clip_bounds_folded"] += folded
         if sums := _sum_to_add(model):
             details["sum_rewritten_as_add"] = sums
+            report.changes["sums_rewritten_as_add"] += sums
         symmetric = self.activation == "int8"
         activation = self.activation
         if self.target == "tensorrt" and not symmetric:
@@ -1076,13 +1078,15 @@ class QuantizeStaticPass(SftPass):
                 if int8_time >= float_time:
                     logger.warning("quantize: int8 model is not faster (%.3f ms vs %.3f ms float): kept float",
                                    int8_time * 1e3, float_time * 1e3)
-                    report.changes.clear()
                     report.skipped["slower_than_float"] += 1
-                    adopt_model(model, io.load(original, validate=False))
+                    _decline(model, original, report)
                     details["warnings"] = warnings
                     return
         if warnings:
             details["warnings"] = warnings
+        if not counts.get("nodes_quantized"):
+            _decline(model, original, report)  # the pre-rewrites alone are not worth a changed model
+            return
         report.changes.update({k: v for k, v in counts.items() if v})
         adopt_model(model, quantized)
         model.opset_imports.update(quantized.opset_imports)
@@ -1144,6 +1148,19 @@ def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
     previous = upgrade_opset(model, _MIN_OPSET, why="quantize needs per-axis DequantizeLinear")
     if previous is not None:
         report.details["opset_converted"] = [previous, _MIN_OPSET]
+        report.changes["opset_upgraded"] += 1
+
+
+#: Details that describe rewrites a declining call undoes.
+_UNDONE_DETAILS = ("opset_converted", "clip_bounds_folded", "sum_rewritten_as_add")
+
+
+def _decline(model: ir.Model, original: bytes, report: PassReport) -> None:
+    """Put the model back as it came in (every counted change undone); the skip counts stay."""
+    restore_model(model, io.load(original, validate=False))
+    report.changes.clear()
+    for key in _UNDONE_DETAILS:
+        report.details.pop(key, None)
 
 
 def is_quantize_node(node: ir.Node) -> bool:
