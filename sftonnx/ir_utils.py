@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -13,14 +12,15 @@ __all__ = [
     "all_graphs",
     "attr",
     "constant_array",
+    "NameAllocator",
     "fresh_name",
     "is_op",
     "make_initializer",
-    "name_allocator",
     "opset_version",
+    "reads_metadata_only",
     "restore_model",
-    "upgrade_opset",
     "sole_consumer",
+    "upgrade_opset",
 ]
 
 
@@ -40,22 +40,33 @@ def is_op(node: ir.Node, op_type: str, domain: str = "") -> bool:
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant contents as a numpy array (initializer or Constant node), else ``None``."""
+    """The value's constant contents as a numpy array, else ``None``.
+
+    The one constant reader of the passes, on ``onnx_ir.convenience.get_const_tensor``: an initializer, or a
+    ``Constant`` node in any of its forms (``value``, ``value_float(s)``, ``value_int(s)``, ...). Passes that
+    fold constant expressions (fusion's ``FusionContext.array``, pruning's ``ConstantReader``) build on it.
+    """
     if value is None:
         return None
-    tensor = value.const_value
-    if tensor is None:
-        producer = value.producer()
-        if producer is None or not is_op(producer, "Constant"):
-            return None
-        attribute = producer.attributes.get("value")
-        if attribute is None or attribute.type != ir.AttributeType.TENSOR:
-            return None
-        tensor = attribute.as_tensor()
     try:
+        tensor = ir.convenience.get_const_tensor(value)
+        if tensor is None:
+            return None
         return tensor.numpy()
-    except Exception:  # external data missing, string tensors of odd shapes
+    except Exception:  # malformed Constant nodes, external data missing, odd string tensors
         return None
+
+
+def reads_metadata_only(node: ir.Node, index: int) -> bool:
+    """Whether ``node`` reads only the shape or element type of its input ``index``, never its values.
+
+    ``Shape`` and ``Size`` read the shape; ``CastLike`` reads only the element type of its second input (its
+    target type). A pass that rewrites a weight's values (same shape and dtype) may leave such readers on the
+    old tensor or move them to the new one: they are not "other users" of the values.
+    """
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    return node.op_type in ("Shape", "Size") or (node.op_type == "CastLike" and index == 1)
 
 
 def attr(node: ir.Node, name: str, default=None):
@@ -76,24 +87,59 @@ def sole_consumer(value: ir.Value) -> ir.Node | None:
     return next(iter(users))
 
 
+class NameAllocator:
+    """Fresh names: ``base``, else ``base_1``, ``base_2``, ... whichever is free; each one handed out is reserved.
+
+    The one name allocator of the passes (value names, node names, initializer names).
+
+    Args:
+        taken: Names already in use.
+    """
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken = set(taken)
+
+    @classmethod
+    def for_model(cls, model: ir.Model, *, node_names: bool = False) -> NameAllocator:
+        """An allocator avoiding every value name of the model (all graphs and functions), and node names."""
+        taken: set[str] = set()
+        for graph in all_graphs(model):
+            taken |= _names(graph, node_names=node_names, recursive=False)
+        return cls(taken)
+
+    @classmethod
+    def for_graph(cls, graph: ir.Graph | ir.Function, *, node_names: bool = False) -> NameAllocator:
+        """An allocator avoiding the value names of ``graph`` and its subgraphs (and node names)."""
+        return cls(_names(graph, node_names=node_names, recursive=True))
+
+    def __call__(self, base: str) -> str:
+        """A free name derived from ``base``, reserved."""
+        name, index = base, 0
+        while name in self.taken:
+            index += 1
+            name = f"{base}_{index}"
+        self.taken.add(name)
+        return name
+
+
 def fresh_name(graph: ir.Graph | ir.Function, base: str) -> str:
-    """A value name not yet used in ``graph`` (or its subgraphs), derived from ``base``."""
-    taken = _names(graph)
-    if base not in taken:
-        return base
-    for index in itertools.count(1):
-        candidate = f"{base}_{index}"
-        if candidate not in taken:
-            return candidate
-    raise AssertionError("unreachable")
+    """A value name not yet used in ``graph`` (or its subgraphs), derived from ``base`` (one-off use).
+
+    Passes that create many names build one :class:`NameAllocator` instead (one scan of the graph).
+    """
+    return NameAllocator.for_graph(graph)(base)
 
 
-def _names(graph: ir.Graph | ir.Function) -> set[str]:
+def _names(graph: ir.Graph | ir.Function, *, node_names: bool, recursive: bool) -> set[str]:
     names: set[str] = {v.name for v in graph.inputs if v.name}
+    names.update(v.name for v in graph.outputs if v.name)
     if isinstance(graph, ir.Graph):
         names.update(graph.initializers)
-    for node in ir.traversal.RecursiveGraphIterator(graph):
+    nodes = ir.traversal.RecursiveGraphIterator(graph) if recursive else graph
+    for node in nodes:
         names.update(v.name for v in node.outputs if v.name)
+        if node_names and node.name:
+            names.add(node.name)
     return names
 
 
@@ -166,20 +212,3 @@ def upgrade_opset(model: ir.Model, minimum: int, *, why: str) -> int | None:
     model.opset_imports.update(imports)
     model.ir_version = max(model.ir_version, converted.ir_version)
     return version
-
-
-def name_allocator(taken: set[str]):
-    """A function ``fresh(base)`` returning ``base``, ``base_1``, ... not in ``taken`` (which it extends).
-
-    For passes that create many values: one scan of the graph up front instead of one per name.
-    """
-
-    def fresh(base: str) -> str:
-        name, index = base, 0
-        while name in taken:
-            index += 1
-            name = f"{base}_{index}"
-        taken.add(name)
-        return name
-
-    return fresh

@@ -133,3 +133,11 @@ def test_honesty_check_catches_an_uncounted_change(modified_honesty):
     assert Honest()(ir.from_onnx_text(text)).modified
     assert not _Toy()(ir.from_onnx_text(text)).modified
     assert modified_honesty.violations == [] and modified_honesty.calls == 2
+
+
+def test_first_line_of_an_error():
+    from sftonnx.errors import first_line
+
+    assert first_line(RuntimeError("  bad node\n  at frame 1\n")) == "bad node"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(RuntimeError("x" * 500), limit=10) == "xxxxxxx..."

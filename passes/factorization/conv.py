@@ -43,6 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from sftonnx import ir_utils
 from sftonnx.errors import PassConfigError
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.factorization import _support
@@ -604,7 +605,7 @@ class FactorizeConvPass(SftPass):
             usable.append(conv)
             analyses.append(modes)
         choices = self._choose(usable, analyses, report)
-        names = _support.NameTable(model)
+        names = ir_utils.NameAllocator.for_model(model)
         layers: dict[str, Any] = {}
         before = sum(c.macs for c in usable)
         after = 0.0
@@ -629,10 +630,8 @@ class FactorizeConvPass(SftPass):
         report.details["macs_kept"] = after / before if before else 1.0
 
     def _inspect(self, node: ir.Node, place: str | None) -> _Conv | str:
-        if place == "function":
-            return "in_function"
-        if place == "subgraph" and self.calibration_data is not None:
-            return "in_subgraph"
+        if place == "in_function" or (place == "in_subgraph" and self.calibration_data is not None):
+            return place  # the place is the skip key
         if len(node.inputs) < 2 or node.inputs[0] is None:
             return "weight_not_constant"
         array, reason = _support.resolve_weight(node.inputs[1])
@@ -716,7 +715,7 @@ class FactorizeConvPass(SftPass):
         mode: _Mode,
         ranks: tuple[int, ...],
         built: _Built,
-        names: _support.NameTable,
+        names: ir_utils.NameAllocator,
         macs: float,
         params: int,
     ) -> dict[str, Any]:
@@ -734,9 +733,9 @@ class FactorizeConvPass(SftPass):
             )
             last = index == len(built.layers) - 1
             inputs = [current, weight] + ([bias] if last and bias is not None else [])
-            new = ir.node("Conv", inputs, layer.attributes, name=names.fresh(f"{base}_{mode.name}{index}"))
+            new = ir.node("Conv", inputs, layer.attributes, name=names(f"{base}_{mode.name}{index}"))
             if not last:
-                new.outputs[0].name = names.fresh(f"{base}_{mode.name}{index}_out")
+                new.outputs[0].name = names(f"{base}_{mode.name}{index}_out")
                 new.outputs[0].type = element
             new_nodes.append(new)
             current = new.outputs[0]

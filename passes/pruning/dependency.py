@@ -36,17 +36,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections import Counter, defaultdict
-from typing import Any
+from collections import defaultdict
 
 import numpy as np
 import onnx_ir as ir
 
 from sftonnx.analysis import ShapeTable, infer_tensor_shapes, topological_order
 from sftonnx.ir_utils import attr
-from sftonnx.passes.pruning._graph import ConstantReader, is_float, set_constant_input
+from sftonnx.passes._union_find import UnionFind
+from sftonnx.passes.pruning import _edits
+from sftonnx.passes.pruning._graph import ConstantReader, is_float
 
-__all__ = ["ChannelGraph", "Edit", "Source", "Space"]
+__all__ = ["ChannelGraph", "Source", "Space"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +116,11 @@ class Source:
         return self.node.name or (self.node.inputs[1].name if self.node.inputs[1] is not None else "") or "?"
 
 
-@dataclasses.dataclass
-class Edit:
-    """A rewrite that applying a removal needs at one node (kind picks the rule; data holds its spaces)."""
-
-    kind: str
-    node: ir.Node
-    data: dict[str, Any]
-
-
 class ChannelGraph:
     """Channel spaces, element classes, blocking reasons and the edits that removing channels requires.
+
+    Read-only: the analysis records typed edits (:mod:`sftonnx.passes.pruning._edits`); applying a removal is
+    :func:`sftonnx.passes.pruning.removal.remove_channels`.
 
     Args:
         model: The model to analyse (not modified).
@@ -142,37 +137,26 @@ class ChannelGraph:
             self.shapes = None
         self.spaces: dict[ir.Value, Space] = {}
         self.sources: list[Source] = []
-        self.edits: list[Edit] = []
-        self._parent: list[int] = []
+        self.edits: list[_edits.Edit] = []  # what removing channels needs at each node, in graph order
+        self._classes: UnionFind[int] = UnionFind()
         self._reasons: dict[int, set[str]] = {}
         self.subgraph_layers = 0
         self._analyse()
-        self.roots = np.array([self.find(e) for e in range(len(self._parent))], dtype=np.int64)
+        self.roots = np.array([self.find(e) for e in range(len(self._classes))], dtype=np.int64)
 
     # ----------------------------------------------------------------------------------- union-find
     def _new(self, size: int) -> int:
-        base = len(self._parent)
-        self._parent.extend(range(base, base + size))
+        base = len(self._classes)
+        self._classes.add(range(base, base + size))
         return base
 
     def find(self, element: int) -> int:
         """The class (root element) of ``element``."""
-        parent = self._parent
-        root = element
-        while parent[root] != root:
-            root = parent[root]
-        while parent[element] != root:
-            parent[element], element = root, parent[element]
-        return root
+        return self._classes.find(element)
 
     def _union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if rb < ra:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        if rb in self._reasons:
+        ra, rb = sorted((self.find(a), self.find(b)))  # the smaller element stays the root
+        if self._classes.union(ra, rb) is not None and rb in self._reasons:
             self._reasons.setdefault(ra, set()).update(self._reasons.pop(rb))
 
     def _union_spaces(self, a: Space, b: Space) -> None:
@@ -316,8 +300,7 @@ class ChannelGraph:
                         self._union(anchor, anchor + i)
                     for i in range(cin_group):
                         self._union(anchor, xs.base + g * cin_group + i)
-        self.edits.append(Edit("conv", node, {"x": xs if group == 1 else None, "y": ys, "weight": weight,
-                                              "bias": bias, "group": group}))
+        self.edits.append(_edits.ConvEdit(node, xs if group == 1 else None, ys, weight, bias, group))
 
     def _conv_transpose(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -327,7 +310,7 @@ class ChannelGraph:
         if weight is None or not is_float(weight) or int(attr(node, "group", 1)) != 1 or xs.axis != 1:
             self._block(xs, "unsupported_consumer:ConvTranspose")
             return
-        self.edits.append(Edit("conv_transpose", node, {"x": xs, "weight": weight}))
+        self.edits.append(_edits.ConvTransposeEdit(node, xs, weight))
 
     def _gemm(self, node: ir.Node) -> None:
         a = node.inputs[0]
@@ -351,7 +334,7 @@ class ChannelGraph:
         if c_ok and node.outputs[0] is not None:
             ys = self._new_space(node.outputs[0], 1, features)
             self._source(node, weight, 0 if trans_b else 1, ys)
-        self.edits.append(Edit("gemm", node, {"a": a_space, "y": ys, "weight": weight, "c": c}))
+        self.edits.append(_edits.GemmEdit(node, a_space, ys, weight, c))
 
     def _matmul(self, node: ir.Node) -> None:
         a, b = node.inputs[0], node.inputs[1]
@@ -369,7 +352,7 @@ class ChannelGraph:
         if out_dims is not None and len(out_dims) >= 2:
             ys = self._new_space(node.outputs[0], len(out_dims) - 1, weight.shape[1])
             self._source(node, weight, 1, ys)
-        self.edits.append(Edit("matmul", node, {"a": a_space, "y": ys, "weight": weight}))
+        self.edits.append(_edits.MatMulEdit(node, a_space, ys, weight))
 
     def _normalization(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -383,7 +366,7 @@ class ChannelGraph:
             self._block(xs, f"unsupported_consumer:{node.op_type}")
             return
         self._alias(node.outputs[0], 1, xs)
-        self.edits.append(Edit("normalization", node, {"x": xs, "params": params}))
+        self.edits.append(_edits.NormalizationEdit(node, xs, params))  # type: ignore[arg-type]  # checked above
 
     def _unary(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -447,8 +430,7 @@ class ChannelGraph:
             self._union_spaces(master, other)
         self._alias(out, len(out_dims) - position, master)
         for index, axis, array in constants:
-            self.edits.append(Edit("channel_constant", node, {"x": master, "index": index, "axis": axis,
-                                                              "array": array}))
+            self.edits.append(_edits.ChannelConstantEdit(node, master, index, axis, array))
 
     def _pool(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -502,7 +484,7 @@ class ChannelGraph:
         sizes = self.const.array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
         if sizes is not None and sizes.size > xs.axis:
             self._alias(node.outputs[0], xs.axis, xs)
-            self.edits.append(Edit("resize_sizes", node, {"x": xs, "sizes": sizes}))
+            self.edits.append(_edits.ResizeSizesEdit(node, xs, sizes))
         elif scales is not None and scales.size > xs.axis and scales.reshape(-1)[xs.axis] == 1:
             self._alias(node.outputs[0], xs.axis, xs)
         else:
@@ -595,7 +577,7 @@ class ChannelGraph:
         for out, size in zip(node.outputs, sizes, strict=True):
             self._alias(out, axis, xs, offset, int(size))
             offset += int(size)
-        self.edits.append(Edit("split", node, {"x": xs, "sizes": [int(s) for s in sizes]}))
+        self.edits.append(_edits.SplitEdit(node, xs, [int(s) for s in sizes]))
 
     def _slice(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -628,8 +610,7 @@ class ChannelGraph:
             self._block(xs, "unsupported_consumer:Slice")
             return
         self._alias(node.outputs[0], xs.axis, xs, start, end - start)
-        self.edits.append(Edit("slice", node, {"x": xs, "k": k, "start": start, "end": end,
-                                               "starts": starts, "ends": ends}))
+        self.edits.append(_edits.SliceEdit(node, xs, k, start, end, starts, ends))
 
     def _flatten_like(self, node: ir.Node, xs: Space, axis: int) -> bool:
         dims = self.dims(node.inputs[0])
@@ -664,13 +645,13 @@ class ChannelGraph:
         # [N, C, ...] -> [N, C * ...]: the element count fixes the first dim even when it is symbolic.
         if xs.axis == 1 and len(after) == 2 and after[1] == math.prod(before[1:]):
             if self._flatten_like(node, xs, 1):
-                self.edits.append(Edit("reshape_flatten", node, {"x": xs}))
+                self.edits.append(_edits.ReshapeFlattenEdit(node, xs))
                 return
         shape = self.const.array(node.inputs[1]) if len(node.inputs) > 1 else None
         if (shape is not None and len(after) > xs.axis and after[1: xs.axis + 1] == before[1: xs.axis + 1]
                 and int(shape.reshape(-1)[xs.axis]) in (xs.size, -1, 0) and not int(attr(node, "allowzero", 0))):
             self._alias(node.outputs[0], xs.axis, xs)
-            self.edits.append(Edit("reshape_shape", node, {"x": xs, "shape": shape}))
+            self.edits.append(_edits.ReshapeShapeEdit(node, xs, shape))
             return
         users = [use.node for use in node.outputs[0].uses()]
         splits_channels = (len(after) == len(before) + 1 and after[1: xs.axis] == before[1: xs.axis]
@@ -772,220 +753,3 @@ class ChannelGraph:
 
     def _unique_spaces(self) -> list[Space]:
         return list(self.spaces.values())
-
-    # -------------------------------------------------------------------------------------- applying
-    def apply(self, removed_roots: set[int], *, means: dict[ir.Value, np.ndarray] | None = None) -> Counter[str]:
-        """Remove the channels of ``removed_roots`` from the model, rewriting every edit site.
-
-        Args:
-            removed_roots: Classes to remove.
-            means: Per-channel means of consumer inputs (by value, over calibration data); when given, each
-                consumer's bias absorbs the removed channels' mean contribution (formulas in
-                :mod:`sftonnx.passes.pruning.reconstruction`).
-
-        Returns:
-            Counts: ``channels_removed`` (source output channels), ``layers_pruned`` (sources that lost
-            channels), ``consumers_rewritten``, ``biases_compensated``.
-        """
-        from sftonnx.passes.pruning import reconstruction
-
-        removed = np.isin(self.roots, np.fromiter(removed_roots, dtype=np.int64, count=len(removed_roots)))
-        stats: Counter[str] = Counter()
-        # Keyed by space: an edit may rename a value (Reshape -> Flatten) before its consumer is rewritten.
-        means = {id(space): means[value] for value, space in self.spaces.items() if value in (means or {})}
-        self.replaced: list[ir.Value] = []
-        self.pending_biases: list[tuple[ir.Node, np.ndarray]] = []
-        #: Consumers whose input lost channels: ``(node, kept output channels or None)``, for reconstruction.
-        self.rewritten: list[tuple[ir.Node, np.ndarray | None]] = []
-        for source in self.sources:
-            lost = source.space.size - len(self.kept(source.space, removed))
-            if lost:
-                stats["channels_removed"] += lost
-                stats["layers_pruned"] += 1
-        for edit in self.edits:
-            handler = getattr(self, f"_apply_{edit.kind}")
-            handler(edit, removed, means, stats, reconstruction)
-        for node, bias in self.pending_biases:  # after the edits, which may rewrite a following bias Add
-            if reconstruction.add_output_bias(self.model, node, bias):
-                stats["biases_compensated"] += 1
-        for value, space in self.spaces.items():
-            kept = len(self.kept(space, removed))
-            if kept != space.size and value.shape is not None and len(value.shape) > space.axis:
-                dims = list(value.shape.dims)
-                dims[space.axis] = kept
-                value.shape = ir.Shape(dims)
-        return stats
-
-    def _replace(self, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
-        old = node.inputs[index] if index < len(node.inputs) else None
-        base = (old.name if old is not None and old.name else (node.name or node.op_type)) + suffix
-        if old is not None:
-            self.replaced.append(old)
-        set_constant_input(self.model, node, index, array, base)
-
-    def _apply_conv(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        xs, ys, group = data["x"], data["y"], data["group"]
-        weight, bias = data["weight"], data["bias"]
-        keep_x = None if xs is None else self.kept(xs, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_x = keep_x is not None and len(keep_x) != xs.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_x or changed_y):
-            return
-        new_weight, new_bias = weight, bias
-        if changed_x:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(xs) in means:
-                delta = reconstruction.removed_contribution_conv(weight, means[id(xs)], keep_x)
-                new_bias = delta if new_bias is None else new_bias + delta.astype(new_bias.dtype)
-                stats["biases_compensated"] += 1
-            new_weight = new_weight[:, keep_x]
-        if changed_y:
-            new_weight = new_weight[keep_y]
-            new_bias = None if new_bias is None else new_bias[keep_y]
-            if group > 1:
-                node.attributes["group"] = ir.AttrInt64("group", group * len(keep_y) // ys.size)
-        self._replace(node, 1, new_weight.astype(weight.dtype), "_pruned")
-        if new_bias is not None and (new_bias is not bias or changed_y):
-            self._replace(node, 2, np.asarray(new_bias, dtype=weight.dtype), "_pruned")
-
-    def _apply_conv_transpose(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) != edit.data["x"].size:
-            stats["consumers_rewritten"] += 1
-            self._replace(edit.node, 1, edit.data["weight"][keep], "_pruned")
-
-    def _apply_gemm(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        a, ys, weight, c = data["a"], data["y"], data["weight"], data["c"]
-        trans_b = int(attr(node, "transB", 0))
-        keep_a = None if a is None else self.kept(a, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_a = keep_a is not None and len(keep_a) != a.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_a or changed_y):
-            return
-        kn = weight.T if trans_b else weight  # (K, N)
-        features = kn.shape[1]
-        alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
-        bias = None if c is None else np.broadcast_to(c.reshape(-1) if c.ndim else c, (features,)) * beta
-        if changed_a:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(a) in means:
-                delta = alpha * reconstruction.removed_contribution_matmul(kn, means[id(a)], keep_a)
-                bias = delta if bias is None else bias + delta
-                stats["biases_compensated"] += 1
-            kn = kn[keep_a]
-        if changed_y:
-            kn = kn[:, keep_y]
-            bias = None if bias is None else bias[keep_y]
-        self._replace(node, 1, np.ascontiguousarray(kn.T if trans_b else kn).astype(weight.dtype), "_pruned")
-        if bias is not None:
-            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-            self._replace(node, 2, np.asarray(bias, dtype=weight.dtype), "_pruned")
-
-    def _apply_matmul(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        a, ys, weight = data["a"], data["y"], data["weight"]
-        keep_a = None if a is None else self.kept(a, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_a = keep_a is not None and len(keep_a) != a.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_a or changed_y):
-            return
-        new = weight
-        if changed_a:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(a) in means:
-                delta = reconstruction.removed_contribution_matmul(weight, means[id(a)], keep_a)
-                self.pending_biases.append((node, delta[keep_y] if changed_y else delta))
-            new = new[keep_a]
-        if changed_y:
-            new = new[:, keep_y]
-        self._replace(node, 1, new, "_pruned")
-
-    def _apply_normalization(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) == edit.data["x"].size:
-            return
-        for offset, param in enumerate(edit.data["params"]):
-            self._replace(edit.node, 1 + offset, param[keep], "_pruned")
-
-    def _apply_channel_constant(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) == edit.data["x"].size:
-            return
-        array = np.take(edit.data["array"], keep, axis=edit.data["axis"])
-        self._replace(edit.node, edit.data["index"], array, "_pruned")
-
-    def _apply_resize_sizes(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        kept = len(self.kept(xs, removed))
-        if kept != xs.size:
-            sizes = edit.data["sizes"].copy()
-            sizes.reshape(-1)[xs.axis] = kept
-            self._replace(edit.node, 3, sizes, "_pruned")
-
-    def _apply_split(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        mask = ~removed[xs.base: xs.base + xs.size]
-        if mask.all():
-            return
-        sizes, offset, new = edit.data["sizes"], 0, []
-        for size in sizes:
-            new.append(int(mask[offset: offset + size].sum()))
-            offset += size
-        node = edit.node
-        node.attributes.pop("num_outputs", None)
-        if "split" in node.attributes:
-            node.attributes["split"] = ir.AttrInt64s("split", new)
-        else:
-            self._replace(node, 1, np.array(new, dtype=np.int64), "_split")
-
-    def _apply_slice(self, edit, removed, means, stats, reconstruction) -> None:
-        xs, data = edit.data["x"], edit.data
-        mask = ~removed[xs.base: xs.base + xs.size]
-        if mask.all():
-            return
-        start = int(mask[: data["start"]].sum())
-        end = start + int(mask[data["start"]: data["end"]].sum())
-        starts, ends = data["starts"].copy(), data["ends"].copy()
-        starts.reshape(-1)[data["k"]] = start
-        ends.reshape(-1)[data["k"]] = end
-        self._replace(edit.node, 1, starts, "_pruned")
-        self._replace(edit.node, 2, ends, "_pruned")
-
-    def _apply_reshape_flatten(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        if len(self.kept(xs, removed)) == xs.size:
-            return
-        node = edit.node
-        output = node.outputs[0]
-        flatten = ir.Node("", "Flatten", [node.inputs[0]], [ir.AttrInt64("axis", 1)], num_outputs=1,
-                          name=(node.name or "reshape") + "_flatten")
-        graph = node.graph
-        assert graph is not None
-        graph.insert_after(node, flatten)
-        new_out = flatten.outputs[0]
-        new_out.name, new_out.type, new_out.shape = None, output.type, output.shape
-        ir.convenience.replace_all_uses_with(output, new_out)
-        old_name = output.name
-        output.name = None
-        new_out.name = old_name
-        graph.remove(node)
-        stats["reshapes_to_flatten"] += 1
-        self.spaces[new_out] = self.spaces.pop(output)
-        self.spaces[new_out].value = new_out
-
-    def _apply_reshape_shape(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        kept = len(self.kept(xs, removed))
-        shape = edit.data["shape"].copy()
-        if kept == xs.size or int(shape.reshape(-1)[xs.axis]) != xs.size:
-            return
-        shape.reshape(-1)[xs.axis] = kept
-        self._replace(edit.node, 1, shape, "_pruned")

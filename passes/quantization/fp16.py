@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from sftonnx import verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import name_allocator
+from sftonnx.ir_utils import NameAllocator
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["FP32_OPS", "ConvertFloat16Pass"]
@@ -138,8 +138,7 @@ class ConvertFloat16Pass(SftPass):
         keep_ops = FP32_OPS | set(self.keep_op_types)
         kept = [n for n in graph if n.op_type in keep_ops or (n.name and n.name in self.keep_nodes)]
         kept_set = set(map(id, kept))
-        taken = set(types) | set(graph.initializers) | {n.name for n in graph if n.name}
-        fresh = name_allocator(taken)
+        fresh = NameAllocator({*types, *graph.initializers, *(n.name for n in graph if n.name)})
 
         def is_float(value: ir.Value | None) -> bool:
             return value is not None and types.get(value.name or "") == _FLOAT

@@ -310,7 +310,7 @@ g (float[N,5] x, bool c) => (float[N,3] y, float[N,5] z) {{
     feeds = [{"x": seeded((4, 5), seed=i), "c": np.array(True)} for i in range(3)]
     original = io.to_bytes(model)
     report = quantize(model, calibration_data=feeds)
-    assert report.skipped["subgraph"] == 2 and report.changes["weights_quantized"] == 1
+    assert report.skipped["in_subgraph"] == 2 and report.changes["weights_quantized"] == 1
     assert min_cosine(original, model, feeds) >= INT8_MIN_COSINE
 
 
