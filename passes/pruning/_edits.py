@@ -1,4 +1,4 @@
-"""Typed records of the rewrites that removing channels needs, one class per kind of site.
+"""Records of the channel analysis: channel spaces, and the rewrites removing channels needs (one class a kind).
 
 :class:`~sftonnx.passes.pruning.dependency.ChannelGraph` records them while it analyses the graph (read-only);
 :func:`sftonnx.passes.pruning.removal.remove_channels` applies them. Every record holds the node, the channel
@@ -8,13 +8,9 @@ spaces it reads or writes, and the original constants (weights, parameters, shap
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-
-if TYPE_CHECKING:
-    from sftonnx.passes.pruning.dependency import Space
 
 __all__ = [
     "ChannelConstantEdit",
@@ -28,8 +24,31 @@ __all__ = [
     "ReshapeShapeEdit",
     "ResizeSizesEdit",
     "SliceEdit",
+    "Space",
     "SplitEdit",
 ]
+
+
+@dataclasses.dataclass
+class Space:
+    """The channel axis of one tensor: elements ``base .. base + size - 1`` of the union-find.
+
+    Attributes:
+        value: The tensor.
+        axis: Its channel axis (non-negative).
+        size: Number of channels.
+        base: First element id.
+    """
+
+    value: ir.Value
+    axis: int
+    size: int
+    base: int
+
+    @property
+    def elements(self) -> np.ndarray:
+        """Element ids of the channels, in channel order."""
+        return np.arange(self.base, self.base + self.size)
 
 
 @dataclasses.dataclass
