@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -18,6 +18,7 @@ __all__ = [
     "make_initializer",
     "opset_version",
     "reads_metadata_only",
+    "replace_value",
     "restore_model",
     "sole_consumer",
     "upgrade_opset",
@@ -141,6 +142,21 @@ def _names(graph: ir.Graph | ir.Function, *, node_names: bool, recursive: bool) 
         if node_names and node.name:
             names.add(node.name)
     return names
+
+
+def replace_value(old: ir.Value, new: ir.Value, rename: Callable[[str], str]) -> None:
+    """Make every reader of ``old`` read ``new``; a graph output ``old`` is replaced by ``new`` under its name.
+
+    The graph's interface keeps its names: when ``old`` is a graph output, ``new`` takes its place and its name,
+    and ``old`` (still read by the nodes that compute ``new``) is renamed ``rename(old name)``.
+    """
+    if old.is_graph_output():
+        name = old.name or ""
+        old.name = rename(name)
+        old.replace_all_uses_with(new, replace_graph_outputs=True)
+        new.name = name
+    else:
+        old.replace_all_uses_with(new)
 
 
 def make_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
 from sftonnx import io
-from sftonnx.ir_utils import NameAllocator, constant_array
+from sftonnx.ir_utils import NameAllocator, constant_array, replace_value
 from sftonnx.passes.quantization._plan import Plan
 from sftonnx.passes.quantization._sites import Site
 
@@ -100,14 +100,8 @@ class _Builder:
         dequantized.type = value.type
         dequantized.shape = value.shape
         # switch every reader first, then create Q (so Q itself keeps reading the float tensor)
-        if value.is_graph_output():
-            # the graph output keeps its name: it becomes the DQ output, the float tensor is renamed
-            original_name = value.name
-            value.name = self.fresh(f"{tensor}_float")
-            value.replace_all_uses_with(dequantized, replace_graph_outputs=True)
-            dequantized.name = original_name
-        else:
-            value.replace_all_uses_with(dequantized)
+        # a graph output keeps its name: it becomes the DQ output, the float tensor is renamed
+        replace_value(value, dequantized, lambda _: self.fresh(f"{tensor}_float"))
         q = ir.Node("", "QuantizeLinear", [value, scale, zero], outputs=[quantized],
                     name=self.fresh(f"{tensor}_QuantizeLinear"))
         dq = ir.Node("", "DequantizeLinear", [quantized, scale, zero], outputs=[dequantized],

@@ -39,7 +39,15 @@ import onnx_ir as ir
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import NameAllocator, attr, constant_array, opset_version, restore_model, upgrade_opset
+from sftonnx.ir_utils import (
+    NameAllocator,
+    attr,
+    constant_array,
+    opset_version,
+    replace_value,
+    restore_model,
+    upgrade_opset,
+)
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, ort_optimized_graph
 from sftonnx.passes.quantization._latency import measure_latency
@@ -297,13 +305,7 @@ class _Rewriter:
             new_nodes.append(ir.Node("", "Add", [scaled, bias], outputs=[biased], name=fresh(f"{label}_bias_add")))
             result = biased
         graph.insert_before(node, new_nodes)
-        if output.is_graph_output():
-            name = output.name
-            output.name = fresh(f"{name}_float")
-            output.replace_all_uses_with(result, replace_graph_outputs=True)
-            result.name = name
-        else:
-            output.replace_all_uses_with(result)
+        replace_value(output, result, lambda name: fresh(f"{name}_float"))
         graph.remove(node, safe=True)
         report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
 

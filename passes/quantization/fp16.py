@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from sftonnx import verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import NameAllocator
+from sftonnx.ir_utils import NameAllocator, replace_value
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["FP32_OPS", "ConvertFloat16Pass"]
@@ -216,13 +216,8 @@ class ConvertFloat16Pass(SftPass):
                 if value.is_graph_output() and self.keep_io_types:
                     continue
                 half = ir.Value(name=fresh(f"{value.name}_fp16"), type=ir.TensorType(_FLOAT16), shape=value.shape)
-                if value.is_graph_output():  # float16 graph output: the Cast output takes its name
-                    name = value.name
-                    value.name = fresh(f"{name}_fp32")
-                    value.replace_all_uses_with(half, replace_graph_outputs=True)
-                    half.name = name
-                else:
-                    value.replace_all_uses_with(half)
+                # a float16 graph output: the Cast output takes its name
+                replace_value(value, half, lambda name: fresh(f"{name}_fp32"))
                 cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", _FLOAT16)], outputs=[half],
                                name=fresh(f"{value.name}_Cast_fp16"))
                 graph.insert_after(node, cast)
