@@ -16,6 +16,7 @@ __all__ = [
     "fresh_name",
     "is_op",
     "make_initializer",
+    "nested_node_count",
     "opset_version",
     "reads_metadata_only",
     "replace_value",
@@ -32,6 +33,11 @@ def all_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     for function in model.functions.values():
         yield function
         yield from function.subgraphs()
+
+
+def nested_node_count(model: ir.Model) -> int:
+    """Nodes outside the main graph: in If/Loop/Scan bodies (at any depth) and in local functions."""
+    return sum(1 for g in model.graph.subgraphs() for _ in g) + sum(1 for f in model.functions.values() for _ in f)
 
 
 def is_op(node: ir.Node, op_type: str, domain: str = "") -> bool:

@@ -43,6 +43,7 @@ from sftonnx.ir_utils import (
     NameAllocator,
     attr,
     constant_array,
+    nested_node_count,
     opset_version,
     replace_value,
     restore_model,
@@ -122,7 +123,8 @@ class QuantizeDynamicPass(SftPass):
             report.changes["opset_upgraded"] += 1
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         report.details["reduce_range"] = reduce_range
-        _count_subgraph_nodes(model, report)
+        if nested := nested_node_count(model):  # nodes in subgraphs and functions are left alone
+            report.skipped["in_subgraph"] += nested
         rewriter = _Rewriter(model, qmax=63 if reduce_range else 127, per_channel=self.per_channel)
         for index, node in enumerate(list(model.graph)):
             label = node.name or f"{node.op_type}_{index}"
@@ -179,13 +181,6 @@ class QuantizeDynamicPass(SftPass):
             report.details.pop("opset_converted", None)
             report.skipped["slower_than_float"] += 1
             restore_model(model, io.load(original, validate=False))
-
-
-def _count_subgraph_nodes(model: ir.Model, report: PassReport) -> None:
-    """Nodes in If/Loop/Scan bodies and functions are left alone: count them as ``in_subgraph``."""
-    nodes = sum(1 for g in model.graph.subgraphs() for _ in g) + sum(1 for f in model.functions.values() for _ in f)
-    if nodes:
-        report.skipped["in_subgraph"] += nodes
 
 
 @dataclasses.dataclass

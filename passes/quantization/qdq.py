@@ -69,15 +69,15 @@ from __future__ import annotations
 import collections
 import logging
 import re
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import onnx_ir as ir
 
 from sftonnx import io
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, restore_model, upgrade_opset
+from sftonnx.ir_utils import adopt_model, nested_node_count, restore_model, upgrade_opset
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization._build import build_quantized
@@ -221,32 +221,10 @@ class QuantizeStaticPass(SftPass):
         details = report.details
         warnings: list[str] = []
         original = io.to_bytes(model)  # restored as is when nothing is quantized or int8 turns out slower
-        _upgrade_opset(model, report)
-        report.changes["nodes_renamed"] += name_nodes(model.graph)
-        if folded := fold_clip_bounds(model):
-            details["clip_bounds_folded"] = folded
-            report.changes["clip_bounds_folded"] += folded
-        if sums := sum_to_add(model):
-            details["sum_rewritten_as_add"] = sums
-            report.changes["sums_rewritten_as_add"] += sums
-        symmetric = self.activation == "int8"
-        activation = self.activation
-        if self.target == "tensorrt" and not symmetric:
-            symmetric, activation = True, "int8"
-            warnings.append("target=tensorrt: activations quantized to symmetric int8 (TensorRT needs zero point 0)")
-        if self.target == "cuda":
-            message = ("target=cuda: onnxruntime's CUDA EP has few int8 kernels and will mostly dequantize; "
-                       "use TensorRT (target=tensorrt) or the fp16 pass for GPU speed")
-            logger.warning("quantize: %s", message)
-            warnings.append(message)
-        reduce_range = self.reduce_range
-        if reduce_range is None:
-            reduce_range = self.target == "cpu" and cpu_has_vnni() is False
-        details["reduce_range"] = reduce_range
-        subgraph_nodes = sum(1 for g in model.graph.subgraphs() for _ in g) + sum(
-            1 for f in model.functions.values() for _ in f)
-        if subgraph_nodes:
-            report.skipped["in_subgraph"] += subgraph_nodes
+        _prepare(model, report)
+        symmetric, activation, reduce_range = self._scheme(details, warnings)
+        if nested := nested_node_count(model):
+            report.skipped["in_subgraph"] += nested
 
         source = CalibrationSource(self.calibration_data, model, batch_size=self.batch_size,
                                    max_samples=self.max_samples or None, allow_random=self.allow_random)
@@ -284,66 +262,112 @@ class QuantizeStaticPass(SftPass):
             offsets = recovery.bias_offsets(model, sites, result.channel_sums, qmax=qmax)
             report.changes["biases_corrected"] += len(offsets)
 
-        def build(chosen: Iterable[str]) -> tuple[ir.Model, Plan, collections.Counter[str]]:
+        def build(chosen: Iterable[str]) -> _Candidate:
             plan = make_plan(graph, sites, chosen, ranges, activation=activation, symmetric=symmetric)
             built, counts = build_quantized(float_bytes, plan, sites, weight_qmax=qmax,
                                             per_channel=self.per_channel, bias_offsets=offsets)
-            return built, plan, counts
+            return _Candidate(built, plan, counts)
 
-        chosen = set(sites)
-        quantized, plan, counts = build(chosen)
-        kernel_drops: dict[str, str] = {}
-        if self.check_kernels and self.target == "cpu" and plan.chosen:
-            for _ in range(4):
-                try:
-                    optimized = ort_optimized_graph(io.to_bytes(quantized))
-                except Exception as error:  # onnxruntime refused our model: a bug, but never ship it
-                    raise RuntimeError(f"onnxruntime cannot load the quantized model: {error}") from error
-                islands, int_ops, float_ops = float_islands(optimized, plan.chosen)
-                details["int8_ops"] = dict(sorted(int_ops.items()))
-                details["float_ops_on_dequantized"] = dict(sorted(float_ops.items()))
-                islands -= set(kernel_drops)
-                if not islands:
-                    break
-                kernel_drops.update(dict.fromkeys(islands, "not_int8_in_onnxruntime"))
-                chosen = plan.chosen - islands
-                quantized, plan, counts = build(chosen)
-        if self.max_error is not None and plan.chosen:
+        candidate = build(set(sites))
+        kept_float: dict[str, str] = {}
+        if self.check_kernels and self.target == "cpu" and candidate.plan.chosen:
+            candidate = _drop_float_islands(candidate, build, kept_float, details)
+        if self.max_error is not None and candidate.plan.chosen:
             keep_float, info = recovery.mixed_precision(
-                original_bytes=float_bytes, samples=result.samples, chosen=sorted(plan.chosen),
-                sites=sites, build=lambda c: build(c)[0], max_error=self.max_error, metric=self.error_metric)
+                original_bytes=float_bytes, samples=result.samples, chosen=sorted(candidate.plan.chosen),
+                sites=sites, build=lambda c: build(c).model, max_error=self.max_error, metric=self.error_metric)
             details["sensitivity"] = info
             if keep_float:
-                quantized, plan, counts = build(plan.chosen - set(keep_float))
-                kernel_drops.update(dict.fromkeys(keep_float, "kept_float_for_accuracy"))
+                candidate = build(candidate.plan.chosen - set(keep_float))
+                kept_float.update(dict.fromkeys(keep_float, "kept_float_for_accuracy"))
 
-        all_declined = {**declined, **plan.declined, **kernel_drops}
+        all_declined = {**declined, **candidate.plan.declined, **kept_float}
         for reason in all_declined.values():
             report.skipped[reason] += 1
         details["float_nodes"] = dict(sorted(all_declined.items()))
         details["float_op_types"] = sorted({graph.op[n] for n, r in all_declined.items()
                                             if r == "op_not_quantizable" and n in graph.op})
-        if self.ensure_faster and plan.chosen:
-            feeds = result.samples[0] if result.samples else None
-            if feeds is not None:
-                float_time, int8_time = measure_latency([original, io.to_bytes(quantized)], feeds)
-                details["latency_ms"] = {"float": round(float_time * 1e3, 4), "int8": round(int8_time * 1e3, 4)}
-                if int8_time >= float_time:
-                    logger.warning("quantize: int8 model is not faster (%.3f ms vs %.3f ms float): kept float",
-                                   int8_time * 1e3, float_time * 1e3)
-                    report.skipped["slower_than_float"] += 1
-                    _decline(model, original, report)
-                    details["warnings"] = warnings
-                    return
         if warnings:
             details["warnings"] = warnings
-        if not counts.get("nodes_quantized"):
-            _decline(model, original, report)  # the pre-rewrites alone are not worth a changed model
+        if self.ensure_faster and candidate.plan.chosen and result.samples:
+            if not _faster(original, candidate.model, result.samples[0], details):
+                report.skipped["slower_than_float"] += 1
+                _decline(model, original, report)
+                return
+        if not candidate.counts.get("nodes_quantized"):
+            _decline(model, original, report)  # the preparation alone is not worth a changed model
             return
-        report.changes.update({k: v for k, v in counts.items() if v})
-        adopt_model(model, quantized)
-        model.opset_imports.update(quantized.opset_imports)
+        report.changes.update({k: v for k, v in candidate.counts.items() if v})
+        adopt_model(model, candidate.model)
+        model.opset_imports.update(candidate.model.opset_imports)
 
+    def _scheme(self, details: dict[str, Any], warnings: list[str]) -> tuple[bool, Literal["uint8", "int8"], bool]:
+        """``(symmetric, activation type, reduce_range)`` for the target; warnings for what the target changes."""
+        symmetric = self.activation == "int8"
+        activation = self.activation
+        if self.target == "tensorrt" and not symmetric:
+            symmetric, activation = True, "int8"
+            warnings.append("target=tensorrt: activations quantized to symmetric int8 (TensorRT needs zero point 0)")
+        if self.target == "cuda":
+            message = ("target=cuda: onnxruntime's CUDA EP has few int8 kernels and will mostly dequantize; "
+                       "use TensorRT (target=tensorrt) or the fp16 pass for GPU speed")
+            logger.warning("quantize: %s", message)
+            warnings.append(message)
+        reduce_range = self.reduce_range
+        if reduce_range is None:
+            reduce_range = self.target == "cpu" and cpu_has_vnni() is False
+        details["reduce_range"] = reduce_range
+        return symmetric, activation, reduce_range
+
+
+class _Candidate(NamedTuple):
+    """A quantized copy of the float model, the plan it was built from, and its change counts."""
+
+    model: ir.Model
+    plan: Plan
+    counts: collections.Counter[str]
+
+
+def _prepare(model: ir.Model, report: PassReport) -> None:
+    """The exact rewrites before planning (see :mod:`._prerewrite`), each counted."""
+    _upgrade_opset(model, report)
+    report.changes["nodes_renamed"] += name_nodes(model.graph)
+    if folded := fold_clip_bounds(model):
+        report.details["clip_bounds_folded"] = folded
+        report.changes["clip_bounds_folded"] += folded
+    if sums := sum_to_add(model):
+        report.details["sum_rewritten_as_add"] = sums
+        report.changes["sums_rewritten_as_add"] += sums
+
+
+def _drop_float_islands(candidate: _Candidate, build: Callable[[Iterable[str]], _Candidate],
+                        kept_float: dict[str, str], details: dict[str, Any]) -> _Candidate:
+    """Remove the pairs of nodes onnxruntime would run in float between DQ and Q, until none is left."""
+    for _ in range(4):
+        try:
+            optimized = ort_optimized_graph(io.to_bytes(candidate.model))
+        except Exception as error:  # onnxruntime refused our model: a bug, but never ship it
+            raise RuntimeError(f"onnxruntime cannot load the quantized model: {error}") from error
+        islands, int_ops, float_ops = float_islands(optimized, candidate.plan.chosen)
+        details["int8_ops"] = dict(sorted(int_ops.items()))
+        details["float_ops_on_dequantized"] = dict(sorted(float_ops.items()))
+        islands -= set(kept_float)
+        if not islands:
+            break
+        kept_float.update(dict.fromkeys(islands, "not_int8_in_onnxruntime"))
+        candidate = build(candidate.plan.chosen - islands)
+    return candidate
+
+
+def _faster(original: bytes, quantized: ir.Model, feeds: Mapping[str, np.ndarray], details: dict[str, Any]) -> bool:
+    """Whether the int8 model runs faster than the float one on ``feeds`` (``details["latency_ms"]``)."""
+    float_time, int8_time = measure_latency([original, io.to_bytes(quantized)], feeds)
+    details["latency_ms"] = {"float": round(float_time * 1e3, 4), "int8": round(int8_time * 1e3, 4)}
+    if int8_time >= float_time:
+        logger.warning("quantize: int8 model is not faster (%.3f ms vs %.3f ms float): kept float",
+                       int8_time * 1e3, float_time * 1e3)
+        return False
+    return True
 
 
 def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
