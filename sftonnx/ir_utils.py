@@ -154,7 +154,8 @@ def replace_value(old: ir.Value, new: ir.Value, rename: Callable[[str], str]) ->
     """Make every reader of ``old`` read ``new``; a graph output ``old`` is replaced by ``new`` under its name.
 
     The graph's interface keeps its names: when ``old`` is a graph output, ``new`` takes its place and its name,
-    and ``old`` (still read by the nodes that compute ``new``) is renamed ``rename(old name)``.
+    and ``old`` is renamed ``rename(old name)``. Create the nodes that read ``old`` to compute ``new`` after
+    this call, or they would be switched to ``new`` too.
     """
     if old.is_graph_output():
         name = old.name or ""
