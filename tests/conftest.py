@@ -5,8 +5,9 @@ and the pipeline skips clean-up and structure checks when it is false, so a pass
 without counting it hides the change from both. For the whole session every pass call is wrapped: the model
 is serialized before and after, and a call that reports ``modified=False`` while the bytes differ is recorded;
 the test that made the call then fails in its teardown (recorded rather than raised, so a test expecting some
-other error cannot swallow it). Models whose initializers hold more than 200 MB are not compared; passes listed
-in ``KNOWN_DISHONEST`` are recorded without failing.
+other error cannot swallow it); calls made by module- or session-scoped fixtures fail the session. Models whose
+initializers hold more than 200 MB are not compared; passes listed in ``KNOWN_DISHONEST`` are recorded without
+failing.
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class HonestyCheck:
     calls: int = 0
 
 
-_CURRENT = HonestyCheck()
+#: Calls made outside a test function (module- or session-scoped fixtures); reported at the end of the session.
+_OUTSIDE_TESTS = HonestyCheck()
+_CURRENT = _OUTSIDE_TESTS
 #: Session totals, shown in the terminal summary: pass calls wrapped and seconds spent serializing.
 _TOTALS = {"calls": 0, "seconds": 0.0}
 
@@ -104,13 +107,22 @@ def modified_honesty() -> HonestyCheck:
     _CURRENT = HonestyCheck()
     check = _CURRENT
     yield check
+    _CURRENT = _OUTSIDE_TESTS
     if check.violations:
         pytest.fail("dishonest `modified`:\n" + "\n".join(check.violations), pytrace=False)
 
 
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the session when a pass called by a fixture outside any test reported ``modified`` dishonestly."""
+    if _OUTSIDE_TESTS.violations and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Say what the honesty check cost, so its overhead stays visible."""
+    """Say what the honesty check cost, so its overhead stays visible, and what fixtures did dishonestly."""
     if _TOTALS["calls"]:
         terminalreporter.write_line(
             f"modified-honesty check: {_TOTALS['calls']} pass calls, {_TOTALS['seconds']:.2f} s serializing"
         )
+    for violation in _OUTSIDE_TESTS.violations:
+        terminalreporter.write_line(f"dishonest `modified` in a fixture: {violation}", red=True)
