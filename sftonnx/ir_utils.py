@@ -1,4 +1,7 @@
-"""Small helpers on ``onnx_ir`` objects. Plain functions, no wrapper classes."""
+"""Small helpers on ``onnx_ir`` objects, one per job the passes share.
+
+Plain functions, no wrappers of onnx-ir objects (:class:`NameAllocator` only holds the set of names taken).
+"""
 
 from __future__ import annotations
 
