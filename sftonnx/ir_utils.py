@@ -52,17 +52,26 @@ def is_op(node: ir.Node, op_type: str, domain: str = "") -> bool:
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's constant contents as a numpy array, else ``None``.
 
-    The one constant reader of the passes, on ``onnx_ir.convenience.get_const_tensor``: an initializer, or a
-    ``Constant`` node in any of its forms (``value``, ``value_float(s)``, ``value_int(s)``, ...). Passes that
-    fold constant expressions (fusion's ``FusionContext.array``, pruning's ``ConstantReader``) build on it.
+    The one constant reader of the passes: an initializer, or a ``Constant`` node in any of its forms
+    (``value``, ``value_float(s)``, ``value_int(s)``, ...), read with ``onnx_ir.convenience.get_const_tensor``.
+    A ``value`` attribute is read directly, because ``get_const_tensor`` renames that attribute's tensor in
+    place (a reader must not change the model). Passes that fold constant expressions (fusion's
+    ``FusionContext.array``, pruning's ``ConstantReader``) build on it.
     """
     if value is None:
         return None
     try:
-        tensor = ir.convenience.get_const_tensor(value)
+        tensor = value.const_value
         if tensor is None:
-            return None
-        return tensor.numpy()
+            producer = value.producer()
+            if producer is None or not is_op(producer, "Constant"):
+                return None
+            attribute = producer.attributes.get("value")
+            if attribute is not None:
+                tensor = attribute.as_tensor() if attribute.type == ir.AttributeType.TENSOR else None
+            else:
+                tensor = ir.convenience.get_const_tensor(value)  # builds a new tensor for the other forms
+        return None if tensor is None else tensor.numpy()
     except Exception:  # malformed Constant nodes, external data missing, odd string tensors
         return None
 

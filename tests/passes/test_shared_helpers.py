@@ -34,6 +34,14 @@ def test_constant_array_reads_every_constant_form_and_nothing_else():
     assert constant_array(model.graph.inputs[0]) is None and constant_array(None) is None
 
 
+def test_constant_array_leaves_the_model_alone():
+    """onnx_ir's get_const_tensor names a Constant's ``value`` tensor in place; reading must not change bytes."""
+    model = ir.from_onnx_text(MODEL.replace("value_floats = [1.0, 2.0]", "value = float[2] {1.0, 2.0}"))
+    before = ir.to_proto(model).SerializeToString()
+    assert constant_array(nodes(model)["c"].outputs[0]).tolist() == [1.0, 2.0]
+    assert ir.to_proto(model).SerializeToString() == before
+
+
 def test_castlike_reads_only_the_type_of_its_second_input():
     by_output = nodes(ir.from_onnx_text(MODEL))
     assert reads_metadata_only(by_output["t"], 1) and not reads_metadata_only(by_output["t"], 0)
