@@ -20,6 +20,7 @@ __all__ = [
     "PassError",
     "SftonnxError",
     "VerificationError",
+    "first_line",
 ]
 
 EXIT_OK = 0
@@ -84,3 +85,14 @@ class PassError(SftonnxError):
         self.pass_name = pass_name
         self.after = after
         self.reason = reason
+
+
+def first_line(error: BaseException, limit: int = 400) -> str:
+    """The first line of ``error``'s message (its type name when empty), cut to ``limit`` characters.
+
+    For reports and one-line messages about errors raised by onnx, onnxruntime or onnxsim, whose messages
+    often run over many lines (C++ stack traces, whole graphs).
+    """
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

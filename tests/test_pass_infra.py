@@ -111,3 +111,33 @@ def test_report_counts_decide_modified():
     report = Counting()(model)
     assert report.modified and report.changes == {"things_done": 2} and report.skipped == {"thing_shared": 1}
     assert not _Toy()(model).modified
+
+
+def test_honesty_check_catches_an_uncounted_change(modified_honesty):
+    """The suite-wide check (tests/conftest.py) records a pass that changes the model but counts nothing."""
+    import onnx_ir as ir
+
+    class Dishonest(_Toy):
+        def rewrite(self, model, report):
+            next(iter(model.graph)).name = "renamed_without_counting"
+
+    class Honest(_Toy):
+        def rewrite(self, model, report):
+            next(iter(model.graph)).name = "renamed_and_counted"
+            report.changes["nodes_renamed"] += 1
+
+    text = '<ir_version: 8, opset_import: ["" : 18]> g (float[2] x) => (float[2] y) { y = Relu(x) }'
+    assert not Dishonest()(ir.from_onnx_text(text)).modified
+    assert len(modified_honesty.violations) == 1 and modified_honesty.violations[0].startswith("toy: ")
+    modified_honesty.violations.clear()  # this test's own teardown would fail otherwise
+    assert Honest()(ir.from_onnx_text(text)).modified
+    assert not _Toy()(ir.from_onnx_text(text)).modified
+    assert modified_honesty.violations == [] and modified_honesty.calls == 2
+
+
+def test_first_line_of_an_error():
+    from sftonnx.errors import first_line
+
+    assert first_line(RuntimeError("  bad node\n  at frame 1\n")) == "bad node"
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(RuntimeError("x" * 500), limit=10) == "xxxxxxx..."

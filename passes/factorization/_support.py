@@ -35,7 +35,6 @@ __all__ = [
     "ConvGeometry",
     "Criterion",
     "GramRequest",
-    "NameTable",
     "add_initializer",
     "collect_grams",
     "conv_patches",
@@ -143,16 +142,16 @@ def layer_names(node: ir.Node) -> set[str]:
 def sites(model: ir.Model, op_types: Sequence[str]) -> Iterator[tuple[ir.Node, str | None]]:
     """Default-domain nodes of ``op_types`` anywhere in the model, with where they live.
 
-    Yields ``(node, place)``: ``place`` is ``None`` for the main graph, ``"subgraph"`` for If/Loop/Scan
-    bodies and ``"function"`` for model-local functions.
+    Yields ``(node, place)``: ``place`` is ``None`` for the main graph, ``"in_subgraph"`` for If/Loop/Scan
+    bodies and ``"in_function"`` for model-local functions (the skip keys of a pass that declines there).
     """
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type in op_types and node.domain in ("", "ai.onnx"):
-            yield node, (None if node.graph is model.graph else "subgraph")
+            yield node, (None if node.graph is model.graph else "in_subgraph")
     for function in model.functions.values():
         for node in ir.traversal.RecursiveGraphIterator(function):
             if node.op_type in op_types and node.domain in ("", "ai.onnx"):
-                yield node, "function"
+                yield node, "in_function"
 
 
 def resolve_weight(value: ir.Value | None) -> tuple[np.ndarray | None, str | None]:
@@ -160,9 +159,9 @@ def resolve_weight(value: ir.Value | None) -> tuple[np.ndarray | None, str | Non
 
     Accepts an initializer (not an overridable graph input), a ``Constant`` node, and ``Transpose`` or
     ``Identity`` of those (exporters emit ``Transpose(W)`` for ``x @ W^T``). Every value on that chain must
-    have one reader, or factoring would duplicate a weight other nodes keep reading (``Shape``/``Size``
-    consumers, as exporters emit to build zero biases, do not count: the original stays for them until
-    constant folding removes them).
+    have one reader, or factoring would duplicate a weight other nodes keep reading (readers of the shape or
+    type only, :func:`sftonnx.ir_utils.reads_metadata_only`, as exporters emit to build zero biases, do not count:
+    the original stays for them until constant folding removes them).
 
     Returns:
         ``(array, None)`` or ``(None, "weight_not_constant" | "weight_shared")``.
@@ -208,41 +207,13 @@ def resolve_weight(value: ir.Value | None) -> tuple[np.ndarray | None, str | Non
 
 
 def _readers(value: ir.Value) -> int:
-    """Nodes that read ``value``'s contents (``Shape``/``Size`` read only its metadata, which stays valid)."""
-    return sum(
-        1 for use in value.uses() if not (use.node.op_type in ("Shape", "Size") and use.node.domain in ("", "ai.onnx"))
-    )
+    """Nodes that read ``value``'s contents (see :func:`sftonnx.ir_utils.reads_metadata_only`)."""
+    return sum(1 for use in value.uses() if not ir_utils.reads_metadata_only(use.node, use.idx))
 
 
-class NameTable:
-    """Fresh value names, unique over the whole model (main graph, subgraphs and functions)."""
-
-    def __init__(self, model: ir.Model) -> None:
-        self.taken: set[str] = set()
-        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs(), *model.functions.values()]
-        for graph in graphs:
-            self.taken.update(v.name for v in graph.inputs if v.name)
-            self.taken.update(v.name for v in graph.outputs if v.name)
-            if isinstance(graph, ir.Graph):
-                self.taken.update(graph.initializers)
-            for node in graph:
-                self.taken.update(v.name for v in node.outputs if v.name)
-
-    def fresh(self, base: str) -> str:
-        """``base`` or ``base_1``, ``base_2``, ... whichever is free; reserves it."""
-        base = base or "factor"
-        candidate = base
-        for index in itertools.count(1):
-            if candidate not in self.taken:
-                break
-            candidate = f"{base}_{index}"
-        self.taken.add(candidate)
-        return candidate
-
-
-def add_initializer(graph: ir.Graph, names: NameTable, base: str, array: np.ndarray) -> ir.Value:
+def add_initializer(graph: ir.Graph, names: ir_utils.NameAllocator, base: str, array: np.ndarray) -> ir.Value:
     """Register ``array`` as an initializer of ``graph`` (a subgraph's own, for nodes in bodies)."""
-    name = names.fresh(base)
+    name = names(base or "factor")
     tensor = ir.tensor(np.ascontiguousarray(array), name=name)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)

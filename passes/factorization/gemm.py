@@ -179,7 +179,7 @@ class FactorizeGemmPass(SftPass):
             site.svd = WeightedSVD.of(site.weight.T, right_gram=None if gram is None else gram[0])
             site.tail = relative_tail(site.svd.energy())
         ranks = self._choose(found, report)
-        names = _support.NameTable(model)
+        names = ir_utils.NameAllocator.for_model(model)
         layers: dict[str, Any] = {}
         for site, rank in zip(found, ranks, strict=True):
             if rank is None:
@@ -198,10 +198,8 @@ class FactorizeGemmPass(SftPass):
         report.details["macs_kept"] = after / before if before else 1.0
 
     def _inspect(self, node: ir.Node, place: str | None, data_aware: bool, shapes) -> _Site | str:
-        if place == "function":
-            return "in_function"
-        if place == "subgraph" and data_aware:
-            return "in_subgraph"
+        if place == "in_function" or (place == "in_subgraph" and data_aware):
+            return place  # the place is the skip key
         if len(node.inputs) < 2 or node.inputs[0] is None:
             return "weight_not_constant"
         array, reason = _support.resolve_weight(node.inputs[1])
@@ -261,7 +259,7 @@ class FactorizeGemmPass(SftPass):
             result.append(option.choice)
         return result
 
-    def _replace(self, site: _Site, rank: int, names: _support.NameTable, data_aware: bool) -> dict[str, Any]:
+    def _replace(self, site: _Site, rank: int, names: ir_utils.NameAllocator, data_aware: bool) -> dict[str, Any]:
         assert site.svd is not None and site.tail is not None
         node = site.node
         graph = node.graph
@@ -284,7 +282,7 @@ class FactorizeGemmPass(SftPass):
             if needs_c:
                 zeros = np.zeros(rank, dtype=dtype)
                 first_inputs.append(_support.add_initializer(graph, names, f"{base}_lowrank_zero", zeros))
-            first = ir.node("Gemm", first_inputs, first_attrs, name=names.fresh(f"{base}_lowrank_in"))
+            first = ir.node("Gemm", first_inputs, first_attrs, name=names(f"{base}_lowrank_in"))
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             if bias is None and needs_c:
                 zeros = np.zeros(left.shape[0], dtype=dtype)
@@ -294,11 +292,11 @@ class FactorizeGemmPass(SftPass):
             if bias is not None and beta != 1.0:
                 second_attrs["beta"] = beta
             inputs = [first.outputs[0], second_weight] + ([bias] if bias is not None else [])
-            second = ir.node("Gemm", inputs, second_attrs, name=names.fresh(f"{base}_lowrank_out"))
+            second = ir.node("Gemm", inputs, second_attrs, name=names(f"{base}_lowrank_out"))
         else:
-            first = ir.node("MatMul", [node.inputs[0], first_weight], name=names.fresh(f"{base}_lowrank_in"))
-            second = ir.node("MatMul", [first.outputs[0], second_weight], name=names.fresh(f"{base}_lowrank_out"))
-        first.outputs[0].name = names.fresh(f"{base}_lowrank")
+            first = ir.node("MatMul", [node.inputs[0], first_weight], name=names(f"{base}_lowrank_in"))
+            second = ir.node("MatMul", [first.outputs[0], second_weight], name=names(f"{base}_lowrank_out"))
+        first.outputs[0].name = names(f"{base}_lowrank")
         first.outputs[0].type = ir.TensorType(ir.DataType.from_numpy(dtype))
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], [first, second], [node.outputs[0]], [second.outputs[0]]

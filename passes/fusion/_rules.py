@@ -46,7 +46,15 @@ import onnx_ir as ir
 from onnxscript.rewriter import MatchContext, MatchResult, RewriteRule, RewriteRuleClassBase
 
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import all_graphs, attr, constant_array, is_op, opset_version
+from sftonnx.ir_utils import (
+    NameAllocator,
+    all_graphs,
+    attr,
+    constant_array,
+    is_op,
+    opset_version,
+    reads_metadata_only,
+)
 from sftonnx.pass_infra import PassReport, SftPass
 
 __all__ = [
@@ -93,7 +101,7 @@ class FusionContext:
         self.opset = opset_version(model)
         self.legacy_ir = (model.ir_version or 0) < 4
         self._arrays: dict[ir.Value, np.ndarray | None] = {}
-        self._names: set[str] | None = None
+        self._names: NameAllocator | None = None
         self._skips: dict[ir.Node, str] = {}
         self._after_commit: list[Callable[[], None]] = []
 
@@ -116,7 +124,7 @@ class FusionContext:
         if producer is None:
             return None
         if is_op(producer, "Constant"):
-            return _constant_node_array(producer)
+            return constant_array(value)
         if is_op(producer, "Identity"):
             return self.array(producer.inputs[0])
         if is_op(producer, "ConstantOfShape"):
@@ -204,13 +212,8 @@ class FusionContext:
     def fresh_name(self, base: str) -> str:
         """A value name used nowhere in the model (any graph, subgraph or function), reserved."""
         if self._names is None:
-            self._names = _all_names(self.model)
-        candidate, index = base, 0
-        while candidate in self._names:
-            index += 1
-            candidate = f"{base}_{index}"
-        self._names.add(candidate)
-        return candidate
+            self._names = NameAllocator.for_model(self.model)
+        return self._names(base)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the rewrite being built is in place (dropped if it is not applied)."""
@@ -445,7 +448,7 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
     metadata_uses: list[tuple[ir.Node, int]] = []
     if modifies_weight:
         others = [(use.node, use.idx) for use in weight_value.uses() if use.node is not node]
-        metadata_uses = [(user, index) for user, index in others if _reads_metadata_only(user, index)]
+        metadata_uses = [(user, index) for user, index in others if reads_metadata_only(user, index)]
         if len(metadata_uses) < len(others) and not context.clone_shared_weights:
             return rule.fail(match, "weight_shared", repr(weight_value.name))
     bias_value = node.inputs[2] if len(node.inputs) > 2 else None
@@ -462,11 +465,6 @@ def inspect_linear(rule: FusionRule, match: MatchContext, node: ir.Node, *,
         if not ok:
             return rule.fail(match, "unsupported_bias_shape", str(bias.shape))
     return target
-
-
-def _reads_metadata_only(node: ir.Node, index: int) -> bool:
-    """Whether input ``index`` of ``node`` is read for its shape or dtype only (same for a scaled copy)."""
-    return is_op(node, "Shape") or is_op(node, "Size") or (is_op(node, "CastLike") and index == 1)
 
 
 def apply_rules(model: ir.Model, rules: Sequence[RewriteRule], commute: Sequence[bool],
@@ -536,28 +534,6 @@ def _as_constant_node(value: ir.Value) -> ir.Node:
     ir.convenience.replace_all_uses_with(value, output)
     output.name = value.name
     return node
-
-
-def _constant_node_array(node: ir.Node) -> np.ndarray | None:
-    """Contents of a Constant node given by ``value`` or the ``value_float(s)``/``value_int(s)`` forms."""
-    if "value" in node.attributes:
-        return constant_array(node.outputs[0])
-    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32),
-                        ("value_int", np.int64), ("value_ints", np.int64)):
-        if name in node.attributes:
-            return np.asarray(node.attributes[name].value, dtype=dtype)
-    return None
-
-
-def _all_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for graph in all_graphs(model):
-        names.update(v.name for v in graph.inputs if v.name)
-        if isinstance(graph, ir.Graph):
-            names.update(graph.initializers)
-        for node in graph:
-            names.update(v.name for v in node.outputs if v.name)
-    return names
 
 
 def validate_ops(pass_name: str, option: str, ops, allowed: Sequence[str]) -> tuple[str, ...]:

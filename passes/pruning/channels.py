@@ -37,8 +37,10 @@ from sftonnx.errors import PassConfigError
 from sftonnx.ir_utils import is_op
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.pruning import reconstruction
+from sftonnx.passes.pruning._edits import ConvEdit, GemmEdit, MatMulEdit
 from sftonnx.passes.pruning._graph import retire
 from sftonnx.passes.pruning.dependency import UNARY_OPS, ChannelGraph, Source
+from sftonnx.passes.pruning.removal import remove_channels
 
 __all__ = ["PruneChannelsPass"]
 
@@ -165,13 +167,13 @@ class PruneChannelsPass(SftPass):
         if feeds and self.compensate_bias and not self.reconstruct:
             means = reconstruction.channel_means(model, _consumer_inputs(graph, mask), feeds)
         original = io.to_bytes(model) if self.reconstruct else None
-        stats = graph.apply(removed, means=means)
-        retire(model, graph.replaced)
+        removal = remove_channels(graph, removed, means=means)
+        retire(model, removal.replaced)
         common_passes.RemoveUnusedNodesPass()(model)
-        report.changes.update({k: v for k, v in stats.items() if v})
+        report.changes.update({k: v for k, v in removal.stats.items() if v})
         report.details["layers"] = _layer_table(graph, mask)
-        if self.reconstruct and original is not None and graph.rewritten:
-            errors = reconstruction.reconstruct(model, original, graph.rewritten, feeds, ridge=self.ridge)
+        if self.reconstruct and original is not None and removal.rewritten:
+            errors = reconstruction.reconstruct(model, original, removal.rewritten, feeds, ridge=self.ridge)
             common_passes.RemoveUnusedNodesPass()(model)
             report.changes["layers_reconstructed"] += len(errors)
             report.details["reconstruction"] = {
@@ -341,8 +343,7 @@ def _consumer_inputs(graph: ChannelGraph, mask: np.ndarray) -> list[tuple[ir.Val
     """Inputs of Conv/Gemm/MatMul consumers that lose channels, with their channel axis."""
     result = {}
     for edit in graph.edits:
-        space = edit.data.get("x") if edit.kind == "conv" else edit.data.get("a") if edit.kind in (
-            "gemm", "matmul") else None
+        space = edit.x if isinstance(edit, ConvEdit) else edit.a if isinstance(edit, (GemmEdit, MatMulEdit)) else None
         if space is not None and len(graph.kept(space, mask)) != space.size:
             result[space.value] = space.axis
     return list(result.items())

@@ -35,18 +35,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections import Counter, defaultdict
-from typing import Any
+from collections import defaultdict
 
 import numpy as np
 import onnx_ir as ir
 
 from sftonnx.analysis import ShapeTable, infer_tensor_shapes, topological_order
 from sftonnx.ir_utils import attr
-from sftonnx.passes.pruning._graph import ConstantReader, is_float, set_constant_input
+from sftonnx.passes._union_find import UnionFind
+from sftonnx.passes.pruning import _edits
+from sftonnx.passes.pruning._edits import Space
+from sftonnx.passes.pruning._graph import ConstantReader, is_float
+from sftonnx.passes.pruning._layout_rules import LayoutRules
 
-__all__ = ["ChannelGraph", "Edit", "Source", "Space"]
+__all__ = ["ChannelGraph", "Source", "Space"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,30 +67,6 @@ REDUCE_OPS = frozenset({
     "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
 })
-#: Reductions that took ``axes`` as an attribute before this opset (and as an input from it on).
-_REDUCE_AXES_INPUT = {"ReduceSum": 13}
-
-
-@dataclasses.dataclass
-class Space:
-    """The channel axis of one tensor: elements ``base .. base + size - 1`` of the union-find.
-
-    Attributes:
-        value: The tensor.
-        axis: Its channel axis (non-negative).
-        size: Number of channels.
-        base: First element id.
-    """
-
-    value: ir.Value
-    axis: int
-    size: int
-    base: int
-
-    @property
-    def elements(self) -> np.ndarray:
-        """Element ids of the channels, in channel order."""
-        return np.arange(self.base, self.base + self.size)
 
 
 @dataclasses.dataclass
@@ -115,17 +93,13 @@ class Source:
         return self.node.name or (self.node.inputs[1].name if self.node.inputs[1] is not None else "") or "?"
 
 
-@dataclasses.dataclass
-class Edit:
-    """A rewrite that applying a removal needs at one node (kind picks the rule; data holds its spaces)."""
-
-    kind: str
-    node: ir.Node
-    data: dict[str, Any]
-
-
-class ChannelGraph:
+class ChannelGraph(LayoutRules):
     """Channel spaces, element classes, blocking reasons and the edits that removing channels requires.
+
+    Read-only: the analysis records typed edits (:mod:`sftonnx.passes.pruning._edits`); applying a removal is
+    :func:`sftonnx.passes.pruning.removal.remove_channels`. The rules of the layers with weights (sources and
+    consumers) are here; those of channel-wise and data-movement ops are in
+    :class:`~sftonnx.passes.pruning._layout_rules.LayoutRules`.
 
     Args:
         model: The model to analyse (not modified).
@@ -142,37 +116,26 @@ class ChannelGraph:
             self.shapes = None
         self.spaces: dict[ir.Value, Space] = {}
         self.sources: list[Source] = []
-        self.edits: list[Edit] = []
-        self._parent: list[int] = []
+        self.edits: list[_edits.Edit] = []  # what removing channels needs at each node, in graph order
+        self._classes: UnionFind[int] = UnionFind()
         self._reasons: dict[int, set[str]] = {}
         self.subgraph_layers = 0
         self._analyse()
-        self.roots = np.array([self.find(e) for e in range(len(self._parent))], dtype=np.int64)
+        self.roots = np.array([self.find(e) for e in range(len(self._classes))], dtype=np.int64)
 
     # ----------------------------------------------------------------------------------- union-find
     def _new(self, size: int) -> int:
-        base = len(self._parent)
-        self._parent.extend(range(base, base + size))
+        base = len(self._classes)
+        self._classes.add(range(base, base + size))
         return base
 
     def find(self, element: int) -> int:
         """The class (root element) of ``element``."""
-        parent = self._parent
-        root = element
-        while parent[root] != root:
-            root = parent[root]
-        while parent[element] != root:
-            parent[element], element = root, parent[element]
-        return root
+        return self._classes.find(element)
 
     def _union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if rb < ra:
-            ra, rb = rb, ra
-        self._parent[rb] = ra
-        if rb in self._reasons:
+        ra, rb = sorted((self.find(a), self.find(b)))  # the smaller element stays the root
+        if self._classes.union(ra, rb) is not None and rb in self._reasons:
             self._reasons.setdefault(ra, set()).update(self._reasons.pop(rb))
 
     def _union_spaces(self, a: Space, b: Space) -> None:
@@ -316,8 +279,7 @@ class ChannelGraph:
                         self._union(anchor, anchor + i)
                     for i in range(cin_group):
                         self._union(anchor, xs.base + g * cin_group + i)
-        self.edits.append(Edit("conv", node, {"x": xs if group == 1 else None, "y": ys, "weight": weight,
-                                              "bias": bias, "group": group}))
+        self.edits.append(_edits.ConvEdit(node, xs if group == 1 else None, ys, weight, bias, group))
 
     def _conv_transpose(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -327,7 +289,7 @@ class ChannelGraph:
         if weight is None or not is_float(weight) or int(attr(node, "group", 1)) != 1 or xs.axis != 1:
             self._block(xs, "unsupported_consumer:ConvTranspose")
             return
-        self.edits.append(Edit("conv_transpose", node, {"x": xs, "weight": weight}))
+        self.edits.append(_edits.ConvTransposeEdit(node, xs, weight))
 
     def _gemm(self, node: ir.Node) -> None:
         a = node.inputs[0]
@@ -351,7 +313,7 @@ class ChannelGraph:
         if c_ok and node.outputs[0] is not None:
             ys = self._new_space(node.outputs[0], 1, features)
             self._source(node, weight, 0 if trans_b else 1, ys)
-        self.edits.append(Edit("gemm", node, {"a": a_space, "y": ys, "weight": weight, "c": c}))
+        self.edits.append(_edits.GemmEdit(node, a_space, ys, weight, c))
 
     def _matmul(self, node: ir.Node) -> None:
         a, b = node.inputs[0], node.inputs[1]
@@ -369,7 +331,7 @@ class ChannelGraph:
         if out_dims is not None and len(out_dims) >= 2:
             ys = self._new_space(node.outputs[0], len(out_dims) - 1, weight.shape[1])
             self._source(node, weight, 1, ys)
-        self.edits.append(Edit("matmul", node, {"a": a_space, "y": ys, "weight": weight}))
+        self.edits.append(_edits.MatMulEdit(node, a_space, ys, weight))
 
     def _normalization(self, node: ir.Node) -> None:
         xs = self.space(node.inputs[0])
@@ -383,371 +345,7 @@ class ChannelGraph:
             self._block(xs, f"unsupported_consumer:{node.op_type}")
             return
         self._alias(node.outputs[0], 1, xs)
-        self.edits.append(Edit("normalization", node, {"x": xs, "params": params}))
-
-    def _unary(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        others = [v for v in node.inputs[1:] if v is not None]
-        if xs is None or any(v in self.spaces for v in others):
-            self._block_inputs(node, f"unsupported_consumer:{node.op_type}")
-            return
-        if node.op_type == "PRelu":
-            self._elementwise(node)
-            return
-        if node.op_type == "Clip" and any((self.dims(v) or (1,)) not in ((), (1,)) for v in others):
-            self._block(xs, "unsupported_consumer:Clip")
-            return
-        if node.op_type == "Dropout" and len(node.outputs) > 1 and node.outputs[1].uses():
-            self._block(xs, "unsupported_consumer:Dropout")
-            return
-        self._alias(node.outputs[0], xs.axis, xs)
-
-    def _elementwise(self, node: ir.Node) -> None:
-        out = node.outputs[0]
-        out_dims = self.dims(out)
-        inputs = [(i, v) for i, v in enumerate(node.inputs) if v is not None]
-        spaced = [(i, v, self.spaces[v]) for i, v in inputs if v in self.spaces]
-        reason = f"unsupported_consumer:{node.op_type}"
-        if out_dims is None:
-            self._block_inputs(node, "shape_unknown")
-            return
-        from_end = set()
-        for _, v, s in spaced:
-            dims = self.dims(v)
-            from_end.add(None if dims is None else len(dims) - s.axis)
-        sizes = {s.size for _, _, s in spaced}
-        if len(from_end) != 1 or None in from_end or len(sizes) != 1:
-            self._block_inputs(node, reason)
-            return
-        position = from_end.pop()
-        size = sizes.pop()
-        master = spaced[0][2]
-        constants = []
-        coupled = [s for _, _, s in spaced]
-        for index, value in inputs:
-            if value in self.spaces:
-                continue
-            dims = self.dims(value)
-            if dims is None:
-                self._block_inputs(node, "shape_unknown")
-                return
-            axis = len(dims) - position
-            dim = dims[axis] if axis >= 0 else 1
-            if dim == 1:
-                continue
-            if dim != size:
-                self._block_inputs(node, reason)
-                return
-            array = self.const.array(value)
-            if array is not None:
-                constants.append((index, axis, array))
-            else:
-                coupled.append(self._opaque(value, axis, size))
-        for other in coupled[1:]:
-            self._union_spaces(master, other)
-        self._alias(out, len(out_dims) - position, master)
-        for index, axis, array in constants:
-            self.edits.append(Edit("channel_constant", node, {"x": master, "index": index, "axis": axis,
-                                                              "array": array}))
-
-    def _pool(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        if xs is None:
-            return
-        if xs.axis != 1 or (len(node.outputs) > 1 and node.outputs[1].uses()):
-            self._block(xs, f"unsupported_consumer:{node.op_type}")
-            return
-        self._alias(node.outputs[0], 1, xs)
-
-    def _axes(self, node: ir.Node, input_index: int, rank: int) -> list[int] | None:
-        value = attr(node, "axes")
-        if value is None and len(node.inputs) > input_index and node.inputs[input_index] is not None:
-            array = self.const.array(node.inputs[input_index])
-            if array is None:
-                return None
-            value = array.reshape(-1).tolist()
-        if value is None:
-            return []
-        return sorted(int(a) % rank for a in value)
-
-    def _reduce(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        axes = None if dims is None else self._axes(node, 1, len(dims))
-        if not axes or xs.axis in axes:  # none known, reduce-all (empty), or across channels
-            self._block(xs, f"unsupported_consumer:{node.op_type}")
-            return
-        keep = int(attr(node, "keepdims", 1))
-        axis = xs.axis if keep else xs.axis - sum(1 for a in axes if a < xs.axis)
-        self._alias(node.outputs[0], axis, xs)
-
-    def _resize(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        if xs is None:
-            return
-        reason = f"unsupported_consumer:{node.op_type}"
-        if any(v in self.spaces for v in node.inputs[1:] if v is not None) or attr(node, "axes") is not None:
-            self._block_inputs(node, reason)
-            return
-        if node.op_type == "Upsample":
-            scales = self.const.array(node.inputs[1]) if len(node.inputs) > 1 else None
-            if scales is None or scales.reshape(-1)[xs.axis] != 1:
-                self._block(xs, reason)
-                return
-            self._alias(node.outputs[0], xs.axis, xs)
-            return
-        scales = self.const.array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-        sizes = self.const.array(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-        if sizes is not None and sizes.size > xs.axis:
-            self._alias(node.outputs[0], xs.axis, xs)
-            self.edits.append(Edit("resize_sizes", node, {"x": xs, "sizes": sizes}))
-        elif scales is not None and scales.size > xs.axis and scales.reshape(-1)[xs.axis] == 1:
-            self._alias(node.outputs[0], xs.axis, xs)
-        else:
-            self._block(xs, reason)
-
-    def _pad(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        pads = attr(node, "pads")
-        if pads is None and len(node.inputs) > 1:
-            array = self.const.array(node.inputs[1])
-            pads = None if array is None else array.reshape(-1).tolist()
-        axes = None
-        if dims is not None:
-            axes = self._axes(node, 3, len(dims)) if len(node.inputs) > 3 and node.inputs[3] is not None else list(
-                range(len(dims)))
-        if pads is None or axes is None or any(v in self.spaces for v in node.inputs[1:] if v is not None):
-            self._block(xs, "unsupported_consumer:Pad")
-            return
-        half = len(pads) // 2
-        if xs.axis in axes:
-            k = axes.index(xs.axis)
-            if k >= half or pads[k] != 0 or pads[k + half] != 0:
-                self._block(xs, "unsupported_consumer:Pad")
-                return
-        self._alias(node.outputs[0], xs.axis, xs)
-
-    def _concat(self, node: ir.Node) -> None:
-        out_dims = self.dims(node.outputs[0])
-        if out_dims is None:
-            self._block_inputs(node, "shape_unknown")
-            return
-        axis = int(attr(node, "axis", 0)) % len(out_dims)
-        spaced = [self.spaces[v] for v in node.inputs if v is not None and v in self.spaces]
-        if any(s.axis != axis for s in spaced) and axis in {s.axis for s in spaced}:
-            self._block_inputs(node, "unsupported_consumer:Concat")
-            return
-        if axis != spaced[0].axis:  # concatenation along another axis: channels are coupled
-            self._elementwise(node)
-            return
-        if not isinstance(out_dims[axis], int):
-            self._block_inputs(node, "shape_unknown")
-            return
-        out = self._new_space(node.outputs[0], axis, int(out_dims[axis]))
-        offset = 0
-        for value in node.inputs:
-            if value is None:
-                continue
-            space = self.space(value)
-            if space is None:
-                dims = self.dims(value)
-                size = dims[axis] if dims is not None and len(dims) == len(out_dims) else None
-                if not isinstance(size, int):
-                    self._block(out, "shape_unknown")
-                    return
-                space = self._opaque(value, axis, size)
-            part = Space(value, axis, space.size, out.base + offset)
-            self._union_spaces(part, space)
-            offset += space.size
-        if offset != out.size:
-            self._block(out, "shape_unknown")
-
-    def _split(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        if dims is None:
-            self._block(xs, "shape_unknown")
-            return
-        axis = int(attr(node, "axis", 0)) % len(dims)
-        if axis != xs.axis:
-            for out in node.outputs:
-                self._alias(out, xs.axis, xs)
-            return
-        sizes = attr(node, "split")
-        if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-            array = self.const.array(node.inputs[1])
-            sizes = None if array is None else array.reshape(-1).tolist()
-        if sizes is None:
-            count = len(node.outputs)
-            chunk = math.ceil(xs.size / count)
-            sizes = [min(chunk, xs.size - k * chunk) for k in range(count)]
-        if len(sizes) != len(node.outputs) or sum(sizes) != xs.size or min(sizes) <= 0:
-            self._block(xs, "unsupported_consumer:Split")
-            return
-        offset = 0
-        for out, size in zip(node.outputs, sizes, strict=True):
-            self._alias(out, axis, xs, offset, int(size))
-            offset += int(size)
-        self.edits.append(Edit("split", node, {"x": xs, "sizes": [int(s) for s in sizes]}))
-
-    def _slice(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        if dims is None or len(node.inputs) < 3 or any(v in self.spaces for v in node.inputs[1:] if v is not None):
-            self._block(xs, "unsupported_consumer:Slice")
-            return
-        arrays = [self.const.array(v) if v is not None else None for v in node.inputs[1:5]]
-        arrays += [None] * (4 - len(arrays))
-        starts, ends, axes, steps = arrays
-        if starts is None or ends is None or (len(node.inputs) > 3 and node.inputs[3] is not None and axes is None) or (
-                len(node.inputs) > 4 and node.inputs[4] is not None and steps is None):
-            self._block(xs, "unsupported_consumer:Slice")
-            return
-        axes_list = [int(a) % len(dims) for a in (axes.reshape(-1) if axes is not None else range(starts.size))]
-        if xs.axis not in axes_list:
-            self._alias(node.outputs[0], xs.axis, xs)
-            return
-        k = axes_list.index(xs.axis)
-        step = int(steps.reshape(-1)[k]) if steps is not None else 1
-        if step != 1:
-            self._block(xs, "unsupported_consumer:Slice")
-            return
-        start, end = int(starts.reshape(-1)[k]), int(ends.reshape(-1)[k])
-        start = max(0, min(xs.size, start + xs.size if start < 0 else start))
-        end = max(0, min(xs.size, end + xs.size if end < 0 else end))
-        if end <= start:
-            self._block(xs, "unsupported_consumer:Slice")
-            return
-        self._alias(node.outputs[0], xs.axis, xs, start, end - start)
-        self.edits.append(Edit("slice", node, {"x": xs, "k": k, "start": start, "end": end,
-                                               "starts": starts, "ends": ends}))
-
-    def _flatten_like(self, node: ir.Node, xs: Space, axis: int) -> bool:
-        dims = self.dims(node.inputs[0])
-        if dims is None or xs.axis < axis or not all(isinstance(d, int) for d in dims[axis:]):
-            return False
-        trailing = tuple(int(d) for d in dims[axis:])
-        out = self._new_space(node.outputs[0], 1 if axis > 0 else 1, math.prod(trailing))
-        shape = [1] * len(trailing)
-        shape[xs.axis - axis] = xs.size
-        channel = np.broadcast_to(np.arange(xs.size).reshape(shape), trailing).reshape(-1)
-        for feature, c in enumerate(channel.tolist()):
-            self._union(out.base + feature, xs.base + c)
-        return True
-
-    def _flatten(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        if xs is None:
-            return
-        axis = int(attr(node, "axis", 1))
-        dims = self.dims(node.inputs[0])
-        if dims is None or not self._flatten_like(node, xs, axis % max(len(dims), 1) if axis < 0 else axis):
-            self._block(xs, "unsupported_consumer:Flatten")
-
-    def _reshape(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        if xs is None:
-            return
-        before, after = self.dims(node.inputs[0]), self.dims(node.outputs[0])
-        if before is None or after is None or not all(isinstance(d, int) for d in before[1:]):
-            self._block(xs, "shape_unknown")
-            return
-        # [N, C, ...] -> [N, C * ...]: the element count fixes the first dim even when it is symbolic.
-        if xs.axis == 1 and len(after) == 2 and after[1] == math.prod(before[1:]):
-            if self._flatten_like(node, xs, 1):
-                self.edits.append(Edit("reshape_flatten", node, {"x": xs}))
-                return
-        shape = self.const.array(node.inputs[1]) if len(node.inputs) > 1 else None
-        if (shape is not None and len(after) > xs.axis and after[1: xs.axis + 1] == before[1: xs.axis + 1]
-                and int(shape.reshape(-1)[xs.axis]) in (xs.size, -1, 0) and not int(attr(node, "allowzero", 0))):
-            self._alias(node.outputs[0], xs.axis, xs)
-            self.edits.append(Edit("reshape_shape", node, {"x": xs, "shape": shape}))
-            return
-        users = [use.node for use in node.outputs[0].uses()]
-        splits_channels = (len(after) == len(before) + 1 and after[1: xs.axis] == before[1: xs.axis]
-                           and isinstance(after[xs.axis], int) and isinstance(after[xs.axis + 1], int)
-                           and after[xs.axis] * after[xs.axis + 1] == xs.size)
-        if splits_channels and users and all(self._merges_back(u, before) for u in users):
-            self._block(xs, "channel_shuffle")  # Reshape-Transpose-Reshape: a permutation of the channels
-        else:
-            self._block(xs, "unsupported_consumer:Reshape")
-
-    def _merges_back(self, node: ir.Node, shape: tuple) -> bool:
-        """Whether ``node`` is a Transpose whose readers are Reshapes back to ``shape`` (a channel shuffle)."""
-        if node.op_type != "Transpose":
-            return False
-        readers = [use.node for use in node.outputs[0].uses()]
-        return bool(readers) and all(
-            r.op_type == "Reshape" and (self.dims(r.outputs[0]) or ())[1:] == shape[1:] for r in readers)
-
-    def _transpose(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        perm = attr(node, "perm")
-        if perm is None:
-            if dims is None:
-                self._block(xs, "shape_unknown")
-                return
-            perm = list(range(len(dims)))[::-1]
-        self._alias(node.outputs[0], list(perm).index(xs.axis), xs)
-
-    def _squeeze(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None:
-            return
-        axes = None if dims is None else self._axes(node, 1, len(dims))
-        if not axes or xs.axis in axes:
-            self._block(xs, "unsupported_consumer:Squeeze")
-            return
-        self._alias(node.outputs[0], xs.axis - sum(1 for a in axes if a < xs.axis), xs)
-
-    def _unsqueeze(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        out_dims = self.dims(node.outputs[0])
-        if xs is None:
-            return
-        axes = None if out_dims is None else self._axes(node, 1, len(out_dims))
-        if not axes:
-            self._block(xs, "unsupported_consumer:Unsqueeze")
-            return
-        kept_positions = [p for p in range(len(out_dims)) if p not in axes]  # type: ignore[arg-type]
-        self._alias(node.outputs[0], kept_positions[xs.axis], xs)
-
-    def _cast_like(self, node: ir.Node) -> None:
-        """``CastLike(x, target)`` reads only the element type of ``target``: channel-wise in ``x``."""
-        xs = self.space(node.inputs[0])
-        if xs is not None:
-            self._alias(node.outputs[0], xs.axis, xs)
-
-    def _size(self, node: ir.Node) -> None:
-        self._block_inputs(node, "unsupported_consumer:Size")
-
-    def _shape(self, node: ir.Node) -> None:
-        xs = self.space(node.inputs[0])
-        dims = self.dims(node.inputs[0])
-        if xs is None or dims is None:
-            if xs is not None:
-                self._block(xs, "unsupported_consumer:Shape")
-            return
-        start = int(attr(node, "start", 0))
-        end = attr(node, "end")
-        rank = len(dims)
-        start = start + rank if start < 0 else start
-        end = rank if end is None else (int(end) + rank if int(end) < 0 else int(end))
-        if start <= xs.axis < end:
-            self._block(xs, "unsupported_consumer:Shape")
+        self.edits.append(_edits.NormalizationEdit(node, xs, params))  # type: ignore[arg-type]  # checked above
 
     # ---------------------------------------------------------------------------------------- classes
     def class_members(self) -> dict[int, list[tuple[int, int]]]:
@@ -772,220 +370,3 @@ class ChannelGraph:
 
     def _unique_spaces(self) -> list[Space]:
         return list(self.spaces.values())
-
-    # -------------------------------------------------------------------------------------- applying
-    def apply(self, removed_roots: set[int], *, means: dict[ir.Value, np.ndarray] | None = None) -> Counter[str]:
-        """Remove the channels of ``removed_roots`` from the model, rewriting every edit site.
-
-        Args:
-            removed_roots: Classes to remove.
-            means: Per-channel means of consumer inputs (by value, over calibration data); when given, each
-                consumer's bias absorbs the removed channels' mean contribution (formulas in
-                :mod:`sftonnx.passes.pruning.reconstruction`).
-
-        Returns:
-            Counts: ``channels_removed`` (source output channels), ``layers_pruned`` (sources that lost
-            channels), ``consumers_rewritten``, ``biases_compensated``.
-        """
-        from sftonnx.passes.pruning import reconstruction
-
-        removed = np.isin(self.roots, np.fromiter(removed_roots, dtype=np.int64, count=len(removed_roots)))
-        stats: Counter[str] = Counter()
-        # Keyed by space: an edit may rename a value (Reshape -> Flatten) before its consumer is rewritten.
-        means = {id(space): means[value] for value, space in self.spaces.items() if value in (means or {})}
-        self.replaced: list[ir.Value] = []
-        self.pending_biases: list[tuple[ir.Node, np.ndarray]] = []
-        #: Consumers whose input lost channels: ``(node, kept output channels or None)``, for reconstruction.
-        self.rewritten: list[tuple[ir.Node, np.ndarray | None]] = []
-        for source in self.sources:
-            lost = source.space.size - len(self.kept(source.space, removed))
-            if lost:
-                stats["channels_removed"] += lost
-                stats["layers_pruned"] += 1
-        for edit in self.edits:
-            handler = getattr(self, f"_apply_{edit.kind}")
-            handler(edit, removed, means, stats, reconstruction)
-        for node, bias in self.pending_biases:  # after the edits, which may rewrite a following bias Add
-            if reconstruction.add_output_bias(self.model, node, bias):
-                stats["biases_compensated"] += 1
-        for value, space in self.spaces.items():
-            kept = len(self.kept(space, removed))
-            if kept != space.size and value.shape is not None and len(value.shape) > space.axis:
-                dims = list(value.shape.dims)
-                dims[space.axis] = kept
-                value.shape = ir.Shape(dims)
-        return stats
-
-    def _replace(self, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
-        old = node.inputs[index] if index < len(node.inputs) else None
-        base = (old.name if old is not None and old.name else (node.name or node.op_type)) + suffix
-        if old is not None:
-            self.replaced.append(old)
-        set_constant_input(self.model, node, index, array, base)
-
-    def _apply_conv(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        xs, ys, group = data["x"], data["y"], data["group"]
-        weight, bias = data["weight"], data["bias"]
-        keep_x = None if xs is None else self.kept(xs, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_x = keep_x is not None and len(keep_x) != xs.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_x or changed_y):
-            return
-        new_weight, new_bias = weight, bias
-        if changed_x:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(xs) in means:
-                delta = reconstruction.removed_contribution_conv(weight, means[id(xs)], keep_x)
-                new_bias = delta if new_bias is None else new_bias + delta.astype(new_bias.dtype)
-                stats["biases_compensated"] += 1
-            new_weight = new_weight[:, keep_x]
-        if changed_y:
-            new_weight = new_weight[keep_y]
-            new_bias = None if new_bias is None else new_bias[keep_y]
-            if group > 1:
-                node.attributes["group"] = ir.AttrInt64("group", group * len(keep_y) // ys.size)
-        self._replace(node, 1, new_weight.astype(weight.dtype), "_pruned")
-        if new_bias is not None and (new_bias is not bias or changed_y):
-            self._replace(node, 2, np.asarray(new_bias, dtype=weight.dtype), "_pruned")
-
-    def _apply_conv_transpose(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) != edit.data["x"].size:
-            stats["consumers_rewritten"] += 1
-            self._replace(edit.node, 1, edit.data["weight"][keep], "_pruned")
-
-    def _apply_gemm(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        a, ys, weight, c = data["a"], data["y"], data["weight"], data["c"]
-        trans_b = int(attr(node, "transB", 0))
-        keep_a = None if a is None else self.kept(a, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_a = keep_a is not None and len(keep_a) != a.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_a or changed_y):
-            return
-        kn = weight.T if trans_b else weight  # (K, N)
-        features = kn.shape[1]
-        alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
-        bias = None if c is None else np.broadcast_to(c.reshape(-1) if c.ndim else c, (features,)) * beta
-        if changed_a:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(a) in means:
-                delta = alpha * reconstruction.removed_contribution_matmul(kn, means[id(a)], keep_a)
-                bias = delta if bias is None else bias + delta
-                stats["biases_compensated"] += 1
-            kn = kn[keep_a]
-        if changed_y:
-            kn = kn[:, keep_y]
-            bias = None if bias is None else bias[keep_y]
-        self._replace(node, 1, np.ascontiguousarray(kn.T if trans_b else kn).astype(weight.dtype), "_pruned")
-        if bias is not None:
-            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-            self._replace(node, 2, np.asarray(bias, dtype=weight.dtype), "_pruned")
-
-    def _apply_matmul(self, edit, removed, means, stats, reconstruction) -> None:
-        node, data = edit.node, edit.data
-        a, ys, weight = data["a"], data["y"], data["weight"]
-        keep_a = None if a is None else self.kept(a, removed)
-        keep_y = None if ys is None else self.kept(ys, removed)
-        changed_a = keep_a is not None and len(keep_a) != a.size
-        changed_y = keep_y is not None and len(keep_y) != ys.size
-        if not (changed_a or changed_y):
-            return
-        new = weight
-        if changed_a:
-            stats["consumers_rewritten"] += 1
-            self.rewritten.append((node, keep_y if changed_y else None))
-            if id(a) in means:
-                delta = reconstruction.removed_contribution_matmul(weight, means[id(a)], keep_a)
-                self.pending_biases.append((node, delta[keep_y] if changed_y else delta))
-            new = new[keep_a]
-        if changed_y:
-            new = new[:, keep_y]
-        self._replace(node, 1, new, "_pruned")
-
-    def _apply_normalization(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) == edit.data["x"].size:
-            return
-        for offset, param in enumerate(edit.data["params"]):
-            self._replace(edit.node, 1 + offset, param[keep], "_pruned")
-
-    def _apply_channel_constant(self, edit, removed, means, stats, reconstruction) -> None:
-        keep = self.kept(edit.data["x"], removed)
-        if len(keep) == edit.data["x"].size:
-            return
-        array = np.take(edit.data["array"], keep, axis=edit.data["axis"])
-        self._replace(edit.node, edit.data["index"], array, "_pruned")
-
-    def _apply_resize_sizes(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        kept = len(self.kept(xs, removed))
-        if kept != xs.size:
-            sizes = edit.data["sizes"].copy()
-            sizes.reshape(-1)[xs.axis] = kept
-            self._replace(edit.node, 3, sizes, "_pruned")
-
-    def _apply_split(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        mask = ~removed[xs.base: xs.base + xs.size]
-        if mask.all():
-            return
-        sizes, offset, new = edit.data["sizes"], 0, []
-        for size in sizes:
-            new.append(int(mask[offset: offset + size].sum()))
-            offset += size
-        node = edit.node
-        node.attributes.pop("num_outputs", None)
-        if "split" in node.attributes:
-            node.attributes["split"] = ir.AttrInt64s("split", new)
-        else:
-            self._replace(node, 1, np.array(new, dtype=np.int64), "_split")
-
-    def _apply_slice(self, edit, removed, means, stats, reconstruction) -> None:
-        xs, data = edit.data["x"], edit.data
-        mask = ~removed[xs.base: xs.base + xs.size]
-        if mask.all():
-            return
-        start = int(mask[: data["start"]].sum())
-        end = start + int(mask[data["start"]: data["end"]].sum())
-        starts, ends = data["starts"].copy(), data["ends"].copy()
-        starts.reshape(-1)[data["k"]] = start
-        ends.reshape(-1)[data["k"]] = end
-        self._replace(edit.node, 1, starts, "_pruned")
-        self._replace(edit.node, 2, ends, "_pruned")
-
-    def _apply_reshape_flatten(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        if len(self.kept(xs, removed)) == xs.size:
-            return
-        node = edit.node
-        output = node.outputs[0]
-        flatten = ir.Node("", "Flatten", [node.inputs[0]], [ir.AttrInt64("axis", 1)], num_outputs=1,
-                          name=(node.name or "reshape") + "_flatten")
-        graph = node.graph
-        assert graph is not None
-        graph.insert_after(node, flatten)
-        new_out = flatten.outputs[0]
-        new_out.name, new_out.type, new_out.shape = None, output.type, output.shape
-        ir.convenience.replace_all_uses_with(output, new_out)
-        old_name = output.name
-        output.name = None
-        new_out.name = old_name
-        graph.remove(node)
-        stats["reshapes_to_flatten"] += 1
-        self.spaces[new_out] = self.spaces.pop(output)
-        self.spaces[new_out].value = new_out
-
-    def _apply_reshape_shape(self, edit, removed, means, stats, reconstruction) -> None:
-        xs = edit.data["x"]
-        kept = len(self.kept(xs, removed))
-        shape = edit.data["shape"].copy()
-        if kept == xs.size or int(shape.reshape(-1)[xs.axis]) != xs.size:
-            return
-        shape.reshape(-1)[xs.axis] = kept
-        self._replace(edit.node, 1, shape, "_pruned")

@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from sftonnx.analysis import topological_order
 from sftonnx.errors import PassConfigError
+from sftonnx.ir_utils import reads_metadata_only
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["PRUNABLE_OPS", "PruneMagnitudePass"]
@@ -59,16 +60,10 @@ def _weight_status(model: ir.Model, node: ir.Node) -> str | None:
 def _value_readers(value: ir.Value) -> list[ir.Node]:
     """Nodes that read the value's contents.
 
-    ``Shape``/``Size`` and ``CastLike``'s type input read only metadata, which zeroing keeps (torch's
-    unoptimized export builds every conv bias from ``Shape(W)``).
+    Readers of the shape or type only (:func:`sftonnx.ir_utils.reads_metadata_only`) do not count: zeroing keeps
+    both (torch's unoptimized export builds every conv bias from ``Shape(W)``).
     """
-    readers = []
-    for use in value.uses():
-        node = use.node
-        metadata = node.op_type in ("Shape", "Size") or (node.op_type == "CastLike" and use.idx == 1)
-        if not (metadata and node.domain in ("", "ai.onnx")):
-            readers.append(node)
-    return readers
+    return [use.node for use in value.uses() if not reads_metadata_only(use.node, use.idx)]
 
 
 def _compressed_size(arrays: list[np.ndarray]) -> int:

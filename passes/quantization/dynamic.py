@@ -17,9 +17,12 @@ onnxruntime runs). The MatMulInteger form is standard ONNX, so the model stays p
 Convolutions are never touched: ``ConvInteger`` runs about 3x slower than float Conv on onnxruntime's CPU EP
 and wrecked accuracy on real OCR models (FIELD-NOTES); use the static ``quantize`` pass for CNNs.
 
-Statistics: changes ``matmuls_quantized``, ``gemms_quantized``, ``weights_quantized``; skipped
+A model below opset 11 is converted first (``opset_upgraded``); a call that quantizes nothing, or finds int8
+slower, puts the model back exactly as it came in and reports no change.
+
+Statistics: changes ``matmuls_quantized``, ``gemms_quantized``, ``weights_quantized``, ``opset_upgraded``; skipped
 ``weight_not_constant``, ``weight_not_2d``, ``weight_not_float32``, ``gemm_trans_a``, ``excluded``,
-``weight_too_small`` (fewer than ``min_weight_elements``), ``subgraph`` (nodes in subgraphs/functions are left
+``weight_too_small`` (fewer than ``min_weight_elements``), ``in_subgraph`` (nodes in subgraphs/functions are left
 alone), ``conv_left_float`` (counted, by design), ``slower_than_float`` (``ensure_faster``); details
 ``reduce_range``, ``int8_ops``, ``latency_ms``.
 """
@@ -27,6 +30,7 @@ alone), ``conv_left_float`` (counted, by design), ``slower_than_float`` (``ensur
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import re
 
@@ -35,9 +39,19 @@ import onnx_ir as ir
 
 from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import adopt_model, attr, constant_array, name_allocator, upgrade_opset
+from sftonnx.ir_utils import (
+    NameAllocator,
+    attr,
+    constant_array,
+    nested_node_count,
+    opset_version,
+    replace_value,
+    restore_model,
+    upgrade_opset,
+)
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
-from sftonnx.passes.quantization.qdq import INTEGER_OPS, cpu_has_vnni, measure_latency, ort_optimized_graph
+from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, ort_optimized_graph
+from sftonnx.passes.quantization._latency import measure_latency
 
 __all__ = ["QuantizeDynamicPass"]
 
@@ -99,145 +113,61 @@ class QuantizeDynamicPass(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Rewrite every qualifying MatMul/Gemm of the main graph into the dynamic int8 pattern."""
-        # DynamicQuantizeLinear needs opset 11 (MatMulInteger 10): convert older models first.
+        # DynamicQuantizeLinear needs opset 11 (MatMulInteger 10): convert older models first. The model as it
+        # came in is kept when it may have to be restored (nothing quantized after a conversion, or slower).
+        needs_upgrade = opset_version(model) < 11
+        original = io.to_bytes(model) if self.ensure_faster or needs_upgrade else None
         previous = upgrade_opset(model, 11, why="quantize-dynamic needs DynamicQuantizeLinear")
         if previous is not None:
             report.details["opset_converted"] = [previous, 11]
             report.changes["opset_upgraded"] += 1
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         report.details["reduce_range"] = reduce_range
-        qmax = 63 if reduce_range else 127
-        original = io.to_bytes(model) if self.ensure_faster else None
-        subgraph_nodes = sum(1 for g in model.graph.subgraphs() for _ in g) + sum(
-            1 for f in model.functions.values() for _ in f)
-        if subgraph_nodes:
-            report.skipped["subgraph"] += subgraph_nodes
-        pattern = re.compile(self.exclude_pattern) if self.exclude_pattern else None
-        graph = model.graph
-        taken = {v.name for n in graph for v in n.outputs} | set(graph.initializers) | {v.name for v in graph.inputs}
-        taken |= {n.name for n in graph if n.name}
-        fresh = name_allocator(taken)
-
-        def initializer(base: str, array: np.ndarray) -> ir.Value:
-            name = fresh(base)
-            tensor = ir.tensor(array, name=name)
-            value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
-                             const_value=tensor)
-            graph.register_initializer(value)
-            if model.ir_version < 4:
-                graph.inputs.append(value)
-            return value
-
-        weight_cache: dict[tuple[str, bool], tuple[ir.Value, ir.Value]] = {}
-        for index, node in enumerate(list(graph)):
-            if node.domain not in ("", "ai.onnx"):
-                continue
-            if node.op_type in ("Conv", "ConvTranspose"):
-                report.skipped["conv_left_float"] += 1
-                continue
-            if node.op_type not in ("MatMul", "Gemm"):
-                continue
+        if nested := nested_node_count(model):  # nodes in subgraphs and functions are left alone
+            report.skipped["in_subgraph"] += nested
+        rewriter = _Rewriter(model, qmax=63 if reduce_range else 127, per_channel=self.per_channel)
+        for index, node in enumerate(list(model.graph)):
             label = node.name or f"{node.op_type}_{index}"
-            if (
-                label in self.exclude_nodes
-                or node.op_type in self.exclude_op_types
-                or (pattern is not None and pattern.search(label))
-            ):
-                report.skipped["excluded"] += 1
-                continue
-            if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
-                continue
-            weight_value = node.inputs[1]
-            weight = constant_array(weight_value)
-            if weight is None:
-                report.skipped["weight_not_constant"] += 1
-                continue
-            if weight.ndim != 2:
-                report.skipped["weight_not_2d"] += 1
-                continue
-            if weight.dtype != np.float32:
-                report.skipped["weight_not_float32"] += 1
-                continue
-            if weight.size < self.min_weight_elements:
-                report.skipped["weight_too_small"] += 1
-                continue
-            alpha, bias = 1.0, None
-            transposed = False
-            if node.op_type == "Gemm":
-                if int(attr(node, "transA", 0)):
-                    report.skipped["gemm_trans_a"] += 1
+            reason = self._decline_reason(node, label)
+            if reason is None:
+                operands = rewriter.operands(node, self.min_weight_elements)
+                if isinstance(operands, str):
+                    reason = operands
+                else:
+                    rewriter.replace(node, label, operands, report)
                     continue
-                transposed = bool(int(attr(node, "transB", 0)))
-                alpha = float(attr(node, "alpha", 1.0))
-                if len(node.inputs) > 2 and node.inputs[2] is not None:
-                    c = constant_array(node.inputs[2])
-                    beta = float(attr(node, "beta", 1.0))
-                    bias = node.inputs[2] if c is None and beta == 1.0 else None
-                    if c is None and beta != 1.0:
-                        report.skipped["weight_not_constant"] += 1
-                        continue
-                    if c is not None:
-                        bias = initializer(f"{node.inputs[2].name}_scaled", (beta * c).astype(np.float32))
-            key = (weight_value.name or label, transposed)
-            if key not in weight_cache:
-                matrix = weight.T if transposed else weight
-                q, scale = _quantize_weight(matrix, self.per_channel, qmax)
-                weight_cache[key] = (
-                    initializer(f"{weight_value.name}_quantized", q),
-                    initializer(f"{weight_value.name}_scale", (scale * np.float32(alpha)).astype(np.float32)),
-                )
-                report.changes["weights_quantized"] += 1
-            elif alpha != 1.0:
-                logger.debug("%s: shared weight with alpha != 1 uses the first reader's scale", label)
-            w_q, w_scale = weight_cache[key]
-            output = node.outputs[0]
-            x_q = ir.Value(name=fresh(f"{label}_input_quantized"))
-            x_scale = ir.Value(name=fresh(f"{label}_input_scale"))
-            x_zero = ir.Value(name=fresh(f"{label}_input_zero_point"))
-            acc = ir.Value(name=fresh(f"{label}_accumulator"))
-            acc_float = ir.Value(name=fresh(f"{label}_accumulator_float"))
-            scale = ir.Value(name=fresh(f"{label}_output_scale"))
-            scaled = ir.Value(name=fresh(f"{label}_scaled"), type=output.type, shape=output.shape)
-            new_nodes = [
-                ir.Node("", "DynamicQuantizeLinear", [node.inputs[0]], outputs=[x_q, x_scale, x_zero],
-                        name=fresh(f"{label}_DynamicQuantizeLinear")),
-                ir.Node("", "MatMulInteger", [x_q, w_q, x_zero], outputs=[acc], name=fresh(f"{label}_MatMulInteger")),
-                ir.Node("", "Cast", [acc], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)], outputs=[acc_float],
-                        name=fresh(f"{label}_Cast")),
-                ir.Node("", "Mul", [x_scale, w_scale], outputs=[scale], name=fresh(f"{label}_scales_mul")),
-                ir.Node("", "Mul", [acc_float, scale], outputs=[scaled], name=fresh(f"{label}_output_scale_mul")),
-            ]
-            result = scaled
-            if bias is not None:
-                biased = ir.Value(name=fresh(f"{label}_biased"), type=output.type, shape=output.shape)
-                new_nodes.append(ir.Node("", "Add", [scaled, bias], outputs=[biased], name=fresh(f"{label}_bias_add")))
-                result = biased
-            graph.insert_before(node, new_nodes)
-            if output.is_graph_output():
-                name = output.name
-                output.name = fresh(f"{name}_float")
-                output.replace_all_uses_with(result, replace_graph_outputs=True)
-                result.name = name
-            else:
-                output.replace_all_uses_with(result)
-            graph.remove(node, safe=True)
-            report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
-        for name, value in list(graph.initializers.items()):
-            if not value.uses() and not value.is_graph_output():
-                del graph.initializers[name]
-                if value in graph.inputs:
-                    graph.inputs.remove(value)
-        if not report.changes:
+            if reason != "not_a_site":
+                report.skipped[reason] += 1
+        if not (report.changes["matmuls_quantized"] or report.changes["gemms_quantized"]):
+            if original is not None and previous is not None:  # the conversion alone is not worth a change
+                restore_model(model, io.load(original, validate=False))
+                report.details.pop("opset_converted", None)
+            report.changes.clear()
             return
+        _drop_unused_initializers(model.graph)
         quantized = io.to_bytes(model)
-        try:
-            int_ops = collections.Counter(
-                n.op_type for n in ort_optimized_graph(quantized).node if n.op_type in INTEGER_OPS)
-            report.details["int8_ops"] = dict(sorted(int_ops.items()))
-        except Exception as error:  # we wrote a model onnxruntime refuses: never hand it on
-            raise RuntimeError(f"onnxruntime cannot load the dynamically quantized model: {error}") from error
+        report.details["int8_ops"] = _int8_ops(quantized)
         if self.ensure_faster and original is not None:
             self._keep_if_faster(model, original, quantized, report)
+
+    def _decline_reason(self, node: ir.Node, label: str) -> str | None:
+        """Why ``node`` is left alone before its operands are read (``not_a_site``: not counted), else None."""
+        if node.domain not in ("", "ai.onnx"):
+            return "not_a_site"
+        if node.op_type in ("Conv", "ConvTranspose"):
+            return "conv_left_float"
+        if node.op_type not in ("MatMul", "Gemm"):
+            return "not_a_site"
+        pattern = self.exclude_pattern
+        if (
+            label in self.exclude_nodes
+            or node.op_type in self.exclude_op_types
+            or (pattern is not None and re.search(pattern, label))
+        ):
+            return "excluded"
+        if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
+            return "not_a_site"
+        return None
 
     def _keep_if_faster(self, model: ir.Model, original: bytes, quantized: bytes, report: PassReport) -> None:
         specs = verify.input_specs(io.load(original, validate=False))
@@ -248,6 +178,147 @@ class QuantizeDynamicPass(SftPass):
         if int8_time >= float_time:
             logger.warning("quantize-dynamic: int8 model is not faster: kept float")
             report.changes.clear()
+            report.details.pop("opset_converted", None)
             report.skipped["slower_than_float"] += 1
-            adopt_model(model, io.load(original, validate=False))
+            restore_model(model, io.load(original, validate=False))
 
+
+@dataclasses.dataclass
+class _Operands:
+    """What the rewrite of one MatMul/Gemm reads: its weight as ``[K, N]`` and the Gemm's alpha and bias."""
+
+    weight_value: ir.Value
+    weight: np.ndarray
+    transposed: bool = False
+    alpha: float = 1.0
+    bias: ir.Value | None = None
+    bias_array: np.ndarray | None = None  # a constant bias, already multiplied by beta
+
+
+class _Rewriter:
+    """One call's rewriting state: fresh names, new initializers, and quantized weights shared by readers."""
+
+    def __init__(self, model: ir.Model, *, qmax: int, per_channel: bool) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.qmax = qmax
+        self.per_channel = per_channel
+        graph = model.graph
+        self.fresh = NameAllocator(
+            {*(v.name for n in graph for v in n.outputs), *graph.initializers, *(v.name for v in graph.inputs),
+             *(n.name for n in graph if n.name)}
+        )
+        self.weights: dict[tuple[str, bool], tuple[ir.Value, ir.Value]] = {}
+
+    def initializer(self, base: str, array: np.ndarray) -> ir.Value:
+        """A new initializer under a fresh name (also a graph input in IR < 4 models)."""
+        name = self.fresh(base)
+        tensor = ir.tensor(array, name=name)
+        value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+        self.graph.register_initializer(value)
+        if self.model.ir_version < 4:
+            self.graph.inputs.append(value)
+        return value
+
+    @staticmethod
+    def operands(node: ir.Node, min_elements: int) -> _Operands | str:
+        """The node's weight, alpha and bias, or the skip key saying why it stays float."""
+        weight_value = node.inputs[1]
+        assert weight_value is not None
+        weight = constant_array(weight_value)
+        if weight is None:
+            return "weight_not_constant"
+        if weight.ndim != 2:
+            return "weight_not_2d"
+        if weight.dtype != np.float32:
+            return "weight_not_float32"
+        if weight.size < min_elements:
+            return "weight_too_small"
+        operands = _Operands(weight_value, weight)
+        if node.op_type != "Gemm":
+            return operands
+        if int(attr(node, "transA", 0)):
+            return "gemm_trans_a"
+        operands.transposed = bool(int(attr(node, "transB", 0)))
+        operands.alpha = float(attr(node, "alpha", 1.0))
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = constant_array(node.inputs[2])
+            beta = float(attr(node, "beta", 1.0))
+            if c is None and beta != 1.0:
+                return "weight_not_constant"
+            if c is None:
+                operands.bias = node.inputs[2]
+            else:
+                operands.bias_array = (beta * c).astype(np.float32)
+        return operands
+
+    def quantized_weight(self, operands: _Operands, label: str, report: PassReport) -> tuple[ir.Value, ir.Value]:
+        """``(W_q, s_w * alpha)`` initializers, made once per weight (and layout) and shared by its readers."""
+        key = (operands.weight_value.name or label, operands.transposed)
+        if key not in self.weights:
+            matrix = operands.weight.T if operands.transposed else operands.weight
+            q, scale = _quantize_weight(matrix, self.per_channel, self.qmax)
+            name = operands.weight_value.name
+            self.weights[key] = (
+                self.initializer(f"{name}_quantized", q),
+                self.initializer(f"{name}_scale", (scale * np.float32(operands.alpha)).astype(np.float32)),
+            )
+            report.changes["weights_quantized"] += 1
+        elif operands.alpha != 1.0:
+            logger.debug("%s: shared weight with alpha != 1 uses the first reader's scale", label)
+        return self.weights[key]
+
+    def replace(self, node: ir.Node, label: str, operands: _Operands, report: PassReport) -> None:
+        """Put the DynamicQuantizeLinear/MatMulInteger pattern in place of ``node`` (see the module docstring)."""
+        fresh, graph = self.fresh, self.graph
+        bias = operands.bias
+        if operands.bias_array is not None:
+            bias_input = node.inputs[2]
+            assert bias_input is not None
+            bias = self.initializer(f"{bias_input.name}_scaled", operands.bias_array)
+        w_q, w_scale = self.quantized_weight(operands, label, report)
+        output = node.outputs[0]
+        x_q = ir.Value(name=fresh(f"{label}_input_quantized"))
+        x_scale = ir.Value(name=fresh(f"{label}_input_scale"))
+        x_zero = ir.Value(name=fresh(f"{label}_input_zero_point"))
+        acc = ir.Value(name=fresh(f"{label}_accumulator"))
+        acc_float = ir.Value(name=fresh(f"{label}_accumulator_float"))
+        scale = ir.Value(name=fresh(f"{label}_output_scale"))
+        scaled = ir.Value(name=fresh(f"{label}_scaled"), type=output.type, shape=output.shape)
+        new_nodes = [
+            ir.Node("", "DynamicQuantizeLinear", [node.inputs[0]], outputs=[x_q, x_scale, x_zero],
+                    name=fresh(f"{label}_DynamicQuantizeLinear")),
+            ir.Node("", "MatMulInteger", [x_q, w_q, x_zero], outputs=[acc], name=fresh(f"{label}_MatMulInteger")),
+            ir.Node("", "Cast", [acc], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT)], outputs=[acc_float],
+                    name=fresh(f"{label}_Cast")),
+            ir.Node("", "Mul", [x_scale, w_scale], outputs=[scale], name=fresh(f"{label}_scales_mul")),
+            ir.Node("", "Mul", [acc_float, scale], outputs=[scaled], name=fresh(f"{label}_output_scale_mul")),
+        ]
+        result = scaled
+        if bias is not None:
+            biased = ir.Value(name=fresh(f"{label}_biased"), type=output.type, shape=output.shape)
+            new_nodes.append(ir.Node("", "Add", [scaled, bias], outputs=[biased], name=fresh(f"{label}_bias_add")))
+            result = biased
+        graph.insert_before(node, new_nodes)
+        replace_value(output, result, lambda name: fresh(f"{name}_float"))
+        graph.remove(node, safe=True)
+        report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
+
+
+def _drop_unused_initializers(graph: ir.Graph) -> None:
+    """Remove the float weights nothing reads any more (and their IR < 4 graph-input entries)."""
+    for name, value in list(graph.initializers.items()):
+        if not value.uses() and not value.is_graph_output():
+            del graph.initializers[name]
+            if value in graph.inputs:
+                graph.inputs.remove(value)
+
+
+def _int8_ops(quantized: bytes) -> dict[str, int]:
+    """The integer kernels in the graph onnxruntime runs, by op type (it must load what we wrote)."""
+    try:
+        graph = ort_optimized_graph(quantized)
+    except Exception as error:  # we wrote a model onnxruntime refuses: never hand it on
+        raise RuntimeError(f"onnxruntime cannot load the dynamically quantized model: {error}") from error
+    counts = collections.Counter(n.op_type for n in graph.node if n.op_type in INTEGER_OPS)
+    return dict(sorted(counts.items()))

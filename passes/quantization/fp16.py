@@ -23,8 +23,9 @@ once in onnxruntime on random inputs when inference leaves float values untyped.
 (If/Loop/Scan) or local functions are refused (``PreconditionError``): outer-scope values captured by
 subgraphs would change type under them.
 
-Statistics: changes ``initializers_converted``, ``constants_converted``, ``values_converted``,
-``casts_inserted``, ``values_clipped``; skipped ``kept_float32`` (nodes run in float32); details
+Statistics: changes ``initializers_converted``, ``constants_converted`` (Constant nodes and ConstantOfShape
+fill values), ``values_converted``, ``casts_inserted``, ``casts_retargeted`` (a Cast to float32 now casts to
+float16), ``values_clipped``; skipped ``kept_float32`` (nodes run in float32); details
 ``kept_float32`` (``{op type: count}``).
 """
 
@@ -39,7 +40,7 @@ import onnx_ir as ir
 
 from sftonnx import verify
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import name_allocator
+from sftonnx.ir_utils import NameAllocator, replace_value
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 
 __all__ = ["FP32_OPS", "ConvertFloat16Pass"]
@@ -137,8 +138,7 @@ class ConvertFloat16Pass(SftPass):
         keep_ops = FP32_OPS | set(self.keep_op_types)
         kept = [n for n in graph if n.op_type in keep_ops or (n.name and n.name in self.keep_nodes)]
         kept_set = set(map(id, kept))
-        taken = set(types) | set(graph.initializers) | {n.name for n in graph if n.name}
-        fresh = name_allocator(taken)
+        fresh = NameAllocator({*types, *graph.initializers, *(n.name for n in graph if n.name)})
 
         def is_float(value: ir.Value | None) -> bool:
             return value is not None and types.get(value.name or "") == _FLOAT
@@ -185,11 +185,13 @@ class ConvertFloat16Pass(SftPass):
                 self._convert_constant(node, types, report)
             elif node.op_type == "Cast" and int(node.attributes["to"].value) == _FLOAT:
                 node.attributes["to"] = ir.AttrInt64("to", _FLOAT16)
+                report.changes["casts_retargeted"] += 1
             elif node.op_type == "ConstantOfShape" and "value" in node.attributes:
                 tensor = node.attributes["value"].as_tensor()
                 if tensor.dtype == _FLOAT:
                     half, _ = _to_half(tensor.numpy())
                     node.attributes["value"] = ir.AttrTensor("value", ir.tensor(half))
+                    report.changes["constants_converted"] += 1
             for value in node.outputs:
                 if is_float(value):
                     value.type = ir.TensorType(_FLOAT16)
@@ -214,13 +216,8 @@ class ConvertFloat16Pass(SftPass):
                 if value.is_graph_output() and self.keep_io_types:
                     continue
                 half = ir.Value(name=fresh(f"{value.name}_fp16"), type=ir.TensorType(_FLOAT16), shape=value.shape)
-                if value.is_graph_output():  # float16 graph output: the Cast output takes its name
-                    name = value.name
-                    value.name = fresh(f"{name}_fp32")
-                    value.replace_all_uses_with(half, replace_graph_outputs=True)
-                    half.name = name
-                else:
-                    value.replace_all_uses_with(half)
+                # a float16 graph output: the Cast output takes its name
+                replace_value(value, half, lambda name: fresh(f"{name}_fp32"))
                 cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", _FLOAT16)], outputs=[half],
                                name=fresh(f"{value.name}_Cast_fp16"))
                 graph.insert_after(node, cast)

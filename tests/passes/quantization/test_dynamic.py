@@ -110,3 +110,20 @@ g (float[2, 64] x) => (float[2, 32] y) {
     assert report.changes["matmuls_quantized"] == 1
     check_model(model)
     assert min_cosine(original, model, feeds_for(io.load(original))) >= INT8_MIN_COSINE
+
+
+def test_old_opset_is_left_alone_when_nothing_is_quantized():
+    """The opset conversion alone is no reason to change the model: a declining call restores it exactly."""
+    model = make_model(
+        """
+<ir_version: 4, opset_import: ["" : 9]>
+g (float[2, 64] x) => (float[2, 32] y) {
+    y = MatMul(x, w)
+}
+""",
+        w=seeded((64, 32)),
+    )
+    original = ir.to_proto(model).SerializeToString()
+    report = QuantizeDynamicPass(exclude_op_types=("MatMul",))(model)
+    assert not report.modified and report.skipped == {"excluded": 1} and "opset_converted" not in report.details
+    assert ir.to_proto(model).SerializeToString() == original

@@ -76,6 +76,12 @@ g (float[N,3,8,8] x) => (float[N,4,8,8] y, float[N,4,8,8] z) {{
     z = Conv(x, w)
 }}"""
 
+SUM_MODEL = f"""{HEADER}
+g (float[N,3,8,8] x) => (float[N,4,8,8] y) {{
+    a = Conv <pads = [1, 1, 1, 1]> (x, w)
+    y = Sum(a, a)
+}}"""
+
 
 def quantize(model, **options):
     options.setdefault("calibration_data", feeds_for(model))
@@ -93,7 +99,7 @@ def test_conv_weight_per_channel_axis0_bias_int32_and_relu_folded():
     original = io.to_bytes(model)
     report = quantize(model)
     assert report.changes == {"nodes_quantized": 2, "activations_quantized": 2, "weights_quantized": 1,
-                              "biases_quantized": 1}
+                              "biases_quantized": 1, "nodes_renamed": 2}  # the two nodes had no names
     check_model(model)
     conv = next(n for n in model.graph if n.op_type == "Conv")
     weight_dq = dq_of(model, conv, 1)
@@ -304,7 +310,7 @@ g (float[N,5] x, bool c) => (float[N,3] y, float[N,5] z) {{
     feeds = [{"x": seeded((4, 5), seed=i), "c": np.array(True)} for i in range(3)]
     original = io.to_bytes(model)
     report = quantize(model, calibration_data=feeds)
-    assert report.skipped["subgraph"] == 2 and report.changes["weights_quantized"] == 1
+    assert report.skipped["in_subgraph"] == 2 and report.changes["weights_quantized"] == 1
     assert min_cosine(original, model, feeds) >= INT8_MIN_COSINE
 
 
@@ -340,9 +346,20 @@ def test_digits_int8_accuracy_within_0_3_points(digits):
 def test_conv_transpose_that_onnxruntime_runs_in_float_is_dequantized():
     """onnxruntime has no int8 fusion for this ConvTranspose: check_kernels removes its Q/DQ pairs."""
     model = make_model(CONV_TRANSPOSE, w=seeded((4, 6, 3, 3)), b=seeded((6,), seed=1))
+    original = ir.to_proto(model).SerializeToString()
     report = quantize(model)
     assert report.skipped == {"not_int8_in_onnxruntime": 1} and not report.modified
     assert ops(model)["QuantizeLinear"] == 0
+    assert ir.to_proto(model).SerializeToString() == original  # declined: the unnamed node was not renamed
+
+
+def test_renaming_and_sum_to_add_are_counted():
+    """The preparation steps change the model, so they are counted like any other change."""
+    model = make_model(SUM_MODEL, w=seeded((4, 3, 3, 3)))
+    report = quantize(model)
+    assert report.changes["nodes_renamed"] == 2 and report.changes["sums_rewritten_as_add"] == 1
+    assert report.changes["nodes_quantized"] >= 2 and report.modified
+    assert ops(model)["Sum"] == 0
 
 
 def test_pipeline_end_to_end_with_budget():
