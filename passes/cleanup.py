@@ -42,13 +42,15 @@ def _all_nodes(model: ir.Model) -> Counter[str]:
     return histogram
 
 
-def _count_node_delta(before: Counter[str], after: Counter[str], report: PassReport) -> None:
+def _count_node_delta(before: Counter[str], after: Counter[str], report: PassReport) -> bool:
+    """Count removed/added nodes (per op type, net); True when the op histograms differ."""
     removed = sum((before - after).values())
     added = sum((after - before).values())
     if removed:
         report.changes["nodes_removed"] += removed
     if added:
         report.changes["nodes_added"] += added
+    return bool(removed or added)
 
 
 class SimplifyPass(SftPass):
@@ -61,7 +63,8 @@ class SimplifyPass(SftPass):
     ``fuse_bn`` is set.
 
     Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
-    ``simplifier_failed``, ``nonstandard_ops``. ``details['simplifier_error']`` holds onnxsim's message.
+    ``simplifier_failed``, ``nonstandard_ops``, ``nothing_simplified`` (same ops: the model is left as it
+    was). ``details['simplifier_error']`` holds onnxsim's message.
 
     Args:
         max_folded_size: Largest tensor constant folding may create, e.g. ``64MB``; bigger results stay as
@@ -89,9 +92,11 @@ class SimplifyPass(SftPass):
         onnxsim = _import_onnxsim()
 
         before = _all_nodes(model)
-        common_passes.TopologicalSortPass()(model)
         try:
-            proto = ir.to_proto(model)
+            # Sorted on a copy: the model itself changes only if onnxsim's result is adopted.
+            copy = ir.serde.deserialize_model(ir.to_proto(model))
+            common_passes.TopologicalSortPass()(copy)
+            proto = ir.to_proto(copy)
             simplified, _ = onnxsim.simplify(
                 proto,
                 check_n=0,  # we verify numerics ourselves, against the original
@@ -115,8 +120,11 @@ class SimplifyPass(SftPass):
             report.skipped["nonstandard_ops"] += 1
             report.details["nonstandard_domains"] = sorted(added)
             return
+        if not _count_node_delta(before, _all_nodes(new_model), report):
+            # Same ops: onnxsim only renamed, reordered or annotated; keep the model as it was (honest no-op).
+            report.skipped["nothing_simplified"] += 1
+            return
         adopt_model(model, new_model)
-        _count_node_delta(before, _all_nodes(model), report)
 
 
 #: onnxsim optimizers that produce onnxruntime contrib ops (``com.microsoft``).

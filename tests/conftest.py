@@ -26,14 +26,7 @@ HONESTY_MAX_BYTES = 200 * 1024 * 1024
 
 #: Passes whose known dishonesty is fixed elsewhere; their violations are kept in ``HonestyCheck.tolerated``
 #: instead of failing the test. Remove an entry once its pass is fixed.
-KNOWN_DISHONEST = {
-    # passes/cleanup.py adopts onnxsim's rebuilt model (nodes named, value_info added) even when its node
-    # counts did not change, so a call that counts nothing still changes the bytes.
-    "simplify": "adopts onnxsim's output even when nothing was simplified",
-    # passes/tensor_reuse/ort_offline.py (being moved) adopts onnxruntime's saved graph (renamed, reordered,
-    # IR-3 initializers no longer inputs) even when its node counts did not change.
-    "ort-offline": "adopts onnxruntime's optimized graph even when no node was added or removed",
-}
+KNOWN_DISHONEST: dict[str, str] = {}
 
 
 @dataclasses.dataclass

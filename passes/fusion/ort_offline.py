@@ -40,7 +40,8 @@ class OrtOfflinePass(SftPass):
     Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
     ``nonstandard_fusions_disabled`` (the first result failed the checks and the fusions that write
     onnxruntime-only ops into the default domain were turned off), ``invalid_ort_output`` (no valid result:
-    the model is left unchanged); details ``level``, ``disabled_optimizers``, ``invalid_ort_output`` (why).
+    the model is left unchanged), ``nothing_fused`` (the same ops: left unchanged); details ``level``,
+    ``disabled_optimizers``, ``invalid_ort_output`` (why).
 
     Args:
         level: ``basic`` (portable rewrites only), ``extended`` (contrib-op fusions; onnxruntime-only) or
@@ -86,13 +87,16 @@ class OrtOfflinePass(SftPass):
         if disabled:
             report.skipped["nonstandard_fusions_disabled"] += 1
             report.details["disabled_optimizers"] = list(disabled)
+        if not _count_node_delta(before, _all_nodes(optimized), report):
+            # Same ops: onnxruntime only renamed or reordered; keep the model as it was (honest no-op).
+            report.skipped["nothing_fused"] += 1
+            return
         overridable = sum(1 for value in model.graph.inputs if value.name in model.graph.initializers)
         if overridable:
             report.details["initializer_inputs_removed"] = overridable
         adopt_model(model, optimized)
         model.ir_version = optimized.ir_version
         model.opset_imports.update(optimized.opset_imports)
-        _count_node_delta(before, _all_nodes(model), report)
 
     def _optimize(self, source: bytes, disabled: tuple[str, ...]) -> ir.Model:
         with tempfile.TemporaryDirectory(prefix="sftonnx-ort-") as folder:
