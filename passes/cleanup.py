@@ -15,7 +15,7 @@ from collections import Counter
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from sftonnx.errors import PassConfigError
+from sftonnx.errors import PassConfigError, first_line
 from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
 
@@ -109,7 +109,7 @@ class SimplifyPass(SftPass):
             )
             new_model = ir.serde.deserialize_model(simplified)
         except Exception as error:  # onnxsim raises assorted RuntimeError/ValueError/C++ errors
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = first_line(error)
             logger.warning("simplify: onnxsim failed, model left unsimplified: %s", message)
             report.skipped["simplifier_failed"] += 1
             report.details["simplifier_error"] = message

@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 
 from sftonnx import io
-from sftonnx.errors import PassConfigError
+from sftonnx.errors import PassConfigError, first_line
 from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
 
@@ -157,12 +157,12 @@ def _problems(proto: onnx.ModelProto, checks: frozenset[str]) -> dict[str, str]:
         try:
             onnx.checker.check_model(proto)
         except Exception as error:  # ValidationError and C++ errors
-            problems["checker"] = _first_line(error)
+            problems["checker"] = first_line(error)
     if "inference" in checks:
         try:
             onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
         except Exception as error:  # InferenceError and C++ errors
-            problems["inference"] = _first_line(error)
+            problems["inference"] = first_line(error)
     return problems
 
 
@@ -185,10 +185,5 @@ def _check(optimized: ir.Model, held: frozenset[str]) -> str | None:
     try:
         _session(proto.SerializeToString(), optimization="disable", optimized_model_path=None)
     except Exception as error:  # onnxruntime raises its own exception types
-        return f"onnxruntime cannot load it: {_first_line(error)}"
+        return f"onnxruntime cannot load it: {first_line(error)}"
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

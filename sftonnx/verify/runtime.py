@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from sftonnx.errors import first_line
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
 from sftonnx.verify.metrics import Tolerance
 
@@ -70,8 +71,7 @@ def run_model(session, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> list[l
 
 def ort_failure(error: BaseException, limit: int = 200) -> str:
     """The first line of an onnxruntime error, shortened to ``Op 'node': message`` when it names a failing node."""
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
+    line = first_line(error, limit=100_000)
     if match := _ORT_FAILURE.search(line):  # "... running Conv node. Name:'c' Status Message: ..."
         line = f"{match.group(1)} '{match.group(2)}': {match.group(3)}"
     line = re.sub(r"/onnxruntime_src/\S+ (\w+ )?\S+::\S+?\([^)]*\) ", "", line)  # where ORT checked
