@@ -154,6 +154,7 @@ def test_export_batchnorm_statistics_are_not_trivial(exported):
         assert not np.allclose(mean, 0) and not np.allclose(var, 1), node.name
 
 
+@pytest.mark.slow
 @pytest.mark.torch
 def test_export_is_deterministic(tmp_path):
     pytest.importorskip("torch")

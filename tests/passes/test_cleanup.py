@@ -243,7 +243,6 @@ g (float[N, 4] x) => (float[N, 3] y, float[N, 3] z, float[N, 3] u) {
     assert not DeduplicateInitializersPass()(model).modified
 
 
-@pytest.mark.slow
 def test_simplify_keeps_transformer_standard_onnx():
     """onnxsim fuses attention into com.microsoft::Attention by default; the portable simplify must not."""
     pytest.importorskip("torch")

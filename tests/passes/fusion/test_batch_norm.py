@@ -443,7 +443,6 @@ def test_light_models(path, weights):
 # -- the models/ zoo (torch exports, dynamo, optimize=False) -----------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.torch
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
 def test_zoo_torch_exports(name):

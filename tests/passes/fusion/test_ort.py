@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import pytest
 
 from sftonnx import io
 from sftonnx.passes.fusion.ort import FuseOrtPass
@@ -42,7 +41,6 @@ g (float[2,5,16] x) => (float[2,5,16] y) {
                                rtol=EXACT_RTOL)
 
 
-@pytest.mark.slow
 def test_fuse_ort_fuses_tiny_bert_attention():
     import models
 

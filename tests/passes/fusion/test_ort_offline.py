@@ -102,7 +102,6 @@ def test_level_all_needs_consent():
         OrtOfflinePass(level="all")
 
 
-@pytest.mark.slow
 def test_ort_offline_on_light_squeezenet():
     path = next(p for p in LIGHT_MODELS if p.stem == "light_squeezenet")
     result = api.optimize(path, passes="simplify,ort-offline{level=basic}")

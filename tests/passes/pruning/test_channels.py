@@ -337,7 +337,6 @@ def _run_and_check(original: bytes, model: ir.Model) -> None:
         assert np.all(np.isfinite(actual))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
 def test_zoo_models_shrink_and_keep_output_shapes(name):
     models = pytest.importorskip("models")

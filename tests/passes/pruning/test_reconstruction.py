@@ -66,7 +66,6 @@ def _accuracy(model) -> float:
     return float((run_ort(model, {"input": data["input"]})[0].argmax(axis=1) == data["labels"]).mean())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 def test_reconstruction_recovers_digits_accuracy(ratio):
     baseline = _accuracy(io.load(DIGITS))
@@ -81,7 +80,6 @@ def test_reconstruction_recovers_digits_accuracy(ratio):
         assert _accuracy(rebuilt) > _accuracy(plain) + 0.01
 
 
-@pytest.mark.slow
 def test_pipeline_end_to_end_on_digits():
     pruner = PruneChannelsPass(ratio=0.5, reconstruct=True, calibration_data=DIGITS_CALIB)
     result = optimize(DIGITS, passes=[pruner], data=DIGITS_TEST, budget=Budget(min_cosine=0.99), verify_each=True)

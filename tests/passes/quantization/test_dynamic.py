@@ -75,7 +75,6 @@ def test_bad_options():
         QuantizeDynamicPass(exclude_pattern="[")
 
 
-@pytest.mark.slow
 def test_tiny_bert_dynamic_cosine():
     import models
     from sftonnx.passes.cleanup import SimplifyPass

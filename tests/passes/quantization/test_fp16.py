@@ -63,7 +63,6 @@ g (float[N,5] x, bool c) => (float[N,5] z) {{
         ConvertFloat16Pass()(make_model(text))
 
 
-@pytest.mark.slow
 def test_resnet18_float16_cosine():
     import models
 
