@@ -20,12 +20,15 @@ __all__ = [
     "PassError",
     "SftonnxError",
     "VerificationError",
+    "first_line",
 ]
 
 EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_INPUT = 2
 EXIT_VERIFICATION = 3
+#: Longest :func:`first_line` text, so one message stays one readable line.
+FIRST_LINE_LIMIT = 400
 
 
 class SftonnxError(Exception):
@@ -84,3 +87,17 @@ class PassError(SftonnxError):
         self.pass_name = pass_name
         self.after = after
         self.reason = reason
+
+
+def first_line(error: BaseException | str, *, limit: int = FIRST_LINE_LIMIT) -> str:
+    """The first line of an error's message, for one-line reports (the exception's type name when empty).
+
+    Args:
+        error: An exception (or a message).
+        limit: Longest text returned; a longer line is cut and ends in ``...``.
+    """
+    text = str(error).strip()
+    if not text:
+        text = type(error).__name__ if isinstance(error, BaseException) else ""
+    text = text.splitlines()[0] if text else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -62,7 +62,8 @@ import numpy as np
 
 from sftonnx import io
 from sftonnx import verify as verification
-from sftonnx.errors import InputError, VerificationError
+from sftonnx.errors import InputError, VerificationError, first_line
+from sftonnx.evaluate import make_evaluator
 
 __all__ = [
     "BASE_PRESET",
@@ -374,9 +375,6 @@ _STATES: dict[str, _State] = {}  # per process: the original's outputs and the e
 def _state(task: _Task) -> _State:
     if task.key in _STATES:
         return _STATES[task.key]
-    import importlib
-
-    bench = importlib.import_module("sftonnx.benchmark")
     original = io.load(task.original_path)
     feeds, _, _ = verification.prepare_feeds(original, data=task.verify_data, input_shapes=dict(task.input_shapes))
     session = verification.make_session(task.original_path, threads=task.threads)
@@ -384,7 +382,7 @@ def _state(task: _Task) -> _State:
     evaluator = None
     if task.evaluate is not None:
         # The same evaluator as `sftonnx bench --eval`, so accuracy means the same thing everywhere.
-        evaluator, _ = bench._evaluator(task.evaluate, verification.input_specs(original), None)
+        evaluator, _ = make_evaluator(task.evaluate, verification.input_specs(original), None)
     state = _State(feeds, [o.name for o in session.get_outputs()], expected, evaluator)
     _STATES[task.key] = state
     return state
@@ -446,7 +444,7 @@ def _evaluate(task: _Task, job: dict[str, Any]) -> dict[str, Any]:
                 overwrite=True,
             )
     except Exception as error:  # any pipeline failure makes this candidate fail, not the search
-        record.update(status="failed", message=_first_line(error))
+        record.update(status="failed", message=first_line(error))
         record["seconds"] = time.perf_counter() - started
         return record
     lossy = [row for row in result.report.rows if row.numerics != "exact"]
@@ -459,14 +457,9 @@ def _evaluate(task: _Task, job: dict[str, Any]) -> dict[str, Any]:
     except InputError as error:  # the user's metric failed: stop the search with its message
         record.update(status="fatal", message=str(error))
     except Exception as error:  # onnxruntime cannot run the candidate: it fails alone
-        record.update(status="failed", message=f"cannot run the model: {_first_line(error)}")
+        record.update(status="failed", message=f"cannot run the model: {first_line(error)}")
     record["seconds"] = time.perf_counter() - started
     return record
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:400]
 
 
 def _worker_init() -> None:
@@ -848,7 +841,7 @@ def run_search(
     except InputError:
         raise
     except Exception as error:  # onnxruntime cannot run the original
-        raise InputError(f"onnxruntime cannot run the input model: {_first_line(error)}") from None
+        raise InputError(f"onnxruntime cannot run the input model: {first_line(error)}") from None
     baseline = Candidate(
         "original", "original", "", size_bytes=len(original_bytes), model_path=str(original_path), feasible=True
     )
