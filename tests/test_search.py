@@ -13,6 +13,7 @@ import pytest
 
 from sftonnx import api, search
 from sftonnx.errors import InputError
+from sftonnx.search.ladder import ladder, search_ladder
 from sftonnx.verify import make_session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_ladder_starts_at_feasible_levels_and_backs_off_most_harmful_first():
         ("prune-channels", "c", 1): _probe(0.0, changed=False),  # the pass declines c
         ("prune-channels", "c", 2): _probe(0.0, changed=False),
     }
-    rungs = search._ladder(technique, ["a", "b", "c"], probes, search.SearchBudget(max_accuracy_drop=1.0))
+    rungs = ladder(technique, ["a", "b", "c"], probes, search.SearchBudget(max_accuracy_drop=1.0))
     assert rungs == [
         {"a": 2, "b": 1, "c": 0},
         {"a": 1, "b": 1, "c": 0},  # a@0.5 (0.9) is the most harmful
@@ -128,7 +129,7 @@ def test_ladder_starts_at_feasible_levels_and_backs_off_most_harmful_first():
 def test_ladder_search_finds_the_first_feasible_rung(first_feasible):
     rungs = [f"r{i}" for i in range(10)]
     asked = []
-    generator = search._search_ladder(rungs, name="t")
+    generator = search_ladder(rungs, name="t")
     try:
         spec = next(generator)
         while True:
