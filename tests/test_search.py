@@ -180,9 +180,11 @@ def test_cache_resumes_without_recomputing(tmp_path):
 
 def test_search_is_deterministic_with_a_seed(tmp_path):
     model = _tiny_mlp(tmp_path / "mlp.onnx")
-    runs = [_small_search(model, tmp_path / f"cache{i}", seed=3) for i in range(2)]
+    # The second run evaluates in two spawned worker processes: the same candidates, in the same order.
+    runs = [_small_search(model, tmp_path / f"cache{i}", seed=3, workers=1 + i) for i in range(2)]
     figures = [[(c.name, c.spec, c.status, c.error, c.size_bytes) for c in r.candidates] for r in runs]
     assert figures[0] == figures[1]
+    assert runs[1].stats["evaluated"] == runs[0].stats["evaluated"] > 0 and runs[1].stats["cached"] == 0
     assert runs[0].chosen is not None and runs[0].chosen.spec == runs[1].chosen.spec
     assert runs[0].chosen.error <= 0.05
 
