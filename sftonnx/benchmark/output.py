@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import os
 import pathlib
+from typing import Any
 
 from sftonnx.benchmark.results import CSV_COLUMNS, BenchmarkResult
 from sftonnx.benchmark.sessions import EP_LABELS
 from sftonnx.errors import InputError
 
-__all__ = ["agg_figure", "write_csv", "write_plot"]
+__all__ = ["agg_figure", "save_figure", "write_csv", "write_plot"]
 
 
 def write_csv(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path:
@@ -47,6 +48,21 @@ def agg_figure(option: str):
     return figure, figure.add_subplot()
 
 
+def save_figure(figure: Any, path: str | os.PathLike) -> pathlib.Path:
+    """Lay out ``figure`` (from :func:`agg_figure`) and write it to ``path`` as PNG.
+
+    Raises:
+        InputError: The file cannot be written.
+    """
+    path = pathlib.Path(path)
+    figure.tight_layout()
+    try:
+        figure.savefig(path, format="png")
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
 def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path:
     """Scatter p50 latency against model size, one annotated point per measured row (with accuracy if known).
 
@@ -55,7 +71,6 @@ def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path
     Raises:
         InputError: matplotlib is not installed, or the file cannot be written.
     """
-    path = pathlib.Path(path)
     figure, axes = agg_figure("--plot")
     eps = list(dict.fromkeys(row.provider for row in result.rows))
     markers = dict(zip(eps, "os^Dv", strict=False))
@@ -81,9 +96,4 @@ def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> pathlib.Path
     axes.margins(0.2)
     if len(eps) > 1 and measured:
         axes.legend()
-    figure.tight_layout()
-    try:
-        figure.savefig(path, format="png")
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    return save_figure(figure, path)

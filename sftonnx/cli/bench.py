@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sftonnx.cli.app import app, err, guard, out
 from sftonnx.cli.format import fmt_bytes, fmt_ms, fmt_ratio, write_json
+from sftonnx.cli.options import InputShapes, Quiet, SampleData
 
 __all__ = ["bench", "compare"]
 
@@ -103,9 +104,7 @@ def bench(
     warmup: Annotated[int, typer.Option(help="Untimed runs per model after the first run.")] = 10,
     threads: Annotated[int, typer.Option(help="Intra-op threads (0: onnxruntime's default).")] = 0,
     batch: Annotated[int | None, typer.Option(help="Batch size: fills a dynamic first dimension.")] = None,
-    input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
-    ] = None,
+    input_shape: InputShapes = None,
     data: Annotated[
         pathlib.Path | None, typer.Option(help=".npz with one array per input (first --batch samples).")
     ] = None,
@@ -120,7 +119,7 @@ def bench(
     json_path: Annotated[pathlib.Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
     csv_path: Annotated[pathlib.Path | None, typer.Option("--csv", help="Write one CSV line per row here.")] = None,
     plot: Annotated[pathlib.Path | None, typer.Option(help="Write a latency-vs-size PNG here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Time MODELS side by side (interleaved run by run): latency, throughput, memory, size, accuracy."""
     import contextlib
@@ -188,10 +187,8 @@ def bench(
 def compare(
     reference: Annotated[pathlib.Path, typer.Argument(help="Model A (the reference).")],
     candidate: Annotated[pathlib.Path, typer.Argument(help="Model B, with the same input and output names.")],
-    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
-    input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
-    ] = None,
+    data: SampleData = None,
+    input_shape: InputShapes = None,
     atol: Annotated[
         float | None, typer.Option(help="Fail (exit 3) beyond this absolute error (rtol 0 if not given).")
     ] = None,
@@ -202,7 +199,7 @@ def compare(
         float | None, typer.Option(help="Fail (exit 3) below this cosine similarity per output.")
     ] = None,
     json_path: Annotated[pathlib.Path | None, typer.Option("--json", help="Write the metrics as JSON here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compare the outputs of A and B on the same inputs; exit 3 when a given limit is exceeded."""
     from sftonnx import api

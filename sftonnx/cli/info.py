@@ -11,6 +11,7 @@ from rich.table import Table
 
 from sftonnx.cli.app import app, guard, out
 from sftonnx.cli.format import fmt_bytes, fmt_int
+from sftonnx.cli.options import InputShapes
 
 __all__ = ["inspect", "list_passes"]
 
@@ -19,7 +20,7 @@ __all__ = ["inspect", "list_passes"]
 @guard
 def inspect(
     model: Annotated[pathlib.Path, typer.Argument(help="The .onnx model.")],
-    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="name=1x3x224x224")] = None,
+    input_shape: InputShapes = None,
     memory: Annotated[bool, typer.Option("--memory", help="Add the static activation-memory plan.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from sftonnx.cli.app import app, err, guard, out
 from sftonnx.cli.format import arrow, fmt_bytes, fmt_int, fmt_ms, fmt_ratio, write_json
+from sftonnx.cli.options import InputShapes, Quiet, SampleData
 
 __all__ = ["optimize"]
 
@@ -59,10 +60,8 @@ def optimize(
         str,
         typer.Option(help="standard: portable ONNX (preset lossless); ort: onnxruntime contrib ops (preset fast-cpu)."),
     ] = "standard",
-    data: Annotated[pathlib.Path | None, typer.Option(help=".npz with one array per input (axis 0 = batch).")] = None,
-    input_shape: Annotated[
-        list[str] | None, typer.Option("--input-shape", help="Fill dynamic dims: name=1x3x224x224 (repeatable).")
-    ] = None,
+    data: SampleData = None,
+    input_shape: InputShapes = None,
     calibration_data: Annotated[
         pathlib.Path | None, typer.Option(help="Calibration .npz (or folder of them) for lossy passes.")
     ] = None,
@@ -79,7 +78,7 @@ def optimize(
     external_data: Annotated[
         bool | None, typer.Option("--external-data/--no-external-data", help="Default: only past 2 GiB.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    quiet: Quiet = False,
     eval_: Annotated[
         str | None,
         typer.Option("--eval", help="--preset auto: labels.npz (top-1 %) or module:function (higher is better)."),

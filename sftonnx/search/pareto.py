@@ -8,8 +8,6 @@ import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sftonnx.errors import InputError
-
 if TYPE_CHECKING:
     from sftonnx.search.result import SearchResult
 
@@ -52,9 +50,8 @@ def write_pareto_plot(result: SearchResult, path: str | os.PathLike) -> pathlib.
     Raises:
         InputError: matplotlib is not installed, or the file cannot be written.
     """
-    from sftonnx.benchmark import agg_figure
+    from sftonnx.benchmark.output import agg_figure, save_figure
 
-    path = pathlib.Path(path)
     figure, axes = agg_figure("--pareto-plot")
     timed = [c for c in result.timed if c.size_bytes is not None]
     losses = [result.budget.loss(c)[0] for c in timed]
@@ -81,9 +78,4 @@ def write_pareto_plot(result: SearchResult, path: str | os.PathLike) -> pathlib.
     axes.set_ylabel("latency p50 (ms)")
     axes.set_title(f"auto search: {result.budget.describe()} (black edge: Pareto front; large: feasible)")
     axes.grid(True, alpha=0.3)
-    figure.tight_layout()
-    try:
-        figure.savefig(path, format="png")
-    except OSError as error:
-        raise InputError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    return save_figure(figure, path)
