@@ -85,6 +85,22 @@ def test_pareto_front_keeps_non_dominated_points():
     assert search.pareto_front([(1.0,)]) == [0]
 
 
+
+def test_pareto_plot_is_a_png_and_an_unwritable_path_is_an_input_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    base = search.Candidate("original", "original", "", latency_ms=2.0, size_bytes=4 << 20, error=0.0, feasible=True)
+    fast = search.Candidate("preset:int8", "preset", "int8", latency_ms=1.0, size_bytes=1 << 20, error=0.01)
+    fast.feasible = True
+    result = search.SearchResult(
+        chosen=fast, best=fast, candidates=[fast], pareto=["original", "preset:int8"], baseline=base,
+        budget=search.SearchBudget(max_error=0.05), objective="latency", sensitivity={}, notes=[], stats={},
+        cache_dir=str(tmp_path), calibration_data=None, verify_data=None,
+    )
+    path = search.write_pareto_plot(result, tmp_path / "front.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="cannot write"):
+        search.write_pareto_plot(result, tmp_path / "missing" / "front.png")
+
 def test_budget_needs_a_limit_and_rejects_negative_values():
     with pytest.raises(InputError):
         search.SearchBudget()
