@@ -471,7 +471,7 @@ def evaluate(data: ModelData, candidates: Sequence[Candidate]) -> None:
         comparison = verification.compare_outputs(names, reference, outputs)
         worst = comparison.worst()
         row.cosine, row.max_abs, row.mean_rel = worst["cosine"], worst["max_abs"], worst["mean_rel"]
-        all_classifier = all(verification._classifier_like(o) for o in reference[0])
+        all_classifier = all(verification.classifier_like(o) for o in reference[0])
         row.top1_agreement = worst["top1_agreement"] if all_classifier else None
         if data.labels is not None:
             predicted = np.concatenate([_top1(np.asarray(sample[0])) for sample in outputs])

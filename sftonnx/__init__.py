@@ -4,7 +4,10 @@ Public API (imported lazily, so ``import sftonnx`` stays cheap and never imports
 
     import sftonnx
     result = sftonnx.optimize("model.onnx", "model.opt.onnx", preset="lossless")
-    print(result.report.table())
+    print(result.report.final.nodes, result.verification.worst())   # PipelineReport, verify.Comparison
+    print(result.report.to_json()["rows"])                          # one row per pass: changes, skipped, ...
+
+``sftonnx optimize`` prints the same report as a table (:mod:`sftonnx.cli`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,21 @@ if TYPE_CHECKING:
 
 
 _SUBMODULES = frozenset(
-    {"analysis", "api", "benchmark", "io", "ir_utils", "pass_infra", "passes", "pipeline", "verify"}
+    {
+        "analysis",
+        "api",
+        "benchmark",
+        "evaluate",
+        "io",
+        "ir_utils",
+        "pass_infra",
+        "passes",
+        "pipeline",
+        "search",
+        "spec",
+        "timing",
+        "verify",
+    }
 )
 
 

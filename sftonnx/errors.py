@@ -27,6 +27,8 @@ EXIT_OK = 0
 EXIT_BUG = 1
 EXIT_INPUT = 2
 EXIT_VERIFICATION = 3
+#: Longest :func:`first_line` text, so one message stays one readable line.
+FIRST_LINE_LIMIT = 400
 
 
 class SftonnxError(Exception):
@@ -87,12 +89,15 @@ class PassError(SftonnxError):
         self.reason = reason
 
 
-def first_line(error: BaseException, limit: int = 400) -> str:
-    """The first line of ``error``'s message (its type name when empty), cut to ``limit`` characters.
+def first_line(error: BaseException | str, *, limit: int = FIRST_LINE_LIMIT) -> str:
+    """The first line of an error's message, for one-line reports (the exception's type name when empty).
 
-    For reports and one-line messages about errors raised by onnx, onnxruntime or onnxsim, whose messages
-    often run over many lines (C++ stack traces, whole graphs).
+    Args:
+        error: An exception (or a message).
+        limit: Longest text returned; a longer line is cut and ends in ``...``.
     """
     text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else type(error).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    if not text:
+        text = type(error).__name__ if isinstance(error, BaseException) else ""
+    text = text.splitlines()[0] if text else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."

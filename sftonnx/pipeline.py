@@ -22,6 +22,7 @@ import onnx_ir.passes.common as common_passes
 
 from sftonnx import io, verify
 from sftonnx.errors import InputError, PassError, VerificationError
+from sftonnx.errors import first_line as _first_line
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.spec import build_passes, parse_spec, resolve_spec
@@ -175,11 +176,6 @@ class Verifier:
             tolerance=self.tolerance if exact else None,
             budget=None if exact else self.budget,
         )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:400]
 
 
 # ------------------------------------------------------------------------------------------ pipeline

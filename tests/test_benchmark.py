@@ -13,6 +13,7 @@ import pytest
 # Not `from sftonnx import benchmark`: the package's lazy attribute of that name is api.benchmark.
 import sftonnx.benchmark as bench
 from sftonnx import api
+from sftonnx.benchmark import sessions
 from sftonnx.errors import InputError
 from tests.helpers import assert_clean_error, make_model, run_cli, seeded
 
@@ -172,21 +173,21 @@ def test_duration_bounds_the_rounds_and_progress_is_reported():
 
 def test_models_are_interleaved_in_the_benchmark(models, monkeypatch):
     calls: list[str] = []
-    original = bench._Runner.__call__
+    original = sessions.Runner.__call__
 
     def recording(self):
         calls.append(self.session._model_path_for_test)
         return original(self)
 
-    created = bench._create_session
+    created = sessions.create_session
 
     def tagged(source, ep, **kwargs):
         session = created(source, ep, **kwargs)
         session._model_path_for_test = "A" if source.endswith("base.onnx") else "B"
         return session
 
-    monkeypatch.setattr(bench._Runner, "__call__", recording)
-    monkeypatch.setattr(bench, "_create_session", tagged)
+    monkeypatch.setattr(sessions.Runner, "__call__", recording)
+    monkeypatch.setattr(sessions, "create_session", tagged)
     bench.run_benchmark(list(models), runs=3, warmup=1, memory=False)
     # first run and warm-up per model, then the timed rounds A B A B A B
     assert "".join(calls) == "AA" + "BB" + "AB" * 3
@@ -217,7 +218,7 @@ def test_cuda_row_is_unavailable_on_a_cpu_only_build(models):
 
 def test_silent_cpu_fallback_is_reported_not_timed(models, monkeypatch):
     # Pretend the build lists CUDA: onnxruntime then falls back to the CPU when creating the session.
-    monkeypatch.setattr(bench, "provider_unavailable_reason", lambda ep, available=None: None)
+    monkeypatch.setattr(sessions, "provider_unavailable_reason", lambda ep, available=None: None)
     result = bench.run_benchmark([models[0]], providers="cuda", runs=3, warmup=0, memory=False)
     (row,) = result.rows
     if row.session_providers and row.session_providers[0] == "CUDAExecutionProvider":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 
@@ -23,6 +25,20 @@ tiny (float[N, 4] x) => (float[N, 3] y) {
 sftonnx = run_cli
 
 
+
+
+def test_version_prints_the_installed_version():
+    result = sftonnx("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"sftonnx {importlib.metadata.version('sftonnx')}\n"
+    assert re.fullmatch(r"sftonnx \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_help_lists_the_commands_in_order():
+    result = sftonnx("--help")
+    assert result.returncode == 0, result.stderr
+    listed = re.findall(r"^\W*(optimize|inspect|passes|bench|compare)\s", result.stdout, flags=re.MULTILINE)
+    assert listed == ["optimize", "inspect", "passes", "bench", "compare"]
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 
 from sftonnx import api, search
 from sftonnx.errors import InputError
+from sftonnx.search.ladder import ladder, search_ladder
 from sftonnx.verify import make_session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -84,6 +85,22 @@ def test_pareto_front_keeps_non_dominated_points():
     assert search.pareto_front([(1.0,)]) == [0]
 
 
+
+def test_pareto_plot_is_a_png_and_an_unwritable_path_is_an_input_error(tmp_path):
+    pytest.importorskip("matplotlib")
+    base = search.Candidate("original", "original", "", latency_ms=2.0, size_bytes=4 << 20, error=0.0, feasible=True)
+    fast = search.Candidate("preset:int8", "preset", "int8", latency_ms=1.0, size_bytes=1 << 20, error=0.01)
+    fast.feasible = True
+    result = search.SearchResult(
+        chosen=fast, best=fast, candidates=[fast], pareto=["original", "preset:int8"], baseline=base,
+        budget=search.SearchBudget(max_error=0.05), objective="latency", sensitivity={}, notes=[], stats={},
+        cache_dir=str(tmp_path), calibration_data=None, verify_data=None,
+    )
+    path = search.write_pareto_plot(result, tmp_path / "front.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError, match="cannot write"):
+        search.write_pareto_plot(result, tmp_path / "missing" / "front.png")
+
 def test_budget_needs_a_limit_and_rejects_negative_values():
     with pytest.raises(InputError):
         search.SearchBudget()
@@ -109,7 +126,7 @@ def test_ladder_starts_at_feasible_levels_and_backs_off_most_harmful_first():
         ("prune-channels", "c", 1): _probe(0.0, changed=False),  # the pass declines c
         ("prune-channels", "c", 2): _probe(0.0, changed=False),
     }
-    rungs = search._ladder(technique, ["a", "b", "c"], probes, search.SearchBudget(max_accuracy_drop=1.0))
+    rungs = ladder(technique, ["a", "b", "c"], probes, search.SearchBudget(max_accuracy_drop=1.0))
     assert rungs == [
         {"a": 2, "b": 1, "c": 0},
         {"a": 1, "b": 1, "c": 0},  # a@0.5 (0.9) is the most harmful
@@ -128,7 +145,7 @@ def test_ladder_starts_at_feasible_levels_and_backs_off_most_harmful_first():
 def test_ladder_search_finds_the_first_feasible_rung(first_feasible):
     rungs = [f"r{i}" for i in range(10)]
     asked = []
-    generator = search._search_ladder(rungs, name="t")
+    generator = search_ladder(rungs, name="t")
     try:
         spec = next(generator)
         while True:
@@ -191,9 +208,11 @@ def test_search_verifies_on_real_data_or_needs_the_override(tmp_path):
 
 def test_search_is_deterministic_with_a_seed(tmp_path):
     model = _tiny_mlp(tmp_path / "mlp.onnx")
-    runs = [_small_search(model, tmp_path / f"cache{i}", seed=3) for i in range(2)]
+    # The second run evaluates in two spawned worker processes: the same candidates, in the same order.
+    runs = [_small_search(model, tmp_path / f"cache{i}", seed=3, workers=1 + i) for i in range(2)]
     figures = [[(c.name, c.spec, c.status, c.error, c.size_bytes) for c in r.candidates] for r in runs]
     assert figures[0] == figures[1]
+    assert runs[1].stats["evaluated"] == runs[0].stats["evaluated"] > 0 and runs[1].stats["cached"] == 0
     assert runs[0].chosen is not None and runs[0].chosen.spec == runs[1].chosen.spec
     assert runs[0].chosen.error <= 0.05
 

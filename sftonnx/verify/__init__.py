@@ -51,6 +51,7 @@ from sftonnx.verify.metrics import (
     Comparison,
     OutputMetrics,
     Tolerance,
+    classifier_like,
     compare_outputs,
     output_kind,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "Tolerance",
     "batches",
     "calibration_feeds",
+    "classifier_like",
     "check_shape",
     "compare_outputs",
     "find_first_divergence",

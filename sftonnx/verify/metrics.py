@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "classifier_like",
     "DEFAULT_ATOL",
     "DEFAULT_MIN_AGREEMENT",
     "DEFAULT_MIN_COSINE",
@@ -160,7 +161,8 @@ class Comparison:
         }
 
 
-def _classifier_like(array: np.ndarray) -> bool:
+def classifier_like(array: np.ndarray) -> bool:
+    """A float ``[N, C]`` output (trailing 1-dims squeezed) with C > 1: top-1 agreement means something."""
     squeezed = (
         array.reshape(array.shape[:2]) if array.ndim > 2 and all(d == 1 for d in array.shape[2:]) else array
     )
@@ -263,7 +265,7 @@ def compare_outputs(
         norm = float(np.linalg.norm(e_f) * np.linalg.norm(a_f))
         cosine = float(e_f @ a_f / norm) if norm > 0 and np.isfinite(norm) else float(np.allclose(e_f, a_f))
         top1 = None
-        if all(_classifier_like(e) for e in exp):
+        if all(classifier_like(e) for e in exp):
             agree = [
                 np.argmax(e.reshape(e.shape[0], -1), axis=1) == np.argmax(a.reshape(a.shape[0], -1), axis=1)
                 for e, a in zip(exp, act, strict=False)

@@ -1,0 +1,5 @@
+"""``python -m sftonnx.cli``."""
+
+from sftonnx.cli import main
+
+main()
