@@ -51,7 +51,7 @@ from sftonnx.ir_utils import (
 )
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, ort_optimized_graph
-from sftonnx.passes.quantization._latency import measure_latency
+from sftonnx.timing import median_latencies as measure_latency
 
 __all__ = ["QuantizeDynamicPass"]
 

@@ -82,11 +82,11 @@ from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization._build import build_quantized
 from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, float_islands, ort_optimized_graph
-from sftonnx.passes.quantization._latency import measure_latency
 from sftonnx.passes.quantization._plan import NameGraph, Plan, make_plan
 from sftonnx.passes.quantization._prerewrite import fold_clip_bounds, name_nodes, sum_to_add
 from sftonnx.passes.quantization._sites import COMPUTE_OPS, PASS_THROUGH_OPS, calibration_tensors, find_sites
 from sftonnx.passes.quantization.calibration import CalibrationSource
+from sftonnx.timing import median_latencies as measure_latency
 
 __all__ = [
     "COMPUTE_OPS",
