@@ -63,8 +63,9 @@ class SimplifyPass(SftPass):
     ``fuse_bn`` is set.
 
     Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
-    ``simplifier_failed``, ``nonstandard_ops``, ``nothing_simplified`` (same ops: the model is left as it
-    was). ``details['simplifier_error']`` holds onnxsim's message.
+    ``simplifier_failed``, ``nonstandard_ops``, ``nothing_simplified`` (same ops) and ``more_nodes`` (onnxsim's
+    result has more nodes): in those cases the model is left as it was. ``details['simplifier_error']`` holds
+    onnxsim's message.
 
     Args:
         max_folded_size: Largest tensor constant folding may create, e.g. ``64MB``; bigger results stay as
@@ -120,7 +121,13 @@ class SimplifyPass(SftPass):
             report.skipped["nonstandard_ops"] += 1
             report.details["nonstandard_domains"] = sorted(added)
             return
-        if not _count_node_delta(before, _all_nodes(new_model), report):
+        after = _all_nodes(new_model)
+        if sum(after.values()) > sum(before.values()):
+            # onnxsim's rewrites can trade nodes for more nodes (seen on a TCN: 171 -> 172); a cleanup never grows.
+            report.skipped["more_nodes"] += 1
+            report.details["simplified_nodes"] = sum(after.values())
+            return
+        if not _count_node_delta(before, after, report):
             # Same ops: onnxsim only renamed, reordered or annotated; keep the model as it was (honest no-op).
             report.skipped["nothing_simplified"] += 1
             return
