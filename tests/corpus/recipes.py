@@ -84,10 +84,20 @@ def write_stacked(feeds: Sequence[Feed], path: pathlib.Path) -> pathlib.Path:
 # ------------------------------------------------------------------------------------------ shared content
 @functools.lru_cache(maxsize=1)
 def _photos() -> tuple[np.ndarray, ...]:
-    """scikit-learn's two sample photos (china, flower), RGB uint8 427x640."""
-    from sklearn.datasets import load_sample_images
+    """scikit-learn's two sample photos (china, flower), RGB uint8 427x640.
 
-    return tuple(load_sample_images().images)
+    Read straight from the installed package's data folder (what ``load_sample_images`` reads), without
+    importing scikit-learn, which takes seconds.
+    """
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-learn is needed for its sample photos (pip install scikit-learn)")
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations))) / "datasets" / "images"
+    return tuple(np.asarray(Image.open(folder / name).convert("RGB")) for name in ("china.jpg", "flower.jpg"))
 
 
 def _photo(index: int, rng: np.random.Generator):
@@ -296,7 +306,7 @@ def table_lore(entry: Entry, path: pathlib.Path, n: int, rng: np.random.Generato
 
 
 @recipe("lore_cells", batched=False)
-def lore_cells(entry: Entry, path: pathlib.Path, n: int, rng: np.random.Generator, size: int = 384) -> list[Feed]:
+def lore_cells(entry: Entry, path: pathlib.Path, n: int, rng: np.random.Generator, size: int = 256) -> list[Feed]:
     """lore_process inputs as the package builds them from lore_detect's outputs on a rendered table.
 
     Cells are the table's grid cells: ``dets`` their 4 corners in the output grid (size/4), ``slct_logi_feat``

@@ -1,0 +1,172 @@
+"""sftonnx on the public real-model corpus (tests/corpus): one markdown table, one row per model.
+
+Usage (from the repo root)::
+
+    python benchmarks/corpus.py                         # every model, writes benchmarks/CORPUS.md
+    python benchmarks/corpus.py --models ddddocr_det lac_encoder --out /tmp/c.md
+    python benchmarks/corpus.py --presets lossless,fast-cpu --runs 30
+
+Per model: exporter and opset (manifest), nodes before/after the default preset (main graph), the latency ratio
+optimized/original (interleaved A B A B with ``sftonnx.benchmark.interleaved_runs``, one thread, ``--runs``
+rounds on the first verification sample, median over median), the verification inputs (recipe samples: one
+stacked .npz or a folder of one feed per file), and the outcome of each preset: exit code (0/1/2/3) and the
+error's first line. ``int8`` and ``compact`` get calibration samples from the recipe (seed 1, distinct from the
+verification samples, seed 0); their written models are scored on held-out samples (seed 2) with the task metric
+(argmax agreement over the last axis for classifier/sequence outputs, cosine otherwise; the worst output).
+Models are fetched into ``$SFTONNX_CORPUS`` (see tests/corpus/fetch.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sftonnx.benchmark import interleaved_runs  # noqa: E402
+from tests.corpus import harness  # noqa: E402
+from tests.corpus.fetch import CorpusUnavailable, model_path  # noqa: E402
+from tests.corpus.manifest import CORPUS, Entry  # noqa: E402
+from tests.corpus.recipes import samples  # noqa: E402
+
+PRESETS = ("lossless", "fast-cpu", "int8", "compact")
+LOSSY = {"int8", "compact"}
+
+
+def _session(path: pathlib.Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def latency_ratio(original: pathlib.Path, optimized: pathlib.Path, feed: dict, runs: int) -> float:
+    sessions = [_session(original), _session(optimized)]
+    for session in sessions:  # warm-up
+        session.run(None, feed)
+    series = interleaved_runs([lambda s=s: s.run(None, feed) for s in sessions], runs=runs)
+    if any(s.error for s in series):
+        raise RuntimeError(next(s.error for s in series if s.error))
+    return float(np.median(series[1].times) / np.median(series[0].times))
+
+
+def _kinds(outputs: list[np.ndarray]) -> list[str]:
+    """argmax for float outputs with a last axis of 2+ classes and rank >= 2 except box-like ones, else cosine."""
+    kinds = []
+    for array in outputs:
+        if array.dtype.kind != "f":
+            kinds.append("-")
+        elif array.ndim >= 2 and array.shape[-1] >= 2 and array.shape[-1] not in (4, 6, 8):
+            kinds.append("argmax")
+        else:
+            kinds.append("cosine")
+    return kinds
+
+
+def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path) -> dict:
+    row: dict = {"id": entry.id, "exporter": entry.exporter, "opset": entry.opset}
+    try:
+        path = model_path(entry)
+    except CorpusUnavailable as error:
+        row["error"] = str(error)
+        return row
+    verify = samples(entry, n=4, seed=0)
+    data = harness.data_source(entry, verify, work, "verify", model=path)
+    calibration = harness.data_source(entry, samples(entry, n=8, seed=1), work, "calibration", model=path)
+    row["inputs"] = f"{len(verify)} recipe samples ({entry.recipe}), " + (
+        "stacked .npz" if data.suffix == ".npz" else "folder"
+    )
+    row["nodes_before"] = harness.node_count(path)
+    for preset in presets:
+        out = work / f"{preset}.onnx"
+        outcome = harness.run_preset(
+            entry, path, preset, out, data=data, calibration=calibration if preset in LOSSY else None
+        )
+        text = outcome.describe()
+        if outcome.exit_code == 0 and preset == "lossless":
+            row["nodes_after"] = outcome.nodes_after
+            try:
+                row["latency"] = latency_ratio(path, out, verify[0], runs)
+            except Exception as error:  # noqa: BLE001 - reported in the table
+                row["latency_error"] = str(error).splitlines()[0][:120]
+        if outcome.exit_code == 0 and preset in LOSSY:
+            held_out = samples(entry, n=8, seed=2)
+            reference = harness.run_models(path, held_out)
+            kinds = _kinds(reference[0])
+            metrics = harness.task_metrics(reference, harness.run_models(out, held_out), kinds)
+            used = [k for k in kinds if k != "-"]
+            if metrics:
+                worst = int(np.argmin(metrics))
+                text += f" ({used[worst]} {metrics[worst]:.3f})"
+        row[preset] = f"{text} [{outcome.seconds:.0f}s]"
+        print(f"  {entry.id} {preset}: {row[preset]}", flush=True)
+    return row
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def table(rows: list[dict], presets: list[str]) -> str:
+    head = ["model", "exporter", "opset", "nodes before→after", "latency opt/orig", "verification inputs", *presets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if "error" in row:
+            cells = [row["id"], row["exporter"], str(row["opset"]), "", "", row["error"], *[""] * len(presets)]
+        else:
+            nodes = f"{row['nodes_before']}→{row.get('nodes_after', '–')}"
+            latency = f"{row['latency']:.2f}" if "latency" in row else row.get("latency_error", "–")
+            cells = [row["id"], row["exporter"], str(row["opset"]), nodes, latency, row["inputs"]]
+            cells += [row.get(p, "") for p in presets]
+        lines.append("| " + " | ".join(_cell(str(c)) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", help="corpus ids (default: all)")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--runs", type=int, default=30, help="interleaved rounds for the latency ratio")
+    parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "CORPUS.md")
+    args = parser.parse_args(argv)
+    presets = [p for p in args.presets.split(",") if p]
+    entries = [e for e in CORPUS if not args.models or e.id in args.models]
+    rows = []
+    started = time.time()
+    for entry in entries:
+        print(f"{entry.id} ...", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(measure(entry, presets, args.runs, pathlib.Path(tmp)))
+    import onnxruntime
+
+    import sftonnx
+
+    header = (
+        "# sftonnx on the public real-model corpus\n\n"
+        f"`python benchmarks/corpus.py` on {datetime.date.today()} ({platform.machine()}, "
+        f"onnxruntime {onnxruntime.__version__}, sftonnx {getattr(sftonnx, '__version__', '?')}), "
+        f"{time.time() - started:.0f} s. Models and inputs: tests/corpus (manifest.py, recipes.py).\n\n"
+        "Preset cells: exit code (0 written; 1 internal error; 2 input refused; 3 verification refused) and the "
+        "error's first line; lossy presets that wrote a model add the worst task metric on 8 held-out recipe "
+        "samples (argmax agreement over the last axis, or cosine); [s] is the optimize time. Latency: median "
+        f"optimized / median original over {args.runs} interleaved single-thread runs on one verification sample "
+        "(lossless preset).\n\n"
+    )
+    args.out.write_text(header + table(rows, presets) + "\n")
+    print(table(rows, presets))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
