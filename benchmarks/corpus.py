@@ -9,7 +9,8 @@ Usage (from the repo root)::
 Per model: exporter and opset (manifest), nodes before/after the default preset (main graph), the latency ratio
 optimized/original (interleaved A B A B with ``sftonnx.benchmark.interleaved_runs``, one thread, ``--runs``
 rounds on the first verification sample, median over median), the verification inputs (recipe samples: one
-stacked .npz or a folder of one feed per file), and the outcome of each preset: exit code (0/1/2/3) and the
+stacked .npz or a folder of one feed per file), and the outcome of each preset: the exit code of
+``sftonnx optimize --preset P`` run as a subprocess (0/1/2/3; -1 when stopped after ``--timeout`` seconds) and the
 error's first line. ``int8`` and ``compact`` get calibration samples from the recipe (seed 1, distinct from the
 verification samples, seed 0); their written models are scored on held-out samples (seed 2) with the task metric
 (argmax agreement over the last axis for classifier/sequence outputs, cosine otherwise; the worst output).
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import pathlib
 import platform
 import sys
@@ -74,7 +76,7 @@ def _kinds(outputs: list[np.ndarray]) -> list[str]:
     return kinds
 
 
-def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path) -> dict:
+def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path, timeout: float) -> dict:
     row: dict = {"id": entry.id, "exporter": entry.exporter, "opset": entry.opset}
     try:
         path = model_path(entry)
@@ -90,8 +92,8 @@ def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path) -> 
     row["nodes_before"] = harness.node_count(path)
     for preset in presets:
         out = work / f"{preset}.onnx"
-        outcome = harness.run_preset(
-            entry, path, preset, out, data=data, calibration=calibration if preset in LOSSY else None
+        outcome = harness.run_cli_preset(
+            entry, path, preset, out, data=data, calibration=calibration if preset in LOSSY else None, timeout=timeout
         )
         text = outcome.describe()
         if outcome.exit_code == 0 and preset == "lossless":
@@ -138,16 +140,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", help="corpus ids (default: all)")
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--runs", type=int, default=30, help="interleaved rounds for the latency ratio")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per optimize run (then 'timeout')")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the rows here (after every model)")
+    parser.add_argument("--merge", type=pathlib.Path, nargs="*", help="only render the table from --json files")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "CORPUS.md")
     args = parser.parse_args(argv)
     presets = [p for p in args.presets.split(",") if p]
     entries = [e for e in CORPUS if not args.models or e.id in args.models]
-    rows = []
+    rows: list[dict] = []
     started = time.time()
-    for entry in entries:
-        print(f"{entry.id} ...", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            rows.append(measure(entry, presets, args.runs, pathlib.Path(tmp)))
+    if args.merge:
+        merged = {row["id"]: row for path in args.merge for row in json.loads(path.read_text())["rows"]}
+        rows = [merged[e.id] for e in CORPUS if e.id in merged]
+        seconds = sum(json.loads(path.read_text())["seconds"] for path in args.merge)
+    else:
+        for entry in entries:
+            print(f"{entry.id} ...", flush=True)
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(measure(entry, presets, args.runs, pathlib.Path(tmp), args.timeout))
+            if args.json:
+                args.json.write_text(json.dumps({"rows": rows, "seconds": time.time() - started}, indent=1))
+        seconds = time.time() - started
     import onnxruntime
 
     import sftonnx
@@ -156,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "# sftonnx on the public real-model corpus\n\n"
         f"`python benchmarks/corpus.py` on {datetime.date.today()} ({platform.machine()}, "
         f"onnxruntime {onnxruntime.__version__}, sftonnx {getattr(sftonnx, '__version__', '?')}), "
-        f"{time.time() - started:.0f} s. Models and inputs: tests/corpus (manifest.py, recipes.py).\n\n"
-        "Preset cells: exit code (0 written; 1 internal error; 2 input refused; 3 verification refused) and the "
+        f"{seconds:.0f} s of runs. Models and inputs: tests/corpus (manifest.py, recipes.py).\n\n"
+        "Preset cells: exit code of `sftonnx optimize --preset P` (0 written; 1 internal error; 2 input refused; "
+        f"3 verification refused; -1 stopped after {args.timeout:.0f} s) and the "
         "error's first line; lossy presets that wrote a model add the worst task metric on 8 held-out recipe "
         "samples (argmax agreement over the last axis, or cosine); [s] is the optimize time. Latency: median "
         f"optimized / median original over {args.runs} interleaved single-thread runs on one verification sample "
