@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from collections.abc import Collection
 
 import numpy as np
 import pytest
@@ -98,10 +99,17 @@ SLOW: dict[str, tuple[float, float]] = {
     "minimol_v1": (31.2, 66.7),
     "lore_process": (47.8, 102.9),
 }
+#: fast-cpu alone is slow for these (seconds of the whole test at load ~13, pytest --durations).
+SLOW_FAST_CPU: dict[str, float] = {
+    "piper_tashkeel": 68.4,
+    "malviz_resnet18": 48.3,
+    "basic_pitch_nmp": 41.4,
+    "piper_nakdimon": 26.4,
+}
 
 
-def _marks(entry: Entry, known: dict[str, str]) -> list[pytest.MarkDecorator]:
-    marks = []
+def _marks(entry: Entry, known: dict[str, str], slow: bool = False) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if slow else []
     if needs_folder(entry):
         marks.append(pytest.mark.xfail(not folder_data_supported(), reason=FOLDER_REASON, strict=False))
     if entry.id in known:
@@ -111,8 +119,8 @@ def _marks(entry: Entry, known: dict[str, str]) -> list[pytest.MarkDecorator]:
     return marks
 
 
-def _params(known: dict[str, str]) -> list:
-    return [pytest.param(e, id=e.id, marks=_marks(e, known)) for e in CORPUS]
+def _params(known: dict[str, str], slow: Collection[str] = ()) -> list:
+    return [pytest.param(e, id=e.id, marks=_marks(e, known, e.id in slow)) for e in CORPUS]
 
 
 def _verification_data(entry: Entry, path: pathlib.Path, tmp_path: pathlib.Path):
@@ -161,7 +169,7 @@ def test_default_preset(entry: Entry, tmp_path: pathlib.Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- (c) fast-cpu
-@pytest.mark.parametrize("entry", _params(KNOWN_FAST_CPU))
+@pytest.mark.parametrize("entry", _params(KNOWN_FAST_CPU, SLOW_FAST_CPU))
 def test_fast_cpu_preset(entry: Entry, tmp_path: pathlib.Path) -> None:
     path = fetch_or_skip(entry)
     feeds, data = _verification_data(entry, path, tmp_path)
