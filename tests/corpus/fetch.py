@@ -53,9 +53,7 @@ def cache_dir() -> pathlib.Path:
     """The corpus cache: ``$SFTONNX_CORPUS``, else ``$XDG_CACHE_HOME/sftonnx/corpus`` or ``~/.cache/...``."""
     if env := os.environ.get("SFTONNX_CORPUS"):
         return pathlib.Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
-    )
+    base = os.environ.get("XDG_CACHE_HOME") or (os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None)
     root = pathlib.Path(base).expanduser() if base else pathlib.Path.home() / ".cache"
     return root / "sftonnx" / "corpus"
 

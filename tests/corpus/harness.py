@@ -106,9 +106,7 @@ def run_preset(
     outcome = Outcome(preset, 0, nodes_before=node_count(path))
     start = time.perf_counter()
     try:
-        result = api.optimize(
-            path, output, preset=preset, data=data, calibration_data=calibration, overwrite=True
-        )
+        result = api.optimize(path, output, preset=preset, data=data, calibration_data=calibration, overwrite=True)
     except SftonnxError as error:
         outcome.exit_code, outcome.error = error.exit_code, _first_line(error)
     except Exception as error:  # a bug in sftonnx: the CLI would exit 1

@@ -166,9 +166,7 @@ def _table_image(rng: np.random.Generator, *, lines: bool, width: int = 640):
             text = words[(r + c) % len(words)] if r == 0 else f"{int(rng.integers(1, 99999)):,}"
             draw.text((c * cell_w + 8, r * cell_h + cell_h // 4), text, fill=(0, 0, 0), font=font)
             if lines:
-                draw.rectangle(
-                    (c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h), outline=(0, 0, 0), width=2
-                )
+                draw.rectangle((c * cell_w, r * cell_h, (c + 1) * cell_w, (r + 1) * cell_h), outline=(0, 0, 0), width=2)
     return image
 
 
@@ -320,7 +318,8 @@ def lore_cells(entry: Entry, path: pathlib.Path, n: int, rng: np.random.Generato
     for _ in range(n):
         rows, cols = int(rng.integers(3, 6)), int(rng.integers(2, 5))
         image = _table_image(rng, lines=False)
-        outputs = dict(zip([o.name for o in detect.get_outputs()], detect.run(None, {"input": _lore_input(image, size)})))
+        names = [o.name for o in detect.get_outputs()]
+        outputs = dict(zip(names, detect.run(None, {"input": _lore_input(image, size)}), strict=True))
         ax, cr = outputs["ax"][0], outputs["cr"][0]  # [256, grid, grid]
         scale = grid / max(image.size)
         height, width = image.size[1] * scale, image.size[0] * scale
@@ -354,7 +353,7 @@ _ZH = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _dist_text(entry_id: str, member: str) -> str:
     """A text file from the entry's downloaded distribution (already in the cache)."""
     entry = BY_ID[entry_id]

@@ -207,9 +207,7 @@ def test_lossy_preset_within_budget_or_refused(entry: Entry, preset: str, tmp_pa
     calibration = harness.data_source(
         entry, recipe_samples(entry, N_CALIBRATION, SEED_CALIBRATION), tmp_path, "calibration", model=path
     )
-    outcome = harness.run_preset(
-        entry, path, preset, tmp_path / "out.onnx", data=data, calibration=calibration
-    )
+    outcome = harness.run_preset(entry, path, preset, tmp_path / "out.onnx", data=data, calibration=calibration)
     assert outcome.exit_code in (0, 3), outcome.describe()
     if outcome.exit_code == 3:
         return  # refused: the verification said the model is not good enough, nothing written
