@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     if args.merge:
         merged = {row["id"]: row for path in args.merge for row in json.loads(path.read_text())["rows"]}
-        rows = [merged[e.id] for e in CORPUS if e.id in merged]
+        missing = {"error": "not measured in this run (stopped at the time limit)"}
+        rows = [merged.get(e.id, {"id": e.id, "exporter": e.exporter, "opset": e.opset} | missing) for e in CORPUS]
         seconds = sum(json.loads(path.read_text())["seconds"] for path in args.merge)
     else:
         for entry in entries:
