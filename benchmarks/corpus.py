@@ -13,8 +13,8 @@ stacked .npz or a folder of one feed per file), and the outcome of each preset: 
 ``sftonnx.api.optimize(preset=P)`` (the CLI's exit codes: 0/1/2/3, run in a forked child; -1 when stopped after
 ``--timeout`` seconds) and the error's first line. ``int8`` and ``compact`` get calibration samples from the
 recipe (seed 1, distinct from the verification samples, seed 0); their written models are scored on held-out
-samples (seed 2) with the task metric (argmax agreement over the last axis for classifier/sequence outputs,
-cosine otherwise; the worst output).
+samples (seed 2) with the task metric (``tests.corpus.harness.TASK_METRICS``: argmax agreement over the last axis for
+classifier/sequence outputs, cosine for detectors, maps and embeddings; the worst output).
 Models are fetched into ``$SFTONNX_CORPUS`` (see tests/corpus/fetch.py).
 """
 
@@ -95,19 +95,6 @@ def latency_ratio(original: pathlib.Path, optimized: pathlib.Path, feed: dict, r
     return float(np.median(series[1].times) / np.median(series[0].times))
 
 
-def _kinds(outputs: list[np.ndarray]) -> list[str]:
-    """argmax for float outputs with a last axis of 2+ classes and rank >= 2 except box-like ones, else cosine."""
-    kinds = []
-    for array in outputs:
-        if array.dtype.kind != "f":
-            kinds.append("-")
-        elif array.ndim >= 2 and array.shape[-1] >= 2 and array.shape[-1] not in (4, 6, 8):
-            kinds.append("argmax")
-        else:
-            kinds.append("cosine")
-    return kinds
-
-
 def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path, timeout: float) -> dict:
     row: dict = {"id": entry.id, "exporter": entry.exporter, "opset": entry.opset}
     try:
@@ -137,7 +124,7 @@ def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path, tim
         if outcome.exit_code == 0 and preset in LOSSY:
             held_out = samples(entry, n=8, seed=2)
             reference = harness.run_models(path, held_out)
-            kinds = _kinds(reference[0])
+            kinds = harness.metric_kinds(entry, reference[0])
             metrics = harness.task_metrics(reference, harness.run_models(out, held_out), kinds)
             used = [k for k in kinds if k != "-"]
             if metrics:

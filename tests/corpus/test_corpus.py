@@ -148,6 +148,9 @@ def test_fetch_load_and_run(entry: Entry) -> None:
     if entry.recipe in BATCHED:  # the others are fed as folders anyway (no batch axis, or shapes differ)
         assert harness.fixed_batch(path) == (entry.id in FIXED_BATCH)
     outputs = harness.run_models(path, feeds)
+    kinds = harness.metric_kinds(entry, outputs[0])
+    assert len(kinds) == len(outputs[0]), "harness.TASK_METRICS needs one metric per output"
+    assert all(o.dtype.kind == "f" for o, kind in zip(outputs[0], kinds, strict=True) if kind != "-")
     for k in range(len(outputs[0])):
         values = [sample[k] for sample in outputs]
         assert all(np.isfinite(v.astype(np.float64)).all() for v in values), f"output {k} not finite"
@@ -180,12 +183,8 @@ def test_fast_cpu_preset(entry: Entry, tmp_path: pathlib.Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ lossy presets
-#: Representative models and the task metric per output (see harness.task_metrics).
-LOSSY_MODELS: dict[str, tuple[str, ...]] = {
-    "malviz_resnet18": ("argmax",),  # a 26-class classifier
-    "ddddocr_common": ("argmax",),  # the fp32 OCR recognizer: per-frame character decisions [T, 1, 8210]
-    "ddddocr_det": ("cosine",),  # the YOLOX text detector: boxes + scores [1, 3549, 6]
-}
+#: Representative models (task metric per output: harness.TASK_METRICS).
+LOSSY_MODELS = ("malviz_resnet18", "ddddocr_common", "ddddocr_det")  # a classifier, the OCR recognizer, a detector
 
 
 def _lossy_params() -> list:
@@ -213,10 +212,11 @@ def test_lossy_preset_within_budget_or_refused(entry: Entry, preset: str, tmp_pa
         return  # refused: the verification said the model is not good enough, nothing written
     assert (tmp_path / "out.onnx").is_file()
     held_out = recipe_samples(entry, N_HELD_OUT, SEED_HELD_OUT)
+    kinds = harness.TASK_METRICS[entry.id]
     metrics = harness.task_metrics(
-        harness.run_models(path, held_out), harness.run_models(tmp_path / "out.onnx", held_out), LOSSY_MODELS[entry.id]
+        harness.run_models(path, held_out), harness.run_models(tmp_path / "out.onnx", held_out), kinds
     )
-    budgets = [harness.ARGMAX_BUDGET if kind == "argmax" else harness.COSINE_BUDGET for kind in LOSSY_MODELS[entry.id]]
+    budgets = [harness.ARGMAX_BUDGET if kind == "argmax" else harness.COSINE_BUDGET for kind in kinds if kind != "-"]
     assert all(m >= b for m, b in zip(metrics, budgets, strict=True)), (
         f"{preset} wrote a model outside the task budget on held-out inputs: {metrics} < {budgets}"
     )
