@@ -28,7 +28,6 @@ __all__ = [
     "metric_kinds",
     "node_count",
     "run_models",
-    "run_cli_preset",
     "run_preset",
     "TASK_METRICS",
     "task_metrics",
@@ -139,47 +138,6 @@ def run_preset(
         outcome.output = output
         outcome.nodes_after = len(result.model.graph)
         outcome.notes = list(result.report.input_notes)
-    outcome.seconds = time.perf_counter() - start
-    return outcome
-
-
-def run_cli_preset(
-    entry: Entry,
-    path: pathlib.Path,
-    preset: str,
-    output: pathlib.Path,
-    *,
-    data: pathlib.Path | None = None,
-    calibration: pathlib.Path | None = None,
-    timeout: float | None = None,
-) -> Outcome:
-    """``sftonnx optimize PATH OUTPUT --preset ...`` in a subprocess: the real exit code, the ``error:`` line.
-
-    A run past ``timeout`` seconds is killed and reported with exit code -1.
-    """
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "sftonnx.cli", "optimize", str(path), str(output), "--preset", preset]
-    command += ["--overwrite", "--quiet"]
-    if data is not None:
-        command += ["--data", str(data)]
-    if calibration is not None:
-        command += ["--calibration-data", str(calibration)]
-    outcome = Outcome(preset, 0, nodes_before=node_count(path))
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        outcome.exit_code, outcome.error = -1, f"timeout: stopped after {timeout:.0f} s"
-    else:
-        outcome.exit_code = done.returncode
-        if done.returncode == 0 and output.is_file():
-            outcome.output, outcome.nodes_after = output, node_count(output)
-        else:
-            lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-            errors = [line for line in lines if line.startswith("error:")]
-            outcome.error = (errors or lines or ["(no message)"])[0].removeprefix("error: ")[:300]
     outcome.seconds = time.perf_counter() - start
     return outcome
 
