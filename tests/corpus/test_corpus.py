@@ -196,7 +196,8 @@ def _lossy_params() -> list:
     for model_id in LOSSY_MODELS:
         entry = BY_ID[model_id]
         for preset in ("int8", "compact"):
-            marks = [*_marks(entry, {}), pytest.mark.slow]  # 80 s for malviz int8 at load ~12
+            # slow: malviz int8 11 s, compact 465 s (exit 3) at load ~5 (pytest --durations, 2026-11-29)
+            marks = [*_marks(entry, {}), pytest.mark.slow]
             if (model_id, preset) in KNOWN_LOSSY:
                 marks.append(pytest.mark.xfail(reason=KNOWN_LOSSY[model_id, preset], strict=False))
             params.append(pytest.param(entry, preset, id=f"{model_id}-{preset}", marks=marks))
