@@ -286,3 +286,17 @@ def test_hold_out_splits_folders_files_and_feeds(tmp_path, count, held):
         assert sum(len(f["image"]) for f in feeds) == count - held
     feeds_split = verify.hold_out(iter([{"image": seeded((1, 3, 8, 8))} for _ in range(count)]))
     assert len(feeds_split.verification) == (held or count)
+
+
+def test_lossless_tolerance_scales_with_the_outputs_magnitude():
+    """float32 sums err in proportion to their terms: a near-0 element of a 7e4-scale output may move by 0.04."""
+    from sftonnx.verify import Tolerance, compare_outputs
+
+    expected = np.array([[7e4, -6.5e4, -0.01025, 3.0]], dtype=np.float32)
+    nudged = expected.copy()
+    nudged[0, 2] += 0.039
+    assert compare_outputs(["hm"], [[expected]], [[nudged]], tolerance=Tolerance()).passed
+    assert not compare_outputs(["hm"], [[expected]], [[nudged]], tolerance=Tolerance(scale_rtol=0.0)).passed
+    broken = expected.copy()
+    broken[0, 2] += 0.5  # far beyond 1e-6 * 7e4 = 0.07: a real change is still caught
+    assert not compare_outputs(["hm"], [[expected]], [[broken]], tolerance=Tolerance()).passed

@@ -64,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 
 def load_npz(
-    path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra: Sequence[str] = ()
+    path: str | os.PathLike, specs: Sequence[InputSpec], *, allow_extra: Sequence[str] = (), stacked: bool = True
 ) -> dict[str, np.ndarray]:
     """Load user data: one array per model input, checked against the input specs (rank, fixed dims, dtype).
 
@@ -74,6 +74,8 @@ def load_npz(
         path: An ``.npz`` file.
         specs: The model's inputs.
         allow_extra: Keys that may be present besides the inputs (e.g. ``labels``).
+        stacked: The file may hold samples along axis 0 (fed in batches of a fixed batch size of 1); false for
+            a file that is one feed as it is (a folder's file).
 
     Raises:
         InputError: The file is missing or unreadable, an input is missing, or a shape/rank does not match.
@@ -93,7 +95,7 @@ def load_npz(
                 f"{path.name} has no array for input '{spec.name}' (it has: {', '.join(arrays) or 'nothing'})"
             )
         array = arrays[spec.name]
-        check_shape(array, spec, path.name)
+        check_shape(array, spec, path.name, stacked=stacked)
         if array.dtype != spec.dtype:
             if np.dtype(array.dtype).kind != np.dtype(spec.dtype).kind and not (
                 np.dtype(array.dtype).kind in "iu" and np.dtype(spec.dtype).kind in "iu"
@@ -211,7 +213,7 @@ def read_feeds(
 
     def generate() -> Iterator[tuple[dict[str, np.ndarray], int]]:
         for file in files:
-            arrays = load_npz(file, specs, allow_extra=("labels",))
+            arrays = load_npz(file, specs, allow_extra=("labels",), stacked=not folder)
             if folder:
                 yield {name: arrays[name] for name in names}, 1
                 continue

@@ -188,8 +188,11 @@ def random_feeds(
 
 
 
-def check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
+def check_shape(array: np.ndarray, spec: InputSpec, label: str, *, stacked: bool = False) -> None:
     """Rank and fixed dimensions of ``array`` must match the input spec.
+
+    With ``stacked``, ``array`` holds samples along axis 0 that will be fed in batches of the model's fixed
+    batch size, so a fixed batch dimension of 1 does not have to match axis 0.
 
     Raises:
         InputError: Naming ``label``, the input and the offending dimension.
@@ -199,7 +202,7 @@ def check_shape(array: np.ndarray, spec: InputSpec, label: str) -> None:
     if array.ndim != len(spec.shape):
         raise InputError(f"{label}: '{spec.name}' has shape {list(array.shape)}, the model expects {spec.describe()}")
     for axis, (got, fixed) in enumerate(zip(array.shape, spec.shape, strict=True)):
-        if isinstance(fixed, int) and fixed != got:
+        if isinstance(fixed, int) and fixed != got and not (stacked and axis == 0 and fixed == 1):
             raise InputError(f"{label}: '{spec.name}' dimension {axis} is {got}, the model fixes it to {fixed}")
 
 

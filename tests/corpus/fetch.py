@@ -30,7 +30,7 @@ from tests.corpus.manifest import Entry
 
 __all__ = ["CorpusIntegrityError", "CorpusUnavailable", "cache_dir", "model_path", "sha256"]
 
-#: Seconds pip may take for one package (the madmom sdist installs its build requirements in isolation).
+#: Seconds pip may take for one package (the madmom sdist without Cython installs its build requirements).
 PIP_TIMEOUT = 900
 #: Seconds a worker waits for another worker's fetch of the same package.
 LOCK_TIMEOUT = 1800
@@ -119,8 +119,10 @@ def _ensure_dist(entry: Entry, root: pathlib.Path) -> pathlib.Path:
             "-d",
             tmp,
             *(("--only-binary=:all:",) if entry.dist == "wheel" and not entry.pip_args else ()),
-            # An sdist's metadata step needs its build requirements (madmom imports Cython): keep isolation.
-            *(("--no-build-isolation",) if entry.dist == "wheel" else ()),
+            # An sdist's metadata step imports its build requirements (madmom: Cython, numpy). The dev extra
+            # installs Cython, so the step runs here in seconds; without it, pip builds an isolated environment
+            # (minutes): isolation is kept only when Cython is missing.
+            *(("--no-build-isolation",) if entry.dist == "wheel" or _has_cython() else ()),
             *entry.pip_args,
             entry.requirement,
         ]
@@ -219,3 +221,9 @@ def _lock(path: pathlib.Path) -> Iterator[None]:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def _has_cython() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("Cython") is not None

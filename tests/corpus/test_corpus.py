@@ -69,24 +69,11 @@ def needs_folder(entry: Entry) -> bool:
 
 FOLDER_REASON = "needs --data <folder of .npz> (one feed per file; issue 11 item 3), refused today: data file not found"
 
-# Failures seen on 2026-11-29 (branch corpus, main at ac185f6) that are not the folder limitation.
-_LORE_FOLD_BN = (
-    "exit 3: fold-bn changes output 'hm' beyond atol/rtol (4 of 73728 elements, max abs 0.039 at an expected "
-    "-0.010, first diverging tensor '319'); the heat-map logits reach +-7e4, so an element near 0 is a float32 "
-    "cancellation: the elementwise gate (or fold-bn's rounding) needs a fix"
-)
-KNOWN_DEFAULT: dict[str, str] = {
-    "lore_detect": _LORE_FOLD_BN,
-    # Seen with --data <folder> emulated (a patched prepare_feeds): the only default-preset failure behind it.
-    "madmom_beats_tcn": "the default preset writes more nodes than it read (171 -> 172; fast-cpu: 168)",
-}
-KNOWN_FAST_CPU: dict[str, str] = {
-    "lore_detect": _LORE_FOLD_BN,
-    "piper_tashkeel": (
-        "exit 1: ort-offline writes SimplifiedLayerNormalization in the default domain, which the onnx checker "
-        "rejects ('No Op registered for SimplifiedLayerNormalization with domain_version of 16'; issue 11 item 5)"
-    ),
-}
+# Failures seen on 2026-11-29 before the fixes of issue 11 landed (lore_detect: fold-bn's float32 re-association
+# beyond a purely elementwise tolerance, now held to verify.Tolerance's scale term; madmom_beats_tcn: simplify grew
+# the graph; piper_tashkeel: ort-offline wrote a default-domain SimplifiedLayerNormalization). None known today.
+KNOWN_DEFAULT: dict[str, str] = {}
+KNOWN_FAST_CPU: dict[str, str] = {}
 KNOWN_LOSSY: dict[tuple[str, str], str] = {}
 
 #: Models whose optimize run takes long: (default preset, fast-cpu) seconds measured 2026-11-29 on the shared
