@@ -20,6 +20,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from sftonnx.errors import InputError
+from sftonnx.ir_utils import all_graphs
 
 __all__ = [
     "KNOWN_DOMAINS",
@@ -124,34 +125,20 @@ def _from_proto(proto: onnx.ModelProto, base_dir: str | os.PathLike | None) -> i
 
 def _unknown_nonpositive_dims(model: ir.Model) -> None:
     """Replace declared dimensions ``<= 0`` by unnamed symbolic ones (initializer shapes are their tensors')."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
     changed = 0
-    for root in graphs:
-        for graph in (root, *_subgraphs(root)):
-            values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
-            for value in values:
-                shape = value.shape
-                if value.is_initializer() or shape is None:
-                    continue
-                if any(isinstance(dim, int) and dim <= 0 for dim in shape):
-                    value.shape = ir.Shape(
-                        [ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim for dim in shape]
-                    )
-                    changed += 1
+    for graph in all_graphs(model):
+        values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
+        for value in values:
+            shape = value.shape
+            if value.is_initializer() or shape is None:
+                continue
+            if any(isinstance(dim, int) and dim <= 0 for dim in shape):
+                value.shape = ir.Shape(
+                    [ir.SymbolicDim(None) if isinstance(dim, int) and dim <= 0 else dim for dim in shape]
+                )
+                changed += 1
     if changed:
         logger.debug("%d declared shapes had dimensions <= 0; read as dynamic", changed)
-
-
-def _subgraphs(graph: ir.Graph | ir.Function) -> list[ir.Graph]:
-    """Every subgraph nested in ``graph``'s nodes, at any depth."""
-    found: list[ir.Graph] = []
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        for attribute in node.attributes.values():
-            if attribute.type == ir.AttributeType.GRAPH:
-                found.append(attribute.as_graph())
-            elif attribute.type == ir.AttributeType.GRAPHS:
-                found.extend(attribute.as_graphs())
-    return found
 
 
 def _validate(model: ir.Model) -> None:

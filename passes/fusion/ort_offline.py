@@ -24,7 +24,7 @@ from typing import Literal
 import onnx
 import onnx_ir as ir
 
-from sftonnx import io
+from sftonnx import io, verify
 from sftonnx.errors import PassConfigError, first_line
 from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
@@ -101,7 +101,9 @@ class OrtOfflinePass(SftPass):
     def _optimize(self, source: bytes, disabled: tuple[str, ...]) -> ir.Model:
         with tempfile.TemporaryDirectory(prefix="sftonnx-ort-") as folder:
             path = os.path.join(folder, "optimized.onnx")
-            _session(source, optimization=self.level, optimized_model_path=path, disabled_optimizers=disabled)
+            verify.make_session(
+                source, optimization=self.level, optimized_model_path=path, disabled_optimizers=disabled
+            )
             optimized = io.load(path, validate=False)
             io._load_external_tensors(optimized)
         return optimized
@@ -130,24 +132,6 @@ def _session_input(model: ir.Model) -> bytes:
     proto.ir_version = max(proto.ir_version, 4)
     return proto.SerializeToString()
 
-
-def _session(source: bytes, *, optimization: str, optimized_model_path: str | None, disabled_optimizers=()):
-    """An onnxruntime CPU session (like ``verify.make_session``, plus ``disabled_optimizers``)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    if optimized_model_path:
-        options.optimized_model_filepath = optimized_model_path
-    return ort.InferenceSession(
-        source, options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers)
-    )
 
 
 def _problems(proto: onnx.ModelProto, checks: frozenset[str]) -> dict[str, str]:
@@ -183,7 +167,7 @@ def _check(optimized: ir.Model, held: frozenset[str]) -> str | None:
     if problems.get("inference"):
         return f"strict shape inference: {problems['inference']}"
     try:
-        _session(proto.SerializeToString(), optimization="disable", optimized_model_path=None)
+        verify.make_session(proto.SerializeToString(), optimization="disable")
     except Exception as error:  # onnxruntime raises its own exception types
         return f"onnxruntime cannot load it: {first_line(error)}"
     return None

@@ -30,6 +30,7 @@ import onnx_ir as ir
 
 from sftonnx.analysis.memory import plan_memory
 from sftonnx.analysis.shapes import Dim, ShapeTable, infer_tensor_shapes, tensor_nbytes
+from sftonnx.ir_utils import all_graphs
 
 __all__ = [
     "MAC_OPS",
@@ -398,23 +399,8 @@ def _op_key(node: ir.Node) -> str:
 
 
 def _graphs_and_functions(model: ir.Model) -> list[ir.Graph | ir.Function]:
-    """Main graph, all subgraphs and local functions with their subgraphs (like ``ir_utils.all_graphs``)."""
-    graphs: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
-    for function in model.functions.values():
-        graphs.append(function)
-        graphs.extend(_function_subgraphs(function))
-    return graphs
-
-
-def _function_subgraphs(function: ir.Function) -> list[ir.Graph]:
-    found: list[ir.Graph] = []
-    for node in ir.traversal.RecursiveGraphIterator(function):
-        for attribute in node.attributes.values():
-            if attribute.type == ir.AttributeType.GRAPH:
-                found.append(attribute.as_graph())
-            elif attribute.type == ir.AttributeType.GRAPHS:
-                found.extend(attribute.as_graphs())
-    return found
+    """Main graph, all subgraphs and local functions with their subgraphs."""
+    return list(all_graphs(model))
 
 
 def _stored_nbytes(tensor: ir.TensorProtocol) -> int:

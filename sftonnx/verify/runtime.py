@@ -45,8 +45,12 @@ def make_session(
     threads: int = 0,
     optimized_model_path: str | None = None,
     log_severity: int = 3,
+    disabled_optimizers: Sequence[str] = (),
 ):
-    """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises."""
+    """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises.
+
+    ``disabled_optimizers`` names onnxruntime graph transformers to leave out (``ort-offline`` uses it).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -60,6 +64,10 @@ def make_session(
     }[optimization]
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if disabled_optimizers:
+        return ort.InferenceSession(
+            source, options, providers=list(providers), disabled_optimizers=list(disabled_optimizers)
+        )
     return ort.InferenceSession(source, options, providers=list(providers))
 
 
