@@ -300,3 +300,36 @@ def test_lossless_tolerance_scales_with_the_outputs_magnitude():
     broken = expected.copy()
     broken[0, 2] += 0.5  # far beyond 1e-6 * 7e4 = 0.07: a real change is still caught
     assert not compare_outputs(["hm"], [[expected]], [[broken]], tolerance=Tolerance()).passed
+
+
+def test_argmax_agreement_counts_near_ties_and_refuses_real_changes():
+    """Anchors with near-equal scores are a tie, not a changed decision; a recognizer's changed character is not."""
+    from sftonnx.verify import Budget, compare_outputs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 1, 30)).astype(np.float32)  # [T, B, C] sequence logits
+    logits[:, 0, 0] = logits.max(axis=-1)[:, 0] + 0.001  # column 0 leads every row by a hair (near-tie)
+    swapped = logits.copy()
+    swapped[:, 0, 0] -= 0.002  # the runner-up now wins by a hair: a tie flip, not a new decision
+    tie = compare_outputs(["y"], [[logits]], [[swapped]], budget=Budget(min_cosine=0.99))
+    assert tie.outputs[0].argmax_agreement == 1.0 and tie.passed
+    changed = logits.copy()
+    rows = np.arange(0, 200, 5)  # 20% of the positions pick what the original scored lowest
+    changed[rows, 0, np.argmin(logits[rows, 0], axis=-1)] += 20.0
+    refused = compare_outputs(["y"], [[logits]], [[changed]], budget=Budget(min_cosine=None))
+    assert refused.outputs[0].argmax_agreement == 0.8 and not refused.passed
+
+
+def test_detector_head_with_few_rows_is_judged_by_cosine():
+    """A [1, 84, anchors] head: argmax over anchors is no decision; with < 100 rows cosine decides."""
+    from sftonnx.verify import Budget, compare_outputs
+
+    rng = np.random.default_rng(1)
+    head = rng.uniform(0, 320, size=(1, 84, 2100)).astype(np.float32)
+    noisy = head + rng.normal(0, 5.0, size=head.shape).astype(np.float32)  # quantization-like noise
+    result = compare_outputs(["output0"], [[head]], [[noisy]], budget=Budget())
+    metric = result.outputs[0]
+    assert metric.kind == "scores" and metric.decisions == 84 and metric.argmax_agreement < 0.99
+    assert result.passed and metric.judged_by == "cosine"
+    broken = compare_outputs(["output0"], [[head]], [[rng.permutation(noisy, axis=2)]], budget=Budget())
+    assert not broken.passed  # a scrambled head still fails on cosine
