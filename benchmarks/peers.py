@@ -254,13 +254,17 @@ def graph_facts(model: ir.Model) -> tuple[bool, bool, bool]:
 
     *quantizable*: some Conv, Gemm or MatMul. *attention*: some MatMul whose two inputs are both activations
     (neither an initializer, a ``Constant`` nor computed from constants only): the Q·Kᵀ and P·V products of
-    attention, which is what NNCF's transformer mode is for.
+    attention, which is what NNCF's transformer mode is for. A Loop body's carried value that the body passes
+    through unchanged from a constant initial value is a constant too (tf2onnx and paddle2onnx hand recurrent
+    weights into Loop bodies that way).
     """
     constant: set[int] = set()
     has_conv = quantizable = attention = False
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.domain not in ("", "ai.onnx"):
             continue
+        if node.op_type == "Loop" and isinstance(body := node.attributes.get("body"), ir.Attr):
+            _mark_loop_constants(node, body.as_graph(), constant)
         has_conv |= node.op_type == "Conv"
         quantizable |= node.op_type in QUANTIZABLE
         if node.op_type == "MatMul" and len(node.inputs) == 2:
@@ -269,6 +273,19 @@ def graph_facts(model: ir.Model) -> tuple[bool, bool, bool]:
         if node.op_type == "Constant" or (computed and not node.op_type.startswith("Random")):
             constant.update(id(v) for v in node.outputs)
     return has_conv, quantizable, attention
+
+
+def _mark_loop_constants(node: ir.Node, body: ir.Graph, constant: set[int]) -> None:
+    """Mark the Loop body inputs that carry a constant initial value through every iteration unchanged."""
+    carried = list(zip(node.inputs[2:], body.inputs[2:], body.outputs[1:], strict=False))
+    for initial, inside, returned in carried:
+        if inside is None or returned is None or not _is_constant(initial, constant):
+            continue
+        producer = returned.producer()
+        if returned is inside or (
+            producer is not None and producer.op_type == "Identity" and producer.inputs[0] is inside
+        ):
+            constant.add(id(inside))
 
 
 def prepare_model(name: str, work: pathlib.Path) -> ModelData:
@@ -646,6 +663,20 @@ def _attempt_forked(
         results.close()
 
 
+#: Modules the candidates import, loaded once in this process so that each forked child does not import them
+#: again (seconds each on a loaded machine). nncf is not among them: it is imported only when its row runs.
+PRELOAD = ("onnxsim", "onnxslim", "onnxruntime.quantization", "onnxruntime.quantization.shape_inference", "sftonnx.api")
+
+
+def _preload() -> None:
+    for module in PRELOAD:
+        try:
+            importlib.import_module(module)
+        except Exception:  # a missing peer fails in its own row, with its own message
+            pass
+    from sftonnx.passes import PRESETS  # noqa: F401 - the registry imports every pass module
+
+
 def _applies(label: str, data: ModelData) -> str | None:
     """Why a peer is not run on this model (``None``: it is run)."""
     if label in (ORT_STATIC, ORT_DYNAMIC, NNCF, NNCF_TRANSFORMER) and not data.quantizable:
@@ -689,6 +720,8 @@ def make_candidates(
         jobs.append((PRESET_PREFIX + "auto", "preset", run_auto))
     model_deadline = None if limits.model is None else time.monotonic() + limits.model
     fork = limits.candidate is not None or limits.model is not None
+    if fork:
+        _preload()
     for label, kind, fn in jobs:
         row = Candidate(label, kind)
         candidates.append(row)
