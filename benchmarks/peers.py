@@ -106,7 +106,7 @@ CORPUS_CALIB, CORPUS_CALIB_SEED = 8, 1
 CORPUS_VERIFY, CORPUS_VERIFY_SEED = 4, 0
 CORPUS_EVAL, CORPUS_EVAL_SEED = 8, 2
 #: Per-candidate and per-model wall-time caps (seconds) and the address-space cap of a candidate's process.
-CANDIDATE_TIMEOUT, MODEL_TIMEOUT, MEMORY_LIMIT_GB = 600.0, 1500.0, 8.0
+CANDIDATE_TIMEOUT, MODEL_TIMEOUT, MEMORY_LIMIT_GB = 300.0, 900.0, 8.0
 QUANTIZABLE = frozenset({"Conv", "Gemm", "MatMul"})
 
 
@@ -621,8 +621,9 @@ def _attempt_forked(
 ) -> tuple:
     """:func:`_attempt` in a forked child (modules already imported), killed after ``timeout`` seconds.
 
-    ``memory_gb`` caps the child's address space (``RLIMIT_AS``): a quantizer that would take the machine's
-    memory (onnxruntime's calibration keeps every activation) fails with a MemoryError row instead.
+    ``memory_gb`` caps the address space the child may add to what it inherited (``RLIMIT_AS``): a quantizer
+    that would take the machine's memory (onnxruntime's calibration keeps every activation) fails with a
+    MemoryError row instead.
     """
     import multiprocessing
     import queue as queues
@@ -634,7 +635,7 @@ def _attempt_forked(
         if memory_gb:
             import resource
 
-            limit = int(memory_gb * 2**30)
+            limit = _address_space() + int(memory_gb * 2**30)  # on top of what the fork inherited
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         results.put(_attempt(fn, source, output, data, folder))
 
@@ -675,6 +676,17 @@ def _preload() -> None:
         except Exception:  # a missing peer fails in its own row, with its own message
             pass
     from sftonnx.passes import PRESETS  # noqa: F401 - the registry imports every pass module
+
+
+def _address_space() -> int:
+    """This process's virtual memory size in bytes (``VmSize``; 0 where /proc is missing)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _applies(label: str, data: ModelData) -> str | None:
@@ -1067,7 +1079,8 @@ def render(report: Mapping[str, Any]) -> str:
         "adds `model_type=nncf.ModelType.TRANSFORMER` (preset `mixed`, SmoothQuant, transformer patterns) and "
         "runs only on models with an attention MatMul (a MatMul of two activations).",
         f"- Each candidate is made in a forked process with a wall-time cap (`--candidate-timeout`, default "
-        f"{CANDIDATE_TIMEOUT:g} s), an address-space cap (`--memory-limit-gb`, default {MEMORY_LIMIT_GB:g}) and a "
+        f"{CANDIDATE_TIMEOUT:g} s), an address-space cap (`--memory-limit-gb`, default {MEMORY_LIMIT_GB:g} GiB on top "
+        f"of what the fork inherits) and a "
         f"per-model cap for all candidates together (`--model-timeout`, default {MODEL_TIMEOUT:g} s); a capped "
         "candidate is a failed row saying so, and candidates after a used-up model cap are skipped rows.",
         f"- **Random calibration.** Only digits_cnn and the corpus models have real data (digits_cnn: "
@@ -1145,7 +1158,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--memory-limit-gb",
         type=float,
         default=MEMORY_LIMIT_GB,
-        help="address-space cap of the process making a candidate; 0: none",
+        help="GiB of address space the process making a candidate may add to what it inherits; 0: no cap",
     )
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads when timing (0: ORT's default)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few timed rounds")
