@@ -1041,8 +1041,11 @@ def render(report: Mapping[str, Any]) -> str:
         f"- Python {env['python']}; {versions}",
         "- Presets compared (read from `sftonnx.passes.PRESETS` at run time): "
         + ", ".join(f"`{p}`" for p in report["presets"]),
+        "- Peers compared: " + ", ".join(report.get("peers", [])),
+        f"- Caps per candidate / per model / memory: {_fmt_limits(report.get('limits') or {})}",
         f"- Timing: CPU EP, {threads}, batch 1, candidates of a model interleaved run by run in one "
-        f"`run_benchmark` call: {timing['warmup']} warm-up runs each, then rounds until {timing['duration']:g} s "
+        f"`run_benchmark` call (corpus models: the same method, fed their first held-out recipe sample): "
+        f"{timing['warmup']} warm-up runs each, then rounds until {timing['duration']:g} s "
         f"or {timing['runs']} rounds; latency ratio = candidate p50 / original p50 of the same call.",
         f"- Total run time: {report.get('total_seconds', 0):.0f} s",
         "",
@@ -1118,6 +1121,17 @@ def render(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _fmt_limits(limits: Mapping[str, Any]) -> str:
+    candidate, model, memory = limits.get("candidate"), limits.get("model"), limits.get("memory_gb")
+    return " / ".join(
+        [
+            f"{candidate:g} s" if candidate else "none",
+            f"{model:g} s" if model else "none",
+            f"{memory:g} GiB of address space" if memory else "none",
+        ]
+    )
 
 
 def _description(data: ModelData) -> str:
