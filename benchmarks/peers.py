@@ -293,7 +293,7 @@ def prepare_model(name: str, work: pathlib.Path) -> ModelData:
     entry = corpus_entry(name)
     if entry is not None:
         return prepare_corpus(entry, work)
-    path = model_path(name)
+    path = model_path(name).resolve()
     loaded = ir.load(path)
     specs = verification.input_specs(loaded)
     names = [s.name for s in specs]
@@ -632,6 +632,9 @@ def _attempt_forked(
     results = context.Queue()
 
     def child() -> None:
+        # onnxruntime's symbolic shape inference drops `sym_shape_infer_temp.onnx` (+ data) into the working
+        # directory when it gives up: keep that in the candidate's folder, not in the repository.
+        os.chdir(folder)
         if memory_gb:
             import resource
 
@@ -639,6 +642,7 @@ def _attempt_forked(
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         results.put(_attempt(fn, source, output, data, folder))
 
+    source, output, folder = source.resolve(), output.resolve(), folder.resolve()
     process = context.Process(target=child)
     process.start()
     deadline = time.monotonic() + timeout
@@ -1231,7 +1235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if limits.candidate is None and limits.model is None:
         limits.memory_gb = None  # no forked process to cap
-    work = pathlib.Path(args.work_dir)
+    work = pathlib.Path(args.work_dir).resolve()  # candidates run with their own folder as working directory
     out, json_path = pathlib.Path(args.out), pathlib.Path(args.json)
     asked = _names(args.presets)
     presets = [p for p in asked if p != "auto"] if asked else list(PRESETS)  # default: whatever is registered now
