@@ -734,10 +734,10 @@ def make_candidates(
     jobs += [(PRESET_PREFIX + preset, "preset", lambda s, o, d, p=preset: run_preset(s, o, d, p)) for preset in presets]
     if data.name in AUTO_RUNS and auto:
         jobs.append((PRESET_PREFIX + "auto", "preset", run_auto))
-    model_deadline = None if limits.model is None else time.monotonic() + limits.model
     fork = limits.candidate is not None or limits.model is not None
     if fork:
-        _preload()
+        _preload()  # before the model's clock starts: a one-time cost of the run
+    model_deadline = None if limits.model is None else time.monotonic() + limits.model
     for label, kind, fn in jobs:
         row = Candidate(label, kind)
         candidates.append(row)

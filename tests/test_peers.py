@@ -191,6 +191,23 @@ def test_slow_candidate_is_stopped_at_its_time_cap(peers, tmp_path):
     assert time.monotonic() - started < 20
 
 
+def test_used_up_model_cap_skips_the_remaining_candidates(peers, tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "_preload", lambda: None)  # the caps are under test, not the imports
+    data = peers.prepare_model("digits_cnn", tmp_path / "w")
+    rows = peers.make_candidates(
+        data, tmp_path / "w", ["lossless", "fp16"], peers=["onnxsim"], auto=False, limits=peers.Limits(60, 0.01, None)
+    )
+    assert [r.label for r in rows] == ["original", "onnxsim", "sftonnx lossless", "sftonnx fp16"]
+    # The first candidate gets what is left of the 10 ms (stopped) or nothing (skipped); the rest are skipped.
+    assert (rows[1].status, rows[1].message) in (
+        ("failed", "timeout: stopped after 0 s"),
+        ("skipped", "not run: the model's time cap (0 s) was used up"),
+    )
+    for row in rows[2:]:
+        assert (row.status, row.message) == ("skipped", "not run: the model's time cap (0 s) was used up")
+        assert row.path is None
+
+
 def test_candidate_over_its_memory_cap_is_a_failed_row(peers, tmp_path):
     def hog(source, output, data):
         return str(np.ones(2**31, dtype=np.uint8).sum())  # 2 GiB under a 1 GiB address-space cap
