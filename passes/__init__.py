@@ -24,6 +24,7 @@ from sftonnx.passes.fusion.ort import FuseOrtPass
 from sftonnx.passes.fusion.ort_offline import OrtOfflinePass
 from sftonnx.passes.fusion.standard import CollapseLayoutPass, FoldInputNormPass, FoldPadPass
 from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass
+from sftonnx.passes.layout.sinking import SinkTransposesPass
 from sftonnx.passes.pruning.channels import PruneChannelsPass
 from sftonnx.passes.pruning.magnitude import PruneMagnitudePass
 from sftonnx.passes.quantization.dynamic import QuantizeDynamicPass
@@ -50,6 +51,7 @@ REGISTRY: dict[str, type[SftPass]] = {
         FoldPadPass,
         FoldInputNormPass,
         CollapseLayoutPass,
+        SinkTransposesPass,
         FuseLayerNormPass,
         FuseGeluPass,
         FuseSoftmaxPass,
