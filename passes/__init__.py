@@ -74,7 +74,7 @@ REGISTRY: dict[str, type[SftPass]] = {
 
 PRESETS: dict[str, str] = {
     "lossless": (
-        "simplify,fold-pad,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},"
+        "simplify,sink-transposes,fold-pad,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},"
         "fold-input-norm,matmul-add-to-gemm,collapse-layout,fuse-layernorm,fuse-gelu,fuse-softmax,eliminate-identity,cse,dedup,"
         "share-weights,eliminate-dead,schedule-memory"
     ),
