@@ -629,8 +629,10 @@ class _Rewriter:
             for use in output.uses():
                 if use.node.graph is not self.graph:
                     reasons.add("read_in_subgraph")
-                else:
-                    reasons.add(self.sink(use.node, apply=False) or "adds_transposes")
+                elif (reason := self.sink(use.node, apply=False)) is not None:
+                    reasons.add(reason)
+                else:  # it could move down, but hoisting put it on the input, where nothing is left to cancel
+                    reasons.add("graph_input" if node.inputs[0].is_graph_input() else "no_partner")
             for reason in sorted(reasons):
                 self.report.skipped[reason] += 1
 
@@ -650,6 +652,8 @@ class SinkTransposesPass(SftPass):
     unknown rank), ``blocked_by_<op>`` (a reader that does
     not commute with a permutation, e.g. ``blocked_by_conv``, ``blocked_by_reshape``), ``adds_transposes``
     (crossing would need more Transposes on other operands or outputs than it removes), ``graph_output``,
+    ``graph_input`` (a Transpose hoisted onto a graph input: the boundary), ``no_partner`` (free to move, but
+    nothing to cancel with),
     ``read_in_subgraph``, ``operand_rank_unknown`` / ``operand_rank_higher`` (an operand that broadcasts
     to another rank), ``axes_not_constant``, ``pads_not_constant``, ``scales_not_constant``,
     ``roi_not_constant``, ``scale_not_constant``, ``axes_invalid``, ``axes_unknown``, ``axis_invalid``,
