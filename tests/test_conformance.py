@@ -167,7 +167,7 @@ APPLIES: dict[str, Callable[[Facts], bool]] = {
     "fold-bn": _needs(*({"BatchNormalization", op} for op in _LINEAR)),
     "fold-affine": _needs(*({op, affine} for op in _LINEAR for affine in ("Mul", "Add", "Sub", "Div"))),
     "matmul-add-to-gemm": _needs({"MatMul", "Add"}),
-    "fold-pad": _needs({"Pad", "Conv"}),
+    "fold-pad": _needs({"Pad", "Conv"}, {"Pad", "MaxPool"}),
     "fold-input-norm": _needs(*({affine, "Conv"} for affine in ("Sub", "Div", "Mul", "Add"))),
     "collapse-layout": _needs({"Transpose"}, {"Reshape"}, {"Squeeze", "Unsqueeze"}),
     "sink-transposes": _needs({"Transpose"}),
