@@ -382,13 +382,16 @@ class _Rewriter:
     """One graph (or function) of one pass call: sinks, hoists and merges, counting into the report."""
 
     def __init__(self, graph: ir.Graph | ir.Function, opset: int, names: NameAllocator, report: PassReport):
-        self.graph, self.opset, self.names, self.report = graph, opset, names, report
+        # A function's nodes belong to its inner graph; it holds no initializers (constants become Constant nodes).
+        self.in_function = isinstance(graph, ir.Function)
+        self.graph = graph.graph if isinstance(graph, ir.Function) else graph
+        self.opset, self.names, self.report = opset, names, report
 
     # -- small edits
     def constant(self, array: np.ndarray, base: str) -> ir.Value:
         name = self.names(base)
         tensor = ir.tensor(array, name=name)
-        if isinstance(self.graph, ir.Graph):
+        if not self.in_function:
             value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype),
                              const_value=tensor)
             self.graph.register_initializer(value)
@@ -474,9 +477,11 @@ class _Rewriter:
                 added += 1
             else:
                 return "operand_rank_unknown"
+        data = set(plan.data)
         dying = sum(
             1 for t in released.values()
-            if not t.outputs[0].is_graph_output() and all(use.node is node for use in t.outputs[0].uses())
+            if not t.outputs[0].is_graph_output()
+            and all(use.node is node and use.idx in data for use in t.outputs[0].uses())
         )
         added += sum(1 for out, rho in zip(node.outputs, plan.outputs, strict=True)
                      if rho is not None and (out.uses() or out.is_graph_output()))
@@ -552,8 +557,9 @@ class _Rewriter:
             transposed = self.local_transpose(operand)
             if transposed is not None and _is_identity(_compose(transposed[1], perm)):
                 t = transposed[0]
-                if id(t) not in seen and all(use.node is producer for use in t.outputs[0].uses()) \
-                        and not t.outputs[0].is_graph_output():
+                if id(t) not in seen and not t.outputs[0].is_graph_output() and all(
+                    use.node is producer and use.idx in plan.data for use in t.outputs[0].uses()
+                ):
                     dying += 1
                 seen.add(id(t))
             elif (array := _constant(operand)) is not None:
@@ -686,10 +692,10 @@ class SinkTransposesPass(SftPass):
             opset = opset_version(model)
             if isinstance(graph, ir.Function):
                 opset = graph.opset_imports.get("", opset)
-            before = sum(1 for n in graph if is_op(n, "Transpose"))
             rewriter = _Rewriter(graph, opset, names, report)
+            before = sum(1 for n in rewriter.graph if is_op(n, "Transpose"))
             rewriter.run(self.max_rounds)
-            after = sum(1 for n in graph if is_op(n, "Transpose"))
+            after = sum(1 for n in rewriter.graph if is_op(n, "Transpose"))
             if after > before:  # the cost model forbids this; a bug if it ever happens
                 raise AssertionError(f"sink-transposes added Transposes ({before} -> {after}) in {graph.name!r}")
             if after < before:

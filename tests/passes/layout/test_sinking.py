@@ -233,3 +233,25 @@ g (float[1,4,5,6] x) => (float[1,4,5,6] y) {{
 def test_bad_options(value):
     with pytest.raises(PassConfigError, match="max_rounds"):
         SinkTransposesPass(max_rounds=value)
+
+
+def test_transposes_inside_a_local_function_cancel_with_the_constant_relaid():
+    text = """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+g (float[1,4,5,6] x) => (float[1,4,5,6] y) {
+    y = local.f(x)
+}
+<domain: "local", opset_import: ["" : 17]>
+f (a) => (b) {
+    t = Transpose<perm=[0,2,3,1]>(a)
+    c = Constant<value = float[1,1,1,4] {1.0, -2.0, 3.0, 0.5}>()
+    m = Mul(t, c)
+    b = Transpose<perm=[0,3,1,2]>(m)
+}"""
+    model = ir.from_onnx_text(text)
+    report = run(model)
+    assert report.changes == {"transposes_removed": 2, "transposes_sunk": 1}
+    function = next(iter(model.functions.values()))
+    assert [n.op_type for n in function] == ["Constant", "Constant", "Mul"]
+    mul = [n for n in function if n.op_type == "Mul"][0]
+    assert mul.inputs[1].const_value is None  # a Constant node: functions hold no initializers
+    assert mul.inputs[1].producer().attributes["value"].value.shape == (1, 4, 1, 1)
