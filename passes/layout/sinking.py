@@ -111,6 +111,24 @@ def _rank(value: ir.Value | None) -> int | None:
     return None if value is None or value.shape is None else len(value.shape)
 
 
+def _size_ratio(larger: ir.Value | None, smaller: ir.Value | None) -> float | None:
+    """``numel(larger) / numel(smaller)`` when both shapes are known up to the same symbolic dims, else None."""
+    if larger is None or smaller is None or larger.shape is None or smaller.shape is None:
+        return None
+    sizes, symbols = [1, 1], [[], []]
+    for index, shape in enumerate((larger.shape, smaller.shape)):
+        for dim in shape:
+            if isinstance(dim, int):
+                sizes[index] *= dim
+            elif dim.value is None:
+                return None
+            else:
+                symbols[index].append(dim.value)
+    if sorted(symbols[0]) != sorted(symbols[1]) or sizes[1] == 0:
+        return None
+    return sizes[0] / sizes[1]
+
+
 def _transpose_perm(node: ir.Node) -> Perm | None:
     """The ``perm`` of a default-domain Transpose (reversed axes when absent and the rank is known), else None."""
     if not is_op(node, "Transpose") or len(node.inputs) != 1 or node.inputs[0] is None:
@@ -487,6 +505,12 @@ class _Rewriter:
                      if rho is not None and (out.uses() or out.is_graph_output()))
         if added > dying:
             return "adds_transposes"
+        # A move that removes nothing must not make the Transpose copy more data (an upsampling Resize, a
+        # broadcast): if no partner cancels it below, the model would be slower. Pairs around such ops cancel
+        # by hoisting instead.
+        if added == dying and (ratio := _size_ratio(node.outputs[0], node.inputs[plan.data[0]])) is not None \
+                and ratio > 1:
+            return "grows_data"
         if not apply:
             return None
         for index in plan.data:
@@ -573,6 +597,9 @@ class _Rewriter:
         net = added - 1 - dying
         if net > 0 or (net == 0 and not (added and boundary)):
             return False
+        # Onto a graph input only when the Transpose does not get more to copy there (Pad: less; Slice: more).
+        if net == 0 and (ratio := _size_ratio(producer.inputs[plan.data[0]], value)) is not None and ratio > 1:
+            return False
         released = []
         for index in plan.data:
             operand = producer.inputs[index]
@@ -657,7 +684,8 @@ class SinkTransposesPass(SftPass):
     Declines (``skipped`` keys, one per Transpose left and reason): ``perm_unknown`` (no ``perm`` and an
     unknown rank), ``blocked_by_<op>`` (a reader that does
     not commute with a permutation, e.g. ``blocked_by_conv``, ``blocked_by_reshape``), ``adds_transposes``
-    (crossing would need more Transposes on other operands or outputs than it removes), ``graph_output``,
+    (crossing would need more Transposes on other operands or outputs than it removes), ``grows_data`` (a
+    move that removes nothing would make the Transpose copy a larger tensor), ``graph_output``,
     ``graph_input`` (a Transpose hoisted onto a graph input: the boundary), ``no_partner`` (free to move, but
     nothing to cancel with),
     ``read_in_subgraph``, ``operand_rank_unknown`` / ``operand_rank_higher`` (an operand that broadcasts

@@ -255,3 +255,45 @@ f (a) => (b) {
     mul = [n for n in function if n.op_type == "Mul"][0]
     assert mul.inputs[1].const_value is None  # a Constant node: functions hold no initializers
     assert mul.inputs[1].producer().attributes["value"].value.shape == (1, 4, 1, 1)
+
+
+def with_shapes(model: ir.Model) -> ir.Model:
+    import onnx
+
+    return ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model)))
+
+
+def test_a_move_that_would_transpose_more_data_is_declined():
+    text = f"""{HEADER}
+g (float[1,4,5,6] x) => (float[1,10,12,4] y) {{
+    t = Transpose<perm={TO_NHWC}>(x)
+    y = Resize<mode="nearest">(t, roi, scales)
+}}"""
+    model = with_shapes(make_model(text, roi=np.zeros((0,), np.float32), scales=np.array([1, 2, 2, 1], np.float32)))
+    before = ir.to_onnx_text(model)
+    report = SinkTransposesPass()(model)
+    assert not report.modified and report.skipped == {"grows_data": 1}
+    assert ir.to_onnx_text(model) == before
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['p = Pad<mode="constant">(t, pads)', 'p = Resize<mode="nearest">(t, roi, scales)'],
+    ids=["pad", "resize"],
+)
+def test_a_pair_around_a_growing_op_cancels_by_hoisting(line):
+    out = "1,4,7,8" if "Pad" in line else "1,4,10,12"
+    text = f"""{HEADER}
+g (float[1,4,5,6] x) => (float[1,4,{out.split(",", 2)[2]}] y) {{
+    k = Conv(x, w)
+    t = Transpose<perm={TO_NHWC}>(k)
+    {line}
+    s = Transpose<perm={TO_NCHW}>(p)
+    y = Conv(s, w)
+}}"""
+    model = with_shapes(make_model(text, w=seeded((4, 4, 1, 1), 1), roi=np.zeros((0,), np.float32),
+                                   scales=np.array([1, 2, 2, 1], np.float32),
+                                   pads=np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)))
+    report = run(model)
+    assert report.changes == {"transposes_removed": 2, "transposes_hoisted": 1}
+    assert op_types(model) == ["Conv", line.split("<")[0].split()[-1], "Conv"]
