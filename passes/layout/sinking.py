@@ -40,8 +40,18 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from sftonnx import io
 from sftonnx.errors import PassConfigError
-from sftonnx.ir_utils import NameAllocator, all_graphs, attr, constant_array, is_op, opset_version, replace_value
+from sftonnx.ir_utils import (
+    NameAllocator,
+    all_graphs,
+    attr,
+    constant_array,
+    is_op,
+    opset_version,
+    replace_value,
+    restore_model,
+)
 from sftonnx.pass_infra import PassReport, SftPass
 
 __all__ = ["SinkTransposesPass"]
@@ -694,7 +704,8 @@ class SinkTransposesPass(SftPass):
     ``pads_invalid``, ``scales_invalid``, ``roi_invalid``, ``softmax_coerced_2d`` (Softmax before opset 13),
     ``legacy_form`` (Pad/Slice/Resize before opsets 11/10/11), ``resize_axes``, ``resize_outer_axes`` /
     ``resize_sizes`` (linear/cubic Resize would move to axes onnxruntime does not resize),
-    ``blocked_quantization``, ``unsupported_outputs``.
+    ``blocked_quantization``, ``unsupported_outputs``; and ``no_transpose_removed`` (once per model: moves
+    were possible but none ended in a cancellation or on a graph input, so the model is restored unchanged).
 
     Statistics: changes ``transposes_removed`` (Transpose nodes deleted), ``transposes_merged`` (two composed
     into one), ``transposes_sunk`` (moves below an op), ``transposes_hoisted`` (moves above an op).
@@ -714,7 +725,15 @@ class SinkTransposesPass(SftPass):
         self.max_rounds = max_rounds
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
-        """Sink, merge and hoist in every graph, then count the Transposes left and why."""
+        """Sink, merge and hoist in every graph, then count the Transposes left and why.
+
+        When no Transpose was removed or hoisted onto a graph input in the end, the moves bought nothing (and
+        may cost: a Transpose now copies another tensor), so the model is restored as it was, with the skip
+        ``no_transpose_removed``. (A hoist onto an input lets ``fold-pad``/``fold-input-norm`` reach a Conv.)
+        """
+        if not any(is_op(node, "Transpose") for graph in all_graphs(model) for node in graph):
+            return
+        original = io.to_bytes(model)
         names = NameAllocator.for_model(model, node_names=True)
         for graph in list(all_graphs(model)):
             opset = opset_version(model)
@@ -729,3 +748,7 @@ class SinkTransposesPass(SftPass):
             if after < before:
                 report.changes["transposes_removed"] += before - after
             rewriter.count_blocked()
+        if report.changes and not (report.changes["transposes_removed"] or report.changes["transposes_hoisted"]):
+            restore_model(model, io.load(original, validate=False))
+            report.changes.clear()
+            report.skipped["no_transpose_removed"] += 1

@@ -297,3 +297,20 @@ g (float[1,4,5,6] x) => (float[1,4,{out.split(",", 2)[2]}] y) {{
     report = run(model)
     assert report.changes == {"transposes_removed": 2, "transposes_hoisted": 1}
     assert op_types(model) == ["Conv", line.split("<")[0].split()[-1], "Conv"]
+
+
+def test_moves_that_cancel_nothing_are_undone():
+    text = f"""{HEADER}
+g (float[1,4,5,6] x) => (float[1,4,5,6] y) {{
+    k = Conv(x, w)
+    t = Transpose<perm={TO_NHWC}>(k)
+    r = Relu(t)
+    s = Sigmoid(r)
+    y = Reshape(s, shape)
+}}"""
+    model = make_model(text, w=seeded((4, 4, 1, 1), 1), shape=np.array([1, 4, 5, 6], np.int64))
+    before = ir.to_onnx_text(model)
+    report = SinkTransposesPass()(model)
+    assert not report.modified
+    assert report.skipped == {"no_transpose_removed": 1, "blocked_by_reshape": 1}
+    assert ir.to_onnx_text(model) == before
