@@ -374,6 +374,71 @@ def _plan_quantize(node: ir.Node, sigma: Perm, opset: int) -> _Plan | str:
     return _plan_axis(node, sigma, opset, default=1)
 
 
+def _squeeze_axes(node: ir.Node, opset: int) -> list[int] | str:
+    """Squeeze/Unsqueeze ``axes``: an attribute before opset 13, a constant input from 13."""
+    if opset < 13:
+        axes = attr(node, "axes")
+        return "axes_unknown" if axes is None else [int(a) for a in axes]
+    if len(node.inputs) < 2 or node.inputs[1] is None:
+        return "axes_unknown"  # Squeeze of every 1-sized axis: which ones depends on the shape
+    array = _constant(node.inputs[1])
+    if array is None:
+        return "axes_not_constant"
+    return [int(a) for a in np.asarray(array).reshape(-1)]
+
+
+def _plan_squeeze(node: ir.Node, sigma: Perm, opset: int) -> _Plan | str:
+    axes = _squeeze_axes(node, opset)
+    if isinstance(axes, str):
+        return axes
+    renamed = _rename_axes(axes, sigma)
+    if renamed is None:
+        return "axes_invalid"
+    plan = _Plan(data=[0], outputs=[_reduced_perm(sigma, [_normalize(a, len(sigma)) for a in axes], False)])
+    if opset < 13:
+        plan.attributes["axes"] = ir.AttrInt64s("axes", renamed)
+    else:
+        plan.constants[1] = np.array(renamed, np.int64)
+    return plan
+
+
+def _plan_unsqueeze(node: ir.Node, sigma: Perm, opset: int) -> _Plan | str:
+    """The new axes stay where they are; the old ones keep their order around them (``rho`` below)."""
+    axes = _squeeze_axes(node, opset)
+    if isinstance(axes, str):
+        return axes
+    rank = len(sigma) + len(axes)
+    inserted = [_normalize(a, rank) for a in axes]
+    if any(a is None for a in inserted) or len(set(inserted)) != len(inserted):
+        return "axes_invalid"
+    kept = [j for j in range(rank) if j not in inserted]
+    # Old output axis kept[k] is input axis k of the Unsqueeze, i.e. axis sigma[k] of the new (untransposed) input.
+    source = {position: sigma[k] for k, position in enumerate(kept)}
+    reader = _sole_transpose_reader(node.outputs[0], rank)
+    if reader is not None and [source[a] for a in reader if a in source] == list(range(len(sigma))):
+        # Insert the new axes where the Transpose that reads the result would put them: it then cancels.
+        rho, axes_new = _inverse(reader), [i for i, a in enumerate(reader) if a not in source]
+    else:  # the new axes stay where they are; the old ones keep their order around them
+        rho = tuple(kept[sigma[kept.index(j)]] if j in source else j for j in range(rank))
+        axes_new = inserted
+    plan = _Plan(data=[0], outputs=[None if _is_identity(tuple(rho)) else tuple(rho)])
+    if sorted(axes_new) != sorted(inserted):
+        if opset < 13:
+            plan.attributes["axes"] = ir.AttrInt64s("axes", axes_new)
+        else:
+            plan.constants[1] = np.array(axes_new, np.int64)
+    return plan
+
+
+def _sole_transpose_reader(value: ir.Value, rank: int) -> Perm | None:
+    """The perm of the one Transpose that reads ``value`` (and nothing else does), else None."""
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    perm = _transpose_perm(uses[0].node)
+    return perm if perm is not None and len(perm) == rank else None
+
+
 PLANNERS: dict[str, Planner] = {
     **{op: _plan_unary for op in _UNARY},
     **{op: _plan_broadcast for op in _BROADCAST},
@@ -390,6 +455,8 @@ PLANNERS: dict[str, Planner] = {
     "Resize": _plan_resize,
     "QuantizeLinear": _plan_quantize,
     "DequantizeLinear": _plan_quantize,
+    "Squeeze": _plan_squeeze,
+    "Unsqueeze": _plan_unsqueeze,
 }
 
 
@@ -467,6 +534,9 @@ class _Rewriter:
             output = node.outputs[0]
             if output.is_graph_output() and (source.is_graph_input() or source.is_graph_output()):
                 return False  # no Identity-free way to keep both names; collapse-layout/eliminate-identity decide
+            if output.shape is not None:  # the same tensor; keep what was known (a graph output's shape)
+                source.shape = output.shape
+                source.type = source.type or output.type
             replace_value(output, source, self.names)
             self.graph.remove(node, safe=True)
         else:
@@ -685,11 +755,12 @@ class SinkTransposesPass(SftPass):
 
     Sinks each Transpose below the ops that read it (elementwise unary and broadcasting ops, Clip, Cast,
     Concat, Split, Slice, Pad, Reduce*, ArgMax/ArgMin, Softmax/LogSoftmax/Hardmax from opset 13, Resize,
-    Quantize/DequantizeLinear), renaming their axes and re-laying out constant operands, as long as that
-    does not add Transposes; two Transposes in a row compose into one or vanish. Then hoists Transposes
-    above an op when that removes Transposes or moves one onto a graph input (formulas in the module
-    docstring). Runs in the main graph, If/Loop/Scan bodies and model-local functions, each on its own
-    (values captured from an outer scope are left alone). Graph inputs and outputs keep their layout.
+    Quantize/DequantizeLinear, Squeeze/Unsqueeze with known axes), renaming their axes and re-laying out
+    constant operands, as long as that does not add Transposes; two Transposes in a row compose into one or
+    vanish. Then hoists Transposes above an op when that removes Transposes or moves one onto a graph input
+    (formulas in the module docstring). Runs in the main graph, If/Loop/Scan bodies and model-local
+    functions, each on its own (values captured from an outer scope are left alone). Graph inputs and
+    outputs keep their layout.
 
     Declines (``skipped`` keys, one per Transpose left and reason): ``perm_unknown`` (no ``perm`` and an
     unknown rank), ``blocked_by_<op>`` (a reader that does

@@ -314,3 +314,40 @@ g (float[1,4,5,6] x) => (float[1,4,5,6] y) {{
     assert not report.modified
     assert report.skipped == {"no_transpose_removed": 1, "blocked_by_reshape": 1}
     assert ir.to_onnx_text(model) == before
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_squeeze_and_unsqueeze_are_crossed_so_the_pair_cancels(opset):
+    """A converter's NHWC round trip around a 3-D activation: Transpose, Squeeze, Elu, Unsqueeze, Transpose."""
+    squeeze, unsqueeze = (("Squeeze<axes=[1]>(t)", "Unsqueeze<axes=[1]>(e)") if opset < 13
+                          else ("Squeeze(t, one)", "Unsqueeze(e, one)"))
+    text = f"""<ir_version: 8, opset_import: ["" : {opset}]>
+g (float[2,4,1,6] x) => (float[2,4,1,6] y) {{
+    k = Conv(x, w)
+    t = Transpose<perm={TO_NHWC}>(k)
+    q = {squeeze}
+    e = Elu(q)
+    u = {unsqueeze}
+    s = Transpose<perm={TO_NCHW}>(u)
+    y = Conv(s, w)
+}}"""
+    arrays = {"w": seeded((4, 4, 1, 1), 1)}
+    if opset >= 13:
+        arrays["one"] = np.array([1], np.int64)
+    model = with_shapes(make_model(text, **arrays))
+    report = run(model)
+    assert report.changes["transposes_removed"] == 2
+    assert op_types(model) == ["Conv", "Squeeze", "Elu", "Unsqueeze", "Conv"]
+
+
+def test_unsqueeze_between_two_transposes_of_different_rank():
+    text = f"""{HEADER}
+g (float[2,3,4] x) => (float[2,1,3,4] y) {{
+    t = Transpose<perm=[2,0,1]>(x)
+    u = Unsqueeze(t, ax)
+    y = Transpose<perm=[2,1,3,0]>(u)
+}}"""
+    model = make_model(text, ax=np.array([1], np.int64))
+    report = run(model)
+    assert report.changes["transposes_removed"] == 2
+    assert op_types(model) == ["Unsqueeze"]
