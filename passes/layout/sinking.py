@@ -24,6 +24,10 @@ c'')`` with axes renamed ``p^-1[a]`` and constants laid out ``Transpose(c, p)``.
 removes Transposes, or when it moves one onto a graph input: ``input -> Pad -> Transpose -> Conv`` becomes
 ``input -> Transpose -> Pad -> Conv``, whose Pad ``fold-pad`` then folds into the Conv.
 
+``Squeeze`` drops renamed axes (``rho`` as for ``Reduce*`` without keepdims); ``Unsqueeze`` puts its new
+axes where a Transpose reading its result would put them, so that one cancels. Moves that do not grow the
+copied tensor are free; when no Transpose ends up removed (or hoisted onto an input), the model is restored.
+
 Graph inputs and outputs keep their names, shapes and layouts. The number of Transposes never grows.
 No arithmetic changes: EXACT (the same operations on the same numbers; constants are moved, not recomputed).
 Idea after onnxruntime's transpose optimizer (``onnxruntime/core/optimizer/transpose_optimization``) and
