@@ -24,6 +24,7 @@ from sftonnx.passes.fusion.ort import FuseOrtPass
 from sftonnx.passes.fusion.ort_offline import OrtOfflinePass
 from sftonnx.passes.fusion.standard import CollapseLayoutPass, FoldInputNormPass, FoldPadPass
 from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, FuseSoftmaxPass
+from sftonnx.passes.layout.sinking import SinkTransposesPass
 from sftonnx.passes.pruning.channels import PruneChannelsPass
 from sftonnx.passes.pruning.magnitude import PruneMagnitudePass
 from sftonnx.passes.quantization.dynamic import QuantizeDynamicPass
@@ -50,6 +51,7 @@ REGISTRY: dict[str, type[SftPass]] = {
         FoldPadPass,
         FoldInputNormPass,
         CollapseLayoutPass,
+        SinkTransposesPass,
         FuseLayerNormPass,
         FuseGeluPass,
         FuseSoftmaxPass,
@@ -72,7 +74,7 @@ REGISTRY: dict[str, type[SftPass]] = {
 
 PRESETS: dict[str, str] = {
     "lossless": (
-        "simplify,fold-pad,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},"
+        "simplify,sink-transposes,fold-pad,fold-bn{clone_shared_weights=true},fold-affine{clone_shared_weights=true},"
         "fold-input-norm,matmul-add-to-gemm,collapse-layout,fuse-layernorm,fuse-gelu,fuse-softmax,eliminate-identity,cse,dedup,"
         "share-weights,eliminate-dead,schedule-memory"
     ),

@@ -5,7 +5,8 @@ Lossless, standard ONNX:
 * :class:`FoldBatchNormPass` (``fold-bn``): Conv/ConvTranspose/Gemm + BatchNormalization -> one node.
 * :class:`FoldAffinePass` (``fold-affine``): Conv/ConvTranspose/Gemm + per-channel constant Mul/Add.
 * :class:`FuseMatMulAddPass` (``matmul-add-to-gemm``): 2-D MatMul + bias Add -> Gemm.
-* :class:`FoldPadPass` (``fold-pad``): a zero constant Pad into the Conv that reads it.
+* :class:`FoldPadPass` (``fold-pad``): a zero constant Pad into the Conv that reads it; an edge/-inf Pad into
+  a MaxPool where exact.
 * :class:`FoldInputNormPass` (``fold-input-norm``): a per-input-channel affine map ``x * s + t`` into the Conv
   that reads it.
 * :class:`CollapseLayoutPass` (``collapse-layout``): Transpose/Reshape/Squeeze/Unsqueeze chains that cancel.

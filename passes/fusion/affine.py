@@ -1,19 +1,21 @@
-"""Fold a per-channel constant Mul or Add after a Conv, ConvTranspose or Gemm into its weight and bias.
+"""Fold a per-channel constant Mul, Add, Sub or Div after a Conv, ConvTranspose or Gemm into its weight and bias.
 
 For a producer ``y = W * x + b`` with output channels on axis 1 and a constant ``c`` that holds one value
 per output channel (or a single value)::
 
     y * c = (W * c) * x + b * c       ->  W' = W * c (along the output-channel axis),  b' = b * c
     y + c =  W      * x + (b + c)     ->  W' = W,                                      b' = b + c
+    y - c  is  y + (-c),   y / c  is  y * (1 / c)   (``c`` the second operand; a zero in ``c`` is declined)
 
 (Gemm: ``b = beta * C``; its ``beta`` is folded into ``C'`` and dropped, ``alpha`` stays.) ``c`` may be
-on either side of the Mul/Add. Per channel means: ``c`` has at most the output's rank, and, aligned to
-the output's trailing axes, every axis but the channel axis 1 has size 1 while axis 1 has size 1 or
-``channels`` (e.g. ``[C, 1, 1]``, ``[1, C, 1, 1]``, a scalar for Conv; ``[C]``, ``[1, C]`` for Gemm). A
-constant of higher rank would broadcast the output to a new shape; one that varies along batch or spatial
-axes is not a per-channel affine map; both are declined. Computed in float64, cast back to the weight's
-dtype. Chains (``Conv -> Mul -> Add``) fold step by step. After
-``onnxscript/rewriter/rules/common/_fuse_conv_affine.py`` (which takes scalars only and needs a bias).
+on either side of the Mul/Add (only on the right of Sub/Div). Per channel means: ``c`` has at most the
+output's rank, and, aligned to the output's trailing axes, every axis but the channel axis 1 has size 1
+while axis 1 has size 1 or ``channels`` (e.g. ``[C, 1, 1]``, ``[1, C, 1, 1]``, a scalar for Conv; ``[C]``,
+``[1, C]`` for Gemm). A constant of higher rank would broadcast the output to a new shape; one that varies
+along batch or spatial axes is not a per-channel affine map; both are declined. Computed in float64, cast
+back to the weight's dtype. Chains (``Conv -> Add -> Sub -> Mul -> Add``, a decomposed batch norm) fold
+step by step. After ``onnxscript/rewriter/rules/common/_fuse_conv_affine.py`` (which takes scalars only
+and needs a bias).
 """
 
 from __future__ import annotations
@@ -38,15 +40,16 @@ __all__ = ["FoldAffinePass"]
 
 logger = logging.getLogger(__name__)
 
-AFFINE_OPS = ("Mul", "Add")
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+#: Whether the op scales (Mul, Div: weight and bias) or shifts (Add, Sub: bias only).
+_SCALES = {"Mul": True, "Div": True, "Add": False, "Sub": False}
 
 
 class _FoldAffineRule(FusionRule):
-    """``Op(P(x, W, b), c)`` -> ``P(x, W', b')`` for one producer ``P`` and one ``Op`` in Mul/Add."""
+    """``Op(P(x, W, b), c)`` -> ``P(x, W', b')`` for one producer ``P`` and one ``Op`` in Mul/Add/Sub/Div."""
 
     producer: ClassVar[str]
     affine: ClassVar[str]
-    commute = True
 
     def pattern(self, op, x, c):
         produced = getattr(op, self.producer)(
@@ -62,7 +65,7 @@ class _FoldAffineRule(FusionRule):
         operand = self.context.array(c)
         if operand is None:
             return self.fail(context, "operand_not_constant")
-        target = inspect_linear(self, context, self.producer_of(produced), modifies_weight=self.affine == "Mul")
+        target = inspect_linear(self, context, self.producer_of(produced), modifies_weight=_SCALES[self.affine])
         if isinstance(target, MatchResult):
             return target
         if operand.ndim > target.rank:
@@ -74,6 +77,11 @@ class _FoldAffineRule(FusionRule):
         ):
             return self.fail(context, "operand_not_per_channel", f"{operand.shape}")
         values = operand.astype(np.float64)
+        if self.affine == "Div":
+            with np.errstate(divide="ignore"):
+                values = 1.0 / values
+        elif self.affine == "Sub":
+            values = -values
         if not np.all(np.isfinite(values)):
             return self.fail(context, "operand_not_finite")
         per_channel = np.broadcast_to(values.reshape(-1), (target.channels,)).copy()
@@ -84,7 +92,7 @@ class _FoldAffineRule(FusionRule):
         target, per_channel = self.recall(self.producer_of(combined))
         node: ir.Node = target.node
         base = node.name or target.weight_name
-        if self.affine == "Mul":
+        if _SCALES[self.affine]:
             weight = self.new_constant(op, target.scaled_weight(per_channel), f"{base}_weight_scaled")
             self.context.after_commit(target.move_metadata_uses(weight))
             bias_array = target.fused_bias(per_channel, None)
@@ -104,6 +112,7 @@ def _rule(producer: str, affine: str) -> type[_FoldAffineRule]:
             "name": f"{snake}_{affine.lower()}_folded",
             "producer": producer,
             "affine": affine,
+            "commute": affine in ("Mul", "Add"),
             "__doc__": f"``{affine}({producer}(x), c)``, ``c`` per-channel constant -> ``{producer}(x)``.",
         },
     )
@@ -117,9 +126,10 @@ _RULES: dict[tuple[str, str], type[_FoldAffineRule]] = {
 class FoldAffinePass(FusionPass):
     """Fold a per-channel constant Mul/Add that follows a Conv, ConvTranspose or Gemm into it.
 
-    Matches ``Mul(P(x, W[, b]), c)`` and ``Add(P(x, W[, b]), c)`` (``c`` on either side) for ``P`` in
-    ``ops`` and replaces both nodes with ``P(x, W', b')`` (formulas in the module docstring), writing the
-    new tensors as initializers; for Add only the bias changes and the weight input is kept. Runs in the
+    Matches ``Mul(P(x, W[, b]), c)`` and ``Add(P(x, W[, b]), c)`` (``c`` on either side), ``Sub(P(...), c)``
+    and ``Div(P(...), c)`` for ``P`` in ``ops`` and replaces both nodes with ``P(x, W', b')`` (formulas in
+    the module docstring), writing the new tensors as initializers; for Add/Sub only the bias changes and the
+    weight input is kept. Runs in the
     main graph, in If/Loop/Scan bodies and in model-local functions. ``c``, ``W`` and ``b`` may be
     initializers, ``Constant`` nodes or constant expressions (``ConstantOfShape``, ``Unsqueeze``,
     ``Identity``, ``Shape``, ``Expand``, ``Cast`` of constants; see :mod:`sftonnx.passes.fusion._rules`).
@@ -128,19 +138,20 @@ class FoldAffinePass(FusionPass):
     (the producer's output is a graph output / read by another node), ``operand_not_constant``,
     ``operand_changes_shape`` (``c`` has a higher rank than the output), ``operand_not_per_channel``
     (``c`` varies along a batch/spatial axis, or its channel size is wrong), ``operand_not_finite``
-    (inf/nan would not survive re-association), ``weight_not_constant`` (Mul), ``weight_shape_unknown``
-    (Add with a dynamic weight of unknown shape), ``weight_shared`` (Mul, another node reads ``W``),
+    (inf/nan would not survive re-association; a zero divisor), ``weight_not_constant`` (Mul/Div),
+    ``weight_shape_unknown`` (Add/Sub with a dynamic weight of unknown shape), ``weight_shared`` (Mul/Div,
+    another node reads ``W``),
     ``unsupported_dtype``, ``unsupported_weight_shape``, ``bias_not_constant``,
     ``unsupported_bias_shape``.
 
     Statistics: changes ``<producer>_<op>_folded`` for producer ``conv``, ``conv_transpose``, ``gemm``
-    and op ``mul``, ``add`` (e.g. ``conv_mul_folded``, ``gemm_add_folded``).
+    and op ``mul``, ``add``, ``sub``, ``div`` (e.g. ``conv_mul_folded``, ``gemm_add_folded``).
 
     Numerics: EXACT up to float re-association.
 
     Args:
         ops: Producer op types to fold into, any of ``Conv``, ``ConvTranspose``, ``Gemm``.
-        affine_ops: Which following ops to fold, any of ``Mul``, ``Add``.
+        affine_ops: Which following ops to fold, any of ``Mul``, ``Add``, ``Sub``, ``Div``.
         clone_shared_weights: Fold a Mul even when other nodes read the weight, by writing a scaled
             copy; by default such sites are skipped as ``weight_shared``.
     """

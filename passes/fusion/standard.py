@@ -8,6 +8,9 @@ by a Conv's data input, is the Conv's own zero padding::
 with ``p = [x1_begin, x2_begin, ..., x1_end, x2_end, ...]`` over all axes (Pad) and ``q`` over the spatial
 axes only (Conv). Negative pads (crops), other modes (reflect, edge, wrap), a non-zero value, padding of
 the batch or channel axis and ``auto_pad`` other than ``NOTSET`` are declined. No arithmetic changes.
+``MaxPool(Pad(x, p; mode=edge))`` is ``MaxPool(x; pads=q + p)`` when each window that reads a padded pixel
+also reads the edge pixel it copies (dilation 1, no ceil mode, ``q + p <= kernel - 1`` per side); a
+``-inf`` constant Pad likewise (MaxPool ignores its own padding).
 After ``onnxscript/rewriter/rules/common/_fuse_pad_into_conv.py``.
 
 **Input normalization into Conv** (``fold-input-norm``). A per-input-channel affine map ``x * s + t``
@@ -66,6 +69,51 @@ _PAD_ATTRIBUTES = {"mode", "pads", "paddings", "value"}
 _CONV_ATTRIBUTES = {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"}
 
 
+def _read_pad(rule: FusionRule, context: MatchContext, pad: ir.Node, rank: int | None):
+    """A Pad's non-negative pads over all ``rank`` axes (``[b0, b1, ..., e0, e1, ...]``) and its fill value.
+
+    Pads and value are attributes before opset 11 (``paddings`` in Pad-1), inputs from 11; Pad-18 adds
+    ``axes``. Returns ``(pads, value)``, or the failed match (skip counted): ``pads_not_constant``,
+    ``pad_value_not_constant``, ``pad_value_not_zero`` (a fill of several values), ``axes_not_constant``,
+    ``unsupported_pads``, ``rank_unknown``, ``negative_pads``, ``pads_batch_or_channel``.
+    """
+    pads = attr(pad, "pads", attr(pad, "paddings"))
+    if pads is None:
+        pads_array = rule.context.array(pad.inputs[1] if len(pad.inputs) > 1 else None)
+        if pads_array is None:
+            return rule.fail(context, "pads_not_constant")
+        pads = pads_array.reshape(-1).tolist()
+    pads = [int(p) for p in pads]
+    value = float(attr(pad, "value", 0.0))
+    if len(pad.inputs) > 2 and pad.inputs[2] is not None:
+        fill = rule.context.array(pad.inputs[2])
+        if fill is None:
+            return rule.fail(context, "pad_value_not_constant")
+        if fill.size != 1:
+            return rule.fail(context, "pad_value_not_zero", str(fill.shape))
+        value = float(np.asarray(fill, np.float64).reshape(()))
+    axes = node_axes(rule.context, pad, 3) if len(pad.inputs) > 3 else None
+    if axes is MISSING:
+        return rule.fail(context, "axes_not_constant")
+    if axes is None:
+        axes = list(range(len(pads) // 2))
+        if rank is not None and len(axes) != rank:
+            return rule.fail(context, "unsupported_pads", f"{pads} for rank {rank}")
+    normalized = normalize_axes(axes, rank)
+    if normalized is None or len(set(normalized)) != len(normalized) or len(pads) != 2 * len(normalized):
+        return rule.fail(context, "unsupported_pads", f"pads {pads} axes {axes} rank {rank}")
+    if rank is None:
+        return rule.fail(context, "rank_unknown")
+    full = [0] * (2 * rank)
+    for index, axis in enumerate(normalized):
+        full[axis], full[rank + axis] = pads[index], pads[len(normalized) + index]
+    if any(p < 0 for p in full):
+        return rule.fail(context, "negative_pads", str(full))
+    if full[0] or full[1] or full[rank] or full[rank + 1]:
+        return rule.fail(context, "pads_batch_or_channel", str(full))
+    return full, value
+
+
 class FoldPadIntoConv(FusionRule):
     """``Conv(Pad(x, p), W[, b])`` with zero constant spatial padding -> ``Conv(x, W[, b]; pads += p)``."""
 
@@ -92,43 +140,12 @@ class FoldPadIntoConv(FusionRule):
         rank = None if weight is None or weight.shape is None else len(weight.shape)
         if rank is None and x.shape is not None:
             rank = len(x.shape)
-        # Pads and value: attributes before opset 11 (``paddings`` in Pad-1), inputs from 11.
-        pads = attr(pad, "pads", attr(pad, "paddings"))
-        if pads is None:
-            pads_array = self.context.array(pad.inputs[1] if len(pad.inputs) > 1 else None)
-            if pads_array is None:
-                return self.fail(context, "pads_not_constant")
-            pads = pads_array.reshape(-1).tolist()
-        pads = [int(p) for p in pads]
-        value = float(attr(pad, "value", 0.0))
-        if len(pad.inputs) > 2 and pad.inputs[2] is not None:
-            fill = self.context.array(pad.inputs[2])
-            if fill is None:
-                return self.fail(context, "pad_value_not_constant")
-            if fill.size != 1:
-                return self.fail(context, "pad_value_not_zero", str(fill.shape))
-            value = float(np.asarray(fill, np.float64).reshape(()))
+        spec = _read_pad(self, context, pad, rank)
+        if isinstance(spec, MatchResult):
+            return spec
+        full, value = spec
         if value != 0.0:
             return self.fail(context, "pad_value_not_zero", str(value))
-        axes = node_axes(self.context, pad, 3) if len(pad.inputs) > 3 else None
-        if axes is MISSING:
-            return self.fail(context, "axes_not_constant")
-        if axes is None:
-            axes = list(range(len(pads) // 2))
-            if rank is not None and len(axes) != rank:
-                return self.fail(context, "unsupported_pads", f"{pads} for rank {rank}")
-        normalized = normalize_axes(axes, rank)
-        if normalized is None or len(set(normalized)) != len(normalized) or len(pads) != 2 * len(normalized):
-            return self.fail(context, "unsupported_pads", f"pads {pads} axes {axes} rank {rank}")
-        if rank is None:
-            return self.fail(context, "rank_unknown")
-        full = [0] * (2 * rank)
-        for index, axis in enumerate(normalized):
-            full[axis], full[rank + axis] = pads[index], pads[len(normalized) + index]
-        if any(p < 0 for p in full):
-            return self.fail(context, "negative_pads", str(full))
-        if full[0] or full[1] or full[rank] or full[rank + 1]:
-            return self.fail(context, "pads_batch_or_channel", str(full))
         spatial = rank - 2
         conv_pads = [int(p) for p in attr(conv_node, "pads", [0] * (2 * spatial))]
         if len(conv_pads) != 2 * spatial:
@@ -148,30 +165,95 @@ class FoldPadIntoConv(FusionRule):
                      **attributes)
 
 
+_MAXPOOL_ATTRIBUTES = {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"}
+
+
+class FoldPadIntoMaxPool(FusionRule):
+    """``MaxPool(Pad(x, p))`` with edge or -inf padding -> ``MaxPool(x; pads += p)`` where that is exact."""
+
+    name = "pad_maxpool_folded"
+
+    def pattern(self, op, x):
+        padded = op.Pad(x, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["padded"])
+        return op.MaxPool(padded, _allow_other_attributes=True, _outputs=["pooled"])
+
+    def check(self, context: MatchContext, x: ir.Value, padded: ir.Value, pooled: ir.Value, **_) -> MatchResult:
+        """Guards, in order; each failure names the skip key counted by the pass."""
+        if (failed := self.check_intermediates(context)) is not None:
+            return failed
+        pad, pool = self.producer_of(padded), self.producer_of(pooled)
+        if unknown := set(pad.attributes) - _PAD_ATTRIBUTES:
+            return self.fail(context, "unsupported_attribute", f"Pad {sorted(unknown)}")
+        if unknown := set(pool.attributes) - _MAXPOOL_ATTRIBUTES:
+            return self.fail(context, "unsupported_attribute", f"MaxPool {sorted(unknown)}")
+        mode = attr(pad, "mode", "constant")
+        if mode not in ("constant", "edge"):
+            return self.fail(context, "pad_mode_not_edge", str(mode))
+        if attr(pool, "auto_pad", "NOTSET") != "NOTSET":
+            return self.fail(context, "pool_auto_pad", str(attr(pool, "auto_pad")))
+        if int(attr(pool, "ceil_mode", 0)):
+            return self.fail(context, "pool_ceil_mode")  # extra end windows may start inside the padding
+        kernel = [int(k) for k in attr(pool, "kernel_shape", [])]
+        spatial = len(kernel)
+        if any(int(d) != 1 for d in attr(pool, "dilations", [1] * spatial)):
+            return self.fail(context, "pool_dilated")  # a dilated window may skip the edge pixel
+        spec = _read_pad(self, context, pad, spatial + 2 if spatial else None)
+        if isinstance(spec, MatchResult):
+            return spec
+        full, value = spec
+        if mode == "constant" and value != float("-inf"):
+            return self.fail(context, "pad_value_not_neg_inf", str(value))
+        rank = spatial + 2
+        pool_pads = [int(p) for p in attr(pool, "pads", [0] * (2 * spatial))]
+        if len(pool_pads) != 2 * spatial:
+            return self.fail(context, "unsupported_pads", f"MaxPool pads {pool_pads}")
+        new_pads = [pool_pads[i] + full[2 + i] for i in range(spatial)] + [
+            pool_pads[spatial + i] + full[rank + 2 + i] for i in range(spatial)
+        ]
+        # Every window must keep a real pixel (for edge padding: the very pixel the padding copies).
+        if any(new_pads[i] > kernel[i % spatial] - 1 for i in range(2 * spatial)):
+            return self.fail(context, "pads_reach_past_window", f"{new_pads} for kernel {kernel}")
+        return self.remember(pool, new_pads)
+
+    def rewrite(self, op, x: ir.Value, padded: ir.Value, pooled: ir.Value, **_):
+        """Emit the MaxPool reading ``x`` with the summed pads."""
+        pool = self.producer_of(pooled)
+        attributes = dict(pool.attributes)
+        attributes["pads"] = ir.AttrInt64s("pads", self.recall(pool))
+        return op.op("MaxPool", x, _domain=pool.domain, _name=pool.name, **attributes)
+
+
 class FoldPadPass(FusionPass):
-    """Fold a zero constant-mode Pad of spatial axes into the Conv that reads it.
+    """Fold a zero constant-mode Pad of spatial axes into the Conv that reads it, an edge/-inf one into MaxPool.
 
     Matches ``Conv(Pad(x, ...), W[, b])`` (Pad-1 ``paddings``, Pad-2 ``pads``/``value`` attributes,
     Pad-11+ inputs, Pad-18 ``axes``) in the main graph, If/Loop/Scan bodies and model-local functions, and
-    adds the spatial pads to the Conv's ``pads`` (formula in the module docstring).
+    adds the spatial pads to the Conv's ``pads`` (formula in the module docstring). Also matches
+    ``MaxPool(Pad(x, ...))`` with ``edge`` padding or constant ``-inf`` padding (a channels-last export's
+    ``Pad(edge) -> MaxPool``, which is what TensorFlow's ``SAME`` pooling becomes) and adds the pads to the
+    MaxPool's own (ignored) padding where that is exact: dilation 1, ``ceil_mode=0``, and at most
+    ``kernel - 1`` pads per side in total, so every window keeps a real pixel and, for edge padding, the
+    very pixel the padding copies: the max is unchanged.
 
     Declines (``skipped`` keys): ``intermediate_is_graph_output``, ``intermediate_has_other_consumers``
     (the padded tensor is a graph output / read by another node), ``unsupported_attribute`` (an attribute
     the fold does not know), ``pad_mode_not_constant``, ``conv_auto_pad`` (``SAME_*``/``VALID``),
     ``pads_not_constant``, ``pad_value_not_constant``, ``pad_value_not_zero``, ``axes_not_constant``,
     ``unsupported_pads`` (lengths that do not fit the rank), ``rank_unknown``, ``negative_pads`` (a crop),
-    ``pads_batch_or_channel``.
+    ``pads_batch_or_channel``; MaxPool: ``pad_mode_not_edge`` (reflect/wrap), ``pad_value_not_neg_inf``,
+    ``pool_auto_pad``, ``pool_ceil_mode``, ``pool_dilated``, ``pads_reach_past_window``. A MaxPool whose
+    Indices output is used does not match.
 
-    Statistics: changes ``pad_folded``.
+    Statistics: changes ``pad_folded`` (Conv), ``pad_maxpool_folded``.
 
-    Numerics: EXACT (the same zeros, read by the Conv instead of materialized).
+    Numerics: EXACT (the same zeros, read by the Conv instead of materialized; the same maxima).
     """
 
     name = "fold-pad"
 
     def rule_types(self) -> list[type[FusionRule]]:
-        """The single Pad+Conv rule."""
-        return [FoldPadIntoConv]
+        """The Pad+Conv and Pad+MaxPool rules."""
+        return [FoldPadIntoConv, FoldPadIntoMaxPool]
 
 
 # -------------------------------------------------------------------------------------- fold-input-norm

@@ -87,6 +87,40 @@ def test_folds_per_channel_constant_into_conv(op, c_shape, left):
     assert_folds(model, {f"conv_{op.lower()}_folded": 1}, ["Conv"])
 
 
+@pytest.mark.parametrize("op", ["Sub", "Div"])
+@pytest.mark.parametrize("c_shape", [(6, 1, 1), (1, 6, 1, 1), ()])
+def test_folds_sub_and_div_by_a_per_channel_constant(op, c_shape):
+    model = conv_affine_model(op, c_shape)
+    assert_folds(model, {f"conv_{op.lower()}_folded": 1}, ["Conv"])
+
+
+@pytest.mark.parametrize("op", ["Sub", "Div"])
+def test_sub_and_div_with_the_constant_first_are_not_affine_maps_of_the_conv(op):
+    model = conv_affine_model(op, (6, 1, 1), left=True)
+    assert_unchanged(model, {})
+
+
+def test_div_by_zero_is_declined():
+    c = seeded((6, 1, 1), 3)
+    c[2] = 0.0
+    assert_unchanged(conv_affine_model("Div", (6, 1, 1), c=c), {"operand_not_finite": 1})
+
+
+def test_folds_a_decomposed_batch_norm_chain():
+    text = f"""{HEADER}
+g (float[1,4,8,8] x, float[6,4,3,3] w, float[1,6,1,1] b, float[1,6,1,1] m, float[1,6,1,1] s, float[1,6,1,1] t)
+  => (float[1,6,8,8] y) {{
+    k = Conv<pads=[1,1,1,1]>(x, w)
+    a = Add(k, b)
+    d = Sub(a, m)
+    e = Mul(d, s)
+    y = Add(e, t)
+}}"""
+    arrays = {name: seeded((1, 6, 1, 1), seed) for seed, name in enumerate("bmst", 2)}
+    model = make_model(text, w=seeded((6, 4, 3, 3), 1), **arrays)
+    assert_folds(model, {"conv_add_folded": 2, "conv_sub_folded": 1, "conv_mul_folded": 1}, ["Conv"])
+
+
 def test_add_creates_the_bias_of_a_conv_without_one():
     model = conv_affine_model("Add", (6, 1, 1), bias=False)
     original_weight = model.graph.initializers["w"]
@@ -266,7 +300,7 @@ def test_respects_affine_ops_option():
 
 @pytest.mark.parametrize(
     "options",
-    [{"ops": ("Relu",)}, {"affine_ops": ("Sub",)}, {"affine_ops": ()}, {"clone_shared_weights": 1}],
+    [{"ops": ("Relu",)}, {"affine_ops": ("Pow",)}, {"affine_ops": ()}, {"clone_shared_weights": 1}],
 )
 def test_rejects_bad_options(options):
     with pytest.raises(PassConfigError):

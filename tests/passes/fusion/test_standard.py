@@ -80,6 +80,64 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,3,10,10] p) {{
     assert_unchanged(model, FoldPadPass(), {"intermediate_is_graph_output": 1})
 
 
+def maxpool_model(pads: list[int], *, mode: str = "edge", value: float | None = None, kernel: int = 3,
+                  pool: str = "strides=[2,2]", size: int = 9) -> ir.Model:
+    value_arg = "" if value is None else ", v"
+    arrays = {"pads": np.array(pads, np.int64)}
+    if value is not None:
+        arrays["v"] = np.array(value, np.float32)
+    return make_model(f"""{HEADER}
+g (float[1,3,{size},{size}] x) => (float[1,3,?,?] y) {{
+    p = Pad<mode="{mode}">(x, pads{value_arg})
+    y = MaxPool<kernel_shape=[{kernel},{kernel}], {pool}>(p)
+}}""", **arrays)
+
+
+@pytest.mark.parametrize(
+    ("pads", "kwargs"),
+    [
+        ([0, 0, 0, 0, 0, 0, 1, 1], {}),  # channels-last export of TensorFlow's SAME pooling
+        ([0, 0, 1, 2, 0, 0, 2, 1], {}),  # at the limit: kernel - 1 per side
+        ([0, 0, 1, 0, 0, 0, 0, 1], {"pool": "strides=[1,1], pads=[1,1,1,0]"}),  # with the pool's own pads
+        ([0, 0, 2, 2, 0, 0, 2, 2], {"mode": "constant", "value": float("-inf")}),
+        ([0, 0, 1, 1, 0, 0, 1, 1], {"size": 8, "kernel": 2, "pool": "strides=[2,2]"}),
+    ],
+    ids=["tf-same", "limit", "pool-pads", "neg-inf", "kernel-2"],
+)
+def test_fold_pad_into_maxpool(pads, kwargs):
+    model = maxpool_model(pads, **kwargs)
+    assert_fused(model, FoldPadPass(), {"pad_maxpool_folded": 1}, ["MaxPool"])
+
+
+@pytest.mark.parametrize(
+    ("pads", "kwargs", "reason"),
+    [
+        ([0, 0, 0, 0, 0, 0, 3, 1], {}, "pads_reach_past_window"),
+        ([0, 0, 0, 0, 0, 0, 1, 1], {"pool": "strides=[1,1], pads=[0,0,2,0]"}, "pads_reach_past_window"),
+        ([0, 0, 0, 0, 0, 0, 1, 1], {"pool": "strides=[2,2], ceil_mode=1"}, "pool_ceil_mode"),
+        ([0, 0, 0, 0, 0, 0, 1, 1], {"pool": "dilations=[2,2]"}, "pool_dilated"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], {"mode": "reflect"}, "pad_mode_not_edge"),
+        ([0, 0, 1, 1, 0, 0, 1, 1], {"mode": "constant", "value": 0.0}, "pad_value_not_neg_inf"),
+        ([0, 1, 0, 0, 0, 0, 1, 1], {}, "pads_batch_or_channel"),
+    ],
+)
+def test_fold_pad_into_maxpool_declines(pads, kwargs, reason):
+    assert_unchanged(maxpool_model(pads, **kwargs), FoldPadPass(), {reason: 1})
+
+
+def test_edge_pad_into_a_dilated_maxpool_would_change_the_maxima():
+    """The dilation guard is needed: a dilated window reads the copy of the edge pixel but not the pixel."""
+    model = maxpool_model([0, 0, 0, 0, 0, 0, 1, 1], kernel=2, pool="strides=[1,1], dilations=[2,2]", size=5)
+    folded = make_model(f"""{HEADER}
+g (float[1,3,5,5] x) => (float[1,3,?,?] y) {{
+    y = MaxPool<kernel_shape=[2,2], strides=[1,1], dilations=[2,2], pads=[0,0,1,1]>(x)
+}}""")
+    x = {"x": seeded((1, 3, 5, 5), 4)}
+    expected, actual = run_ort(model, x)[0], run_ort(folded, x)[0]
+    assert expected.shape == actual.shape == (1, 3, 4, 4)
+    assert not np.array_equal(actual, expected)
+
+
 def test_fold_pad_in_if_branch():
     model = bind_initializers(ir.from_onnx_text(f"""{HEADER}
 g (bool cond, float[1,3,8,8] x, float[4,3,3,3] w, int64[8] pads) => (float[1,4,8,8] y) {{
