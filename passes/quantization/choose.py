@@ -15,7 +15,9 @@ uses, times those that hold the budget against the float model, and keeps the fa
    cosine for values: the same rules and defaults as the final verification). For ranking, each output's
    shortfall is expressed as a share of its budget: ``(1 - agreement) / (1 - min_agreement)`` and
    ``(1 - cosine) / (1 - min_cosine)`` for what the budget judges it by; the worst output's share is the
-   candidate's ``budget_used`` (``<= 1``: within budget, up to the agreement's granularity).
+   candidate's ``budget_used`` (``<= 1``: within budget, up to the agreement's granularity). A candidate holds
+   the budget when it passes and uses at most ``headroom`` (0.8) of it: the final verification runs on other
+   samples, and a candidate that only just passes here may not pass there.
 3. **Candidates.**
 
    * ``static``: per-channel int8 weights, uint8 activations, one calibration (streamed, one sample at a time:
@@ -90,6 +92,7 @@ logger = logging.getLogger(__name__)
 #: Ops whose path (static / dynamic / float) the report lists.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _STATE_NAME = re.compile(r"state|hidden|cell|past|cache|memory|h0|c0", re.IGNORECASE)
+_TOKENS = re.compile(r"[a-z]+|[0-9]+")
 _CANDIDATES = ("static", "dynamic", "mixed")
 
 
@@ -110,6 +113,8 @@ class QuantizeInt8Pass(SftPass):
         eval_samples: Most held-out calibration samples the candidates are judged on.
         max_samples: Calibration samples read at most.
         max_latency_ratio: A candidate wins only at this latency relative to float or below (timing noise).
+        headroom: A candidate holds the budget when it passes it and uses at most this share of it
+            (``budget_used``), so that the final verification on other samples does not refuse it.
         keep_state_float: Keep nodes on recurrent state paths (state input -> state output) float.
         reduce_range: 7-bit weights; default: on for x86 CPUs without VNNI.
     """
@@ -129,10 +134,11 @@ class QuantizeInt8Pass(SftPass):
         percentile: float = 99.99,
         smooth_alpha: float | None = 0.5,
         candidates: tuple[str, ...] = _CANDIDATES,
-        max_probes: int = 24,
+        max_probes: int = 12,
         eval_samples: int = 16,
         max_samples: int = 512,
         max_latency_ratio: float = 0.97,
+        headroom: float = 0.8,
         keep_state_float: bool = True,
         reduce_range: bool | None = None,
     ) -> None:
@@ -150,6 +156,8 @@ class QuantizeInt8Pass(SftPass):
             raise PassConfigError(f"quantize-int8: percentile must be in (50, 100], got {percentile}")
         if max_probes < 1 or eval_samples < 1 or max_samples < 1:
             raise PassConfigError("quantize-int8: max_probes, eval_samples and max_samples must be >= 1")
+        if not 0.0 < headroom <= 1.0:
+            raise PassConfigError(f"quantize-int8: headroom must be in (0, 1], got {headroom}")
         if not 0.0 < max_latency_ratio <= 1.0:
             raise PassConfigError(f"quantize-int8: max_latency_ratio must be in (0, 1], got {max_latency_ratio}")
         if calibration_data is None and not allow_random:
@@ -170,6 +178,7 @@ class QuantizeInt8Pass(SftPass):
         self.eval_samples = eval_samples
         self.max_samples = max_samples
         self.max_latency_ratio = max_latency_ratio
+        self.headroom = headroom
         self.keep_state_float = keep_state_float
         self.reduce_range = reduce_range
 
@@ -197,7 +206,7 @@ class QuantizeInt8Pass(SftPass):
         details["evaluation"] = data.note + (
             "; judged as one sequence, state outputs fed back" if sequence else "")
         budget = verify.Budget(min_cosine=self.min_cosine, min_agreement=self.min_agreement)
-        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget)
+        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom)
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         details["reduce_range"] = reduce_range
 
@@ -293,7 +302,11 @@ def _is_folder(data: Any) -> bool:
 
 # --------------------------------------------------------------------------------------------- state
 def state_pairs(model: ir.Model) -> list[tuple[str, str]]:
-    """``(state input, state output)`` pairs: a state-named float input of fixed shape and an output like it."""
+    """``(state input, state output)`` pairs: a state-named input of fixed shape, an output of its shape and type.
+
+    Among several such outputs the one whose name is most alike wins: a state-like name, then the most shared
+    name tokens (``state_1_cell_in`` and ``lstm_cell_squeeze_1_19``).
+    """
     graph = model.graph
     inputs = [v for v in graph.inputs if v.name not in graph.initializers]
     if len(inputs) < 2:
@@ -307,13 +320,16 @@ def state_pairs(model: ir.Model) -> list[tuple[str, str]]:
         dims = tuple(shape)
         if not all(isinstance(d, int) for d in dims):
             continue
-        for output in graph.outputs:
-            if output.name in taken or output.dtype != value.dtype or output.shape is None:
-                continue
-            if tuple(output.shape) == dims:
-                taken.add(output.name or "")
-                pairs.append((value.name or "", output.name or ""))
-                break
+        alike = [o for o in graph.outputs if o.name not in taken and o.dtype == value.dtype
+                 and o.shape is not None and tuple(o.shape) == dims]
+        if not alike:
+            continue
+        # the output most like the input by name: shared tokens ("1", "hidden"), a state-like name first
+        tokens = set(_TOKENS.findall((value.name or "").lower()))
+        best = max(alike, key=lambda o: (2 * bool(_STATE_NAME.search(o.name or ""))
+                                         + len(tokens & set(_TOKENS.findall((o.name or "").lower())))))
+        taken.add(best.name or "")
+        pairs.append((value.name or "", best.name or ""))
     return pairs
 
 
@@ -365,8 +381,9 @@ class _Judge:
     """Runs a candidate on the held-out samples and holds it to the budget against the float model's outputs."""
 
     def __init__(self, original: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
-                 pairs: Sequence[tuple[str, str]], budget: verify.Budget) -> None:
+                 pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0) -> None:
         self.feeds = list(feeds)
+        self.headroom = headroom
         self.pairs = list(pairs)
         self.budget = budget
         session = verify.make_session(original)
@@ -393,8 +410,12 @@ class _Judge:
             return _Verdict(False, math.inf, None, None, f"onnxruntime: {verify.ort_failure(error)}")
         comparison = verify.compare_outputs(self.names, self.reference, actual, budget=self.budget)
         worst = comparison.worst()
-        return _Verdict(comparison.passed, _budget_used(comparison, self.budget), worst["cosine"],
-                        worst["agreement"], comparison.failures[0] if comparison.failures else "")
+        used = _budget_used(comparison, self.budget)
+        failure = comparison.failures[0] if comparison.failures else ""
+        if comparison.passed and used > self.headroom:
+            failure = f"within budget but uses {used:.2f} of it (headroom {self.headroom:g})"
+        return _Verdict(comparison.passed and used <= self.headroom, used, worst["cosine"], worst["agreement"],
+                        failure)
 
 
 def _budget_used(comparison: verify.Comparison, budget: verify.Budget) -> float:
@@ -586,7 +607,8 @@ class _Builder:
         pass_through = {n for n in chosen if sites[n].kind == "pass"}
         probes: list[tuple[tuple[float, float], int]] = []
         for index, block in enumerate(blocks):
-            verdict = self.judge(quantizer.build(members(block) | pass_through, ranges).model)
+            probe = _without_stranded_pass_through(members(block) | pass_through, sites, quantizer.graph)
+            verdict = self.judge(quantizer.build(probe, ranges).model)
             probes.append(((verdict.budget_used, -(verdict.cosine or 0.0)), index))
         ranked = [blocks[i] for _, i in sorted(probes, reverse=True)]
         used = {i: key[0] for key, i in probes}
@@ -612,7 +634,7 @@ class _Builder:
             to_float = {n for b in dense_blocks[:rung[1]] for n in b if dense(n)}
             off = set().union(*(members(b) for b in backed))
             dynamic = {n for b in backed for n in b if dense(n)} - to_float
-            static_set = chosen - off
+            static_set = _without_stranded_pass_through(chosen - off, sites, quantizer.graph)
             build = lambda c: quantizer.build(c, ranges)  # noqa: E731
             candidate = build(static_set)
             if candidate.plan.chosen:
@@ -622,8 +644,12 @@ class _Builder:
             if dynamic:
                 result.counts.update(candidate.counts)
             result.paths = self._paths(result.model, candidate.plan.chosen)  # type: ignore[arg-type]
-            result.verdict = self.judge(result.model)  # type: ignore[arg-type]
             result.info = {"backed_off_blocks": rung[0], "dynamic_to_float_blocks": rung[1]}
+            if not result.paths["static"] and not result.paths["dynamic"]:
+                result.outcome, result.why = "nothing_quantized", "every MatMul/Gemm/Conv backed off to float"
+                result.verdict = _Verdict(False, math.inf, None, None, result.why)
+                return result
+            result.verdict = self.judge(result.model)  # type: ignore[arg-type]
             return result
 
         evaluated: dict[int, _Found] = {}
@@ -664,6 +690,37 @@ class _Builder:
                 nodes[name] = "float"
         counts = collections.Counter(nodes.values())
         return {"static": counts["static"], "dynamic": counts["dynamic"], "float": counts["float"], "nodes": nodes}
+
+
+def _without_stranded_pass_through(chosen: set[str], sites: Mapping[str, Any], graph: Any) -> set[str]:
+    """``chosen`` less chains of data-movement nodes with no quantized compute neighbour (Q/DQ only adds error)."""
+    passes = {n for n in chosen if sites[n].kind == "pass"}
+
+    def neighbours(name: str) -> list[str]:
+        site = sites[name]
+        found = [graph.producer.get(site.acts[0])] if site.acts else []
+        return [n for n in [*found, *graph.consumers.get(site.output, [])] if n is not None]
+
+    kept: set[str] = set()
+    seen: set[str] = set()
+    for start in passes:
+        if start in seen:
+            continue
+        component, stack, anchored = set(), [start], False
+        while stack:
+            name = stack.pop()
+            if name in component:
+                continue
+            component.add(name)
+            for other in neighbours(name):
+                if other in passes:
+                    stack.append(other)
+                elif other in chosen:
+                    anchored = True
+        seen |= component
+        if anchored:
+            kept |= component
+    return (chosen - passes) | kept
 
 
 def _rank(found: _Found) -> tuple[float, float]:
