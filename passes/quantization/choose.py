@@ -22,11 +22,14 @@ uses, times those that hold the budget against the float model, and keeps the fa
 
    * ``static``: per-channel int8 weights, uint8 activations, one calibration (streamed, one sample at a time:
      memory is one sample's activations plus a histogram per tensor), ranges by each of ``methods``
-     (``minmax``, ``percentile``: cheap, from the same histograms); nodes onnxruntime would run in float between
-     DQ and Q are dropped (``quantize``'s ``check_kernels``); the best-judged method is the static candidate.
+     (``minmax``, then ``percentile`` if minmax misses the budget: cheap, from the same histograms); nodes
+     onnxruntime would run in float between DQ and Q are dropped (``quantize``'s ``check_kernels``); the first
+     method within budget (else the best-judged) is the static candidate.
    * ``static-smooth``: when static misses the budget and the model has MatMul/Gemm with constant weights,
      SmoothQuant (``smooth_alpha``) first moves activation outliers into the weights, then the same.
-   * ``dynamic``: every MatMul/Gemm with a constant weight as ``quantize-dynamic`` (convs stay float).
+   * ``dynamic``: every MatMul/Gemm with a constant weight as ``quantize-dynamic`` (convs stay float); not built
+     (``not_built``) when MatMul/Gemm hold under 5% of the Conv/MatMul/Gemm weights (a CNN with a classifier
+     head: the convs would stay float, and dynamic int8 cannot be much faster).
    * ``mixed``: when the best static candidate misses the budget: each layer (a compute node with the
      Relu/Clip folded into it; consecutive layers grouped into blocks when there are more than ``max_probes``)
      is quantized alone and judged (its sensitivity); the most sensitive back off first, MatMul/Gemm with
@@ -93,6 +96,8 @@ logger = logging.getLogger(__name__)
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _STATE_NAME = re.compile(r"state|hidden|cell|past|cache|memory|h0|c0", re.IGNORECASE)
 _TOKENS = re.compile(r"[a-z]+|[0-9]+")
+#: Below this share of the weights in MatMul/Gemm, the dynamic candidate is not built (convs dominate).
+_MIN_DENSE_SHARE = 0.05
 _CANDIDATES = ("static", "dynamic", "mixed")
 
 
@@ -134,7 +139,7 @@ class QuantizeInt8Pass(SftPass):
         percentile: float = 99.99,
         smooth_alpha: float | None = 0.5,
         candidates: tuple[str, ...] = _CANDIDATES,
-        max_probes: int = 12,
+        max_probes: int = 8,
         eval_samples: int = 16,
         max_samples: int = 512,
         max_latency_ratio: float = 0.97,
@@ -509,7 +514,13 @@ class _Builder:
             if "static" not in wanted:
                 found = [f for f in found if f is not static]
         if "dynamic" in wanted:
-            found.append(self._dynamic())
+            share = self._dense_share()
+            if share < _MIN_DENSE_SHARE:
+                found.append(_Found("dynamic", outcome="not_built", why=(
+                    f"MatMul/Gemm hold {share:.1%} of the Conv/MatMul/Gemm weights: dynamic int8 leaves the rest "
+                    "float and cannot be much faster")))
+            else:
+                found.append(self._dynamic())
         if "mixed" in wanted and static is not None and quantizer is not None and static.model is not None:
             if static.passed:
                 self.sensitivity = {"note": f"{static.name} holds the budget: no layer backed off"}
@@ -522,6 +533,22 @@ class _Builder:
                 candidate.outcome = "over_budget"
                 candidate.why = candidate.verdict.failure
         return found
+
+    def _dense_share(self) -> float:
+        """Share of the constant Conv/MatMul/Gemm weight elements that MatMul/Gemm hold (1.0 with no weights)."""
+        from sftonnx.ir_utils import constant_array
+
+        dense = total = 0
+        for node in self.work.graph:
+            if node.op_type not in WEIGHT_OPS or len(node.inputs) < 2:
+                continue
+            weight = constant_array(node.inputs[1])
+            if weight is None:
+                continue
+            total += weight.size
+            if node.op_type in ("MatMul", "Gemm"):
+                dense += weight.size
+        return dense / total if total else 1.0
 
     def _has_dense_weights(self) -> bool:
         from sftonnx.ir_utils import constant_array
@@ -552,6 +579,8 @@ class _Builder:
             key = (verdict.budget_used, -(verdict.cosine or 0.0))
             if best is None or key < best[0]:
                 best = (key, candidate, verdict, method, ranges)
+            if verdict.passed:
+                break  # methods are in order of preference: the first within budget is taken
         assert best is not None
         _, candidate, verdict, method, ranges = best
         found.model, found.verdict, found.counts = candidate.model, verdict, collections.Counter(candidate.counts)
@@ -629,7 +658,7 @@ class _Builder:
         rungs: list[tuple[int, int]] = [(k, 0) for k in range(1, len(ranked) + 1)]
         rungs += [(len(ranked), j) for j in range(1, len(dense_blocks) + 1)]
 
-        def build_rung(rung: tuple[int, int]) -> _Found:
+        def build_rung(rung: tuple[int, int], islands: bool = False) -> _Found:
             backed = ranked[:rung[0]]
             to_float = {n for b in dense_blocks[:rung[1]] for n in b if dense(n)}
             off = set().union(*(members(b) for b in backed))
@@ -637,7 +666,7 @@ class _Builder:
             static_set = _without_stranded_pass_through(chosen - off, sites, quantizer.graph)
             build = lambda c: quantizer.build(c, ranges)  # noqa: E731
             candidate = build(static_set)
-            if candidate.plan.chosen:
+            if islands and candidate.plan.chosen:  # speed only: done for the rung found, not every rung tried
                 candidate = drop_float_islands(candidate, build, {}, {})
             result = self._dynamic(candidate.model, dynamic, name="mixed") if dynamic else _Found(
                 "mixed", candidate.model, collections.Counter(candidate.counts))
@@ -673,7 +702,9 @@ class _Builder:
             last.outcome = "over_budget"
             last.why = "no back-off rung held the budget: " + (last.verdict.failure if last.verdict else "")
             return last
-        return evaluated[int(hit)]
+        found = evaluated[int(hit)]
+        final = build_rung(rungs[int(hit)], islands=True)
+        return final if final.passed else found
 
     # ------------------------------------------------------------------------------------- paths
     def _paths(self, model: ir.Model, static_nodes: Iterable[str]) -> dict[str, Any]:
