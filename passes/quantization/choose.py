@@ -77,7 +77,7 @@ import numpy as np
 import onnx_ir as ir
 
 from sftonnx import io, verify
-from sftonnx.errors import PassConfigError
+from sftonnx.errors import InputError, PassConfigError
 from sftonnx.ir_utils import nested_node_count, restore_model
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.quantization import calibration as calib
@@ -224,8 +224,9 @@ class QuantizeInt8Pass(SftPass):
         if chosen is None:
             details["reason"] = reason
             report.skipped["over_budget" if not any(c.passed for c in found) else "not_faster"] += 1
-            logger.info("quantize-int8: model kept float: %s", reason)
+            logger.warning("quantize-int8: model kept float: %s", reason)
             return
+        logger.info("quantize-int8: %s int8 chosen (%sx of float latency)", chosen.name, chosen.latency_ratio)
         assert chosen.model is not None
         details["chosen"] = chosen.name
         details["paths"] = chosen.paths
@@ -287,6 +288,8 @@ class _Data:
                                          allow_random=allow_random, pass_name="quantize-int8")
         self.description = source.description
         total = sum(1 for _ in source)
+        if total == 0:
+            raise InputError("quantize-int8: the calibration data holds no samples")
         minimum = verify.MIN_HELD_OUT
         held = min(eval_samples, max(minimum, int(total * verify.HELD_OUT_FRACTION))) if total >= 2 * minimum else 0
         self.calibration: Iterable[dict[str, np.ndarray]] = _Slice(source, 0, total - held) if held else source

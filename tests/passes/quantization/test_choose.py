@@ -181,6 +181,13 @@ def test_stateful_model_keeps_state_path_float_and_judges_a_sequence(fake_timer,
     assert report.details["paths"]["nodes"] == {"MatMul_0": "dynamic", "MatMul_1": "float", "MatMul_4": "dynamic"}
 
 
+def test_empty_calibration_data_is_an_input_error():
+    from sftonnx.errors import InputError
+
+    with pytest.raises(InputError, match="holds no samples"):
+        QuantizeInt8Pass(calibration_data=[])(_outlier_model())
+
+
 def test_options_are_checked():
     with pytest.raises(PassConfigError, match="no calibration data"):
         QuantizeInt8Pass()
