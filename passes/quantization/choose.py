@@ -658,8 +658,12 @@ class _Builder:
         # rung r < len(ranked): the r+1 most sensitive blocks backed off (dense layers to dynamic, others float);
         # then, with every block backed off, the dense layers of the most sensitive blocks go float too
         dense_blocks = [b for b in ranked if any(dense(n) for n in b)]
-        rungs: list[tuple[int, int]] = [(k, 0) for k in range(1, len(ranked) + 1)]
-        rungs += [(len(ranked), j) for j in range(1, len(dense_blocks) + 1)]
+        # the rung with every layer float is no int8 candidate: the ladder stops one short of it
+        rungs: list[tuple[int, int]] = [(k, 0) for k in range(1, len(ranked) + (1 if dense_blocks else 0))]
+        rungs += [(len(ranked), j) for j in range(1, len(dense_blocks))]
+        if not rungs:
+            found.outcome, found.why = "nothing_quantized", "a single layer: backing it off leaves nothing int8"
+            return found
 
         def build_rung(rung: tuple[int, int], islands: bool = False) -> _Found:
             backed = ranked[:rung[0]]
