@@ -45,7 +45,8 @@ uses, times those that hold the budget against the float model, and keeps the fa
    each model fed its own state outputs of the previous step, so compounding error is seen. LSTM/GRU/RNN and
    If/Loop/Scan bodies are never quantized (no scheme here handles them: counted as ``in_subgraph``).
 5. **Speed.** The candidates within budget are timed against the float model, interleaved in one process
-   (:func:`sftonnx.timing.median_latencies`) on a held-out sample; the fastest whose latency ratio is at most
+   (:func:`sftonnx.timing.median_latencies`, one intra-op thread by default: steady when other processes share
+   the cores) on a held-out sample; the fastest whose latency ratio is at most
    ``max_latency_ratio`` wins. None: the model is left exactly as it came in (no change reported) with the
    reason in ``details["reason"]``.
 
@@ -120,6 +121,8 @@ class QuantizeInt8Pass(SftPass):
         max_latency_ratio: A candidate wins only at this latency relative to float or below (timing noise).
         headroom: A candidate holds the budget when it passes it and uses at most this share of it
             (``budget_used``), so that the final verification on other samples does not refuse it.
+        threads: Intra-op threads of the timed sessions (1: steady on a shared machine; 0: all cores).
+        timing_seconds: About how long the interleaved timing of the candidates takes.
         keep_state_float: Keep nodes on recurrent state paths (state input -> state output) float.
         reduce_range: 7-bit weights; default: on for x86 CPUs without VNNI.
     """
@@ -144,6 +147,8 @@ class QuantizeInt8Pass(SftPass):
         max_samples: int = 512,
         max_latency_ratio: float = 0.97,
         headroom: float = 0.8,
+        threads: int = 1,
+        timing_seconds: float = 4.0,
         keep_state_float: bool = True,
         reduce_range: bool | None = None,
     ) -> None:
@@ -161,6 +166,8 @@ class QuantizeInt8Pass(SftPass):
             raise PassConfigError(f"quantize-int8: percentile must be in (50, 100], got {percentile}")
         if max_probes < 1 or eval_samples < 1 or max_samples < 1:
             raise PassConfigError("quantize-int8: max_probes, eval_samples and max_samples must be >= 1")
+        if threads < 0 or timing_seconds <= 0:
+            raise PassConfigError("quantize-int8: threads must be >= 0 and timing_seconds > 0")
         if not 0.0 < headroom <= 1.0:
             raise PassConfigError(f"quantize-int8: headroom must be in (0, 1], got {headroom}")
         if not 0.0 < max_latency_ratio <= 1.0:
@@ -184,6 +191,8 @@ class QuantizeInt8Pass(SftPass):
         self.max_samples = max_samples
         self.max_latency_ratio = max_latency_ratio
         self.headroom = headroom
+        self.threads = threads
+        self.timing_seconds = timing_seconds
         self.keep_state_float = keep_state_float
         self.reduce_range = reduce_range
 
@@ -244,7 +253,8 @@ class QuantizeInt8Pass(SftPass):
             tried = ", ".join(f"{c.name} ({c.why or c.outcome})" for c in found) or "none could be built"
             return None, f"no int8 candidate held the budget on the held-out samples: {tried}"
         try:
-            times = median_latencies([original, *(io.to_bytes(c.model) for c in passing)], feeds)  # type: ignore[arg-type]
+            sources = [original, *(io.to_bytes(c.model) for c in passing)]  # type: ignore[arg-type]
+            times = median_latencies(sources, feeds, threads=self.threads, budget_seconds=self.timing_seconds)
         except Exception as error:  # a candidate onnxruntime cannot run is never handed on
             for candidate in passing:
                 candidate.outcome, candidate.why = "error", f"timing failed: {error}"
