@@ -396,7 +396,12 @@ class _Verdict:
 
 
 class _Judge:
-    """Runs a candidate on the held-out samples and holds it to the budget against the float model's outputs."""
+    """Runs a candidate on the held-out samples and holds it to the budget against the float model's outputs.
+
+    Samples are run one by one (a sequence, with state fed back, when ``pairs`` is given) and, when they stack
+    along axis 0 and the model takes the batch, once more as one batch: dynamic int8 takes its activation range
+    from the whole batch, and verification runs stacked data in batches. The worse verdict counts.
+    """
 
     def __init__(self, original: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
                  pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0) -> None:
@@ -407,14 +412,25 @@ class _Judge:
         session = verify.make_session(original)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = self._run(session)
+        self.stacked = None if self.pairs else _stack(self.feeds)
+        self.stacked_reference = None
+        if self.stacked is not None:
+            try:
+                self.stacked_reference = [self._one(session, self.stacked)]
+            except Exception:  # the model does not take a batch: samples one by one only
+                self.stacked = None
         self.calls = 0
 
-    def _run(self, session: Any) -> list[list[np.ndarray]]:
+    @staticmethod
+    def _one(session: Any, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         wanted = {i.name for i in session.get_inputs()}
+        return session.run(None, {k: v for k, v in feed.items() if k in wanted})
+
+    def _run(self, session: Any) -> list[list[np.ndarray]]:
         names = [o.name for o in session.get_outputs()]
         outputs, state = [], {}
         for feed in self.feeds:
-            result = session.run(None, {k: v for k, v in {**feed, **state}.items() if k in wanted})
+            result = self._one(session, {**feed, **state})
             outputs.append(result)
             if self.pairs:  # the next step starts from this model's own state
                 state = {i: result[names.index(o)] for i, o in self.pairs if o in names}
@@ -423,10 +439,20 @@ class _Judge:
     def __call__(self, model: ir.Model) -> _Verdict:
         self.calls += 1
         try:
-            actual = self._run(verify.make_session(io.to_bytes(model)))
+            session = verify.make_session(io.to_bytes(model))
+            verdicts = [self._verdict(self.reference, self._run(session))]
+            if self.stacked is not None and self.stacked_reference is not None:
+                verdicts.append(self._verdict(self.stacked_reference, [self._one(session, self.stacked)]))
         except Exception as error:  # a candidate onnxruntime refuses is judged failed, never shipped
             return _Verdict(False, math.inf, None, None, f"onnxruntime: {verify.ort_failure(error)}")
-        comparison = verify.compare_outputs(self.names, self.reference, actual, budget=self.budget)
+        failing = [v for v in verdicts if not v.passed]
+        cosines = [v.cosine for v in verdicts if v.cosine is not None]
+        agreements = [v.agreement for v in verdicts if v.agreement is not None]
+        return _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
+                        min(agreements) if agreements else None, failing[0].failure if failing else "")
+
+    def _verdict(self, reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> _Verdict:
+        comparison = verify.compare_outputs(self.names, reference, actual, budget=self.budget)
         worst = comparison.worst()
         used = _budget_used(comparison, self.budget)
         failure = comparison.failures[0] if comparison.failures else ""
@@ -434,6 +460,19 @@ class _Judge:
             failure = f"within budget but uses {used:.2f} of it (headroom {self.headroom:g})"
         return _Verdict(comparison.passed and used <= self.headroom, used, worst["cosine"], worst["agreement"],
                         failure)
+
+
+def _stack(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
+    """The feeds as one batch along axis 0, when there are several and every input stacks; else None."""
+    if len(feeds) < 2:
+        return None
+    stacked = {}
+    for name in feeds[0]:
+        arrays = [np.asarray(f.get(name)) for f in feeds]
+        if any(a.ndim == 0 or a.shape[1:] != arrays[0].shape[1:] for a in arrays):
+            return None
+        stacked[name] = np.concatenate(arrays, axis=0)
+    return stacked
 
 
 def _budget_used(comparison: verify.Comparison, budget: verify.Budget) -> float:
