@@ -206,3 +206,26 @@ def test_int8_presets_use_the_chooser():
     assert PRESETS["int8"].endswith(",quantize-int8")
     assert PRESETS["max"].endswith(",quantize-int8")
     assert "quantize-dynamic" in PRESETS["int8-dynamic"]
+
+
+def test_judge_feeds_state_back_over_a_sequence():
+    model = _stateful_model()
+    original = io.to_bytes(model)
+    steps = [{"x": seeded((1, 8), seed=s), "state_in": np.zeros((1, 8), np.float32)} for s in range(3)]
+    budget = choose.verify.Budget()
+    sequence = choose._Judge(original, steps, [("state_in", "state_out")], budget)
+    alone = choose._Judge(original, steps, [], budget)
+    # step 0 starts from the file's zero state either way; step 1 from step 0's state_out only in a sequence
+    np.testing.assert_array_equal(sequence.reference[0][0], alone.reference[0][0])
+    expected = run_ort(original, {"x": steps[1]["x"], "state_in": sequence.reference[0][1]})
+    np.testing.assert_allclose(sequence.reference[1][0], expected[0], rtol=1e-6)
+    assert not np.allclose(sequence.reference[1][0], alone.reference[1][0])
+    assert sequence.stacked is None  # a sequence is never judged as one batch
+
+
+def test_stack_only_when_every_input_stacks():
+    a = {"x": np.zeros((1, 4, 3), np.float32)}
+    assert choose._stack([a, a])["x"].shape == (2, 4, 3)
+    assert choose._stack([a]) is None
+    assert choose._stack([a, {"x": np.zeros((1, 5, 3), np.float32)}]) is None
+    assert choose._stack([{"s": np.float32(1)}, {"s": np.float32(2)}]) is None
