@@ -10,7 +10,9 @@ uses, times those that hold the budget against the float model, and keeps the fa
    counted; the last quarter (at least 2, at most ``eval_samples``) is held out for judging the candidates and
    the rest calibrates. With fewer than 4 samples the candidates are judged on the calibration samples
    themselves (``details["evaluation"]`` says so).
-2. **Judge.** Candidate and float model run on the held-out samples; :func:`sftonnx.verify.compare_outputs`
+2. **Judge.** Candidate and float model run on the held-out samples (one by one and, when they stack along axis 0
+   and the model takes a batch, once more as one batch: dynamic int8 ranges span the batch, and verification
+   runs stacked data in batches; the worse verdict counts); :func:`sftonnx.verify.compare_outputs`
    with ``Budget(min_cosine, min_agreement)`` decides (argmax/threshold/label agreement for decision outputs,
    cosine for values: the same rules and defaults as the final verification). For ranking, each output's
    shortfall is expressed as a share of its budget: ``(1 - agreement) / (1 - min_agreement)`` and
