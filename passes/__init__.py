@@ -27,6 +27,7 @@ from sftonnx.passes.fusion.transformer import FuseGeluPass, FuseLayerNormPass, F
 from sftonnx.passes.layout.sinking import SinkTransposesPass
 from sftonnx.passes.pruning.channels import PruneChannelsPass
 from sftonnx.passes.pruning.magnitude import PruneMagnitudePass
+from sftonnx.passes.quantization.choose import QuantizeInt8Pass
 from sftonnx.passes.quantization.dynamic import QuantizeDynamicPass
 from sftonnx.passes.quantization.fp16 import ConvertFloat16Pass
 from sftonnx.passes.quantization.qdq import QuantizeStaticPass
@@ -64,6 +65,7 @@ REGISTRY: dict[str, type[SftPass]] = {
         # lossy
         QuantizeStaticPass,
         QuantizeDynamicPass,
+        QuantizeInt8Pass,
         ConvertFloat16Pass,
         PruneMagnitudePass,
         PruneChannelsPass,
@@ -79,7 +81,7 @@ PRESETS: dict[str, str] = {
         "share-weights,eliminate-dead,schedule-memory"
     ),
     "fast-cpu": "lossless,fuse-ort,ort-offline{level=extended}",
-    "int8": "lossless,quantize{method=minmax, ensure_faster=true}",
+    "int8": "lossless,quantize-int8",
     "int8-dynamic": "lossless,quantize-dynamic",
     "fp16": "lossless,fp16{keep_io_types=true}",
     "compact": (
@@ -89,14 +91,18 @@ PRESETS: dict[str, str] = {
     "max": (
         "simplify,prune-channels{ratio=0.3, round_to=8},lossless,"
         "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05},"
-        "quantize{method=minmax, ensure_faster=true}"
+        "quantize-int8"
     ),
 }
 
 PRESET_DOCS: dict[str, str] = {
     "lossless": "Numerically equivalent folding, fusion and clean-up in standard ONNX; the default.",
     "fast-cpu": "lossless, then onnxruntime contrib-op fusions saved offline (runs on onnxruntime only).",
-    "int8": "Static int8 QDQ (per-channel weights, calibrated on --calibration-data); kept only if faster.",
+    "int8": (
+        "int8 chosen per model on --calibration-data: static QDQ, dynamic MatMul/Gemm or mixed (sensitive layers "
+        "backed off to dynamic, then float), judged on held-out samples with the verification budget; the fastest "
+        "within budget is kept, or the model stays float (reason in the report) when none is faster."
+    ),
     "int8-dynamic": "Dynamic int8 for MatMul/Gemm (transformers, MLPs); convs stay float.",
     "fp16": "float16 weights and compute for GPUs, float32 inputs/outputs and numerically sensitive ops.",
     "compact": (
@@ -104,7 +110,7 @@ PRESET_DOCS: dict[str, str] = {
         "factorization guarded per layer: ranks only where the relative output error (weight error without "
         "data) stays <= 5%; the final check holds the whole model to --min-cosine."
     ),
-    "max": "compact, then static int8: the smallest and fastest, with the largest accuracy cost.",
+    "max": "compact, then int8 chosen per model: the smallest and fastest, with the largest accuracy cost.",
     # Not in PRESETS (a search, not a spec; it cannot stand inside --passes): `--preset auto`.
     "auto": (
         "Accuracy-aware search: per-layer sensitivity of quantize/prune-channels/factorize, greedy back-off within "

@@ -115,6 +115,7 @@ def median_latencies(
     *,
     rounds: int = 7,
     budget_seconds: float = 3.0,
+    threads: int = 0,
 ) -> list[float]:
     """Median latency (seconds per run) of each model on ``feeds``, measured interleaved in one process.
 
@@ -127,6 +128,8 @@ def median_latencies(
         feeds: One array per input name (each model takes the ones it declares).
         rounds: Samples per model.
         budget_seconds: About how long the timed rounds take together.
+        threads: Intra-op threads per session (0: onnxruntime's default, all cores). One thread is steadier on
+            a shared machine, where spinning thread pools of several processes contend.
 
     Raises:
         Exception: Whatever onnxruntime raises for a model it cannot load or run.
@@ -135,7 +138,7 @@ def median_latencies(
 
     runners = []
     for source in sources:
-        session = verify.make_session(source)
+        session = verify.make_session(source, threads=threads)
         feed = {i.name: feeds[i.name] for i in session.get_inputs()}
         runners.append(functools.partial(session.run, None, feed))
     for runner in runners:

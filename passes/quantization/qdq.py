@@ -93,10 +93,15 @@ __all__ = [
     "INTEGER_OPS",
     "PASS_THROUGH_OPS",
     "QuantizeStaticPass",
+    "StaticCandidate",
+    "StaticQuantizer",
     "cpu_has_vnni",
+    "decline",
+    "drop_float_islands",
     "float_islands",
     "measure_latency",
     "ort_optimized_graph",
+    "prepare",
 ]
 
 logger = logging.getLogger(__name__)
@@ -221,7 +226,7 @@ class QuantizeStaticPass(SftPass):
         details = report.details
         warnings: list[str] = []
         original = io.to_bytes(model)  # restored as is when nothing is quantized or int8 turns out slower
-        _prepare(model, report)
+        prepare(model, report)
         symmetric, activation, reduce_range = self._scheme(details, warnings)
         if nested := nested_node_count(model):
             report.skipped["in_subgraph"] += nested
@@ -237,41 +242,24 @@ class QuantizeStaticPass(SftPass):
         if self.smooth_alpha is not None:
             report.changes["channels_smoothed"] += recovery.smooth_quant(model, source, alpha=self.smooth_alpha)
 
-        float_bytes = io.to_bytes(model)
-        graph = NameGraph(model)
-        sites, declined = find_sites(
-            model, exclude_nodes=self.exclude_nodes, exclude_op_types=self.exclude_op_types,
-            exclude_pattern=self.exclude_pattern, per_channel=self.per_channel)
-        bias_inputs = recovery.bias_correction_inputs(model, sites) if self.bias_correction else {}
-        result = calib.calibrate(
-            model, calibration_tensors(model, sites), source, sum_names=bias_inputs,
+        quantizer = StaticQuantizer(
+            model, source, per_channel=self.per_channel, activation=activation, symmetric=symmetric,
+            reduce_range=reduce_range, exclude_nodes=self.exclude_nodes, exclude_op_types=self.exclude_op_types,
+            exclude_pattern=self.exclude_pattern, bias_correction=self.bias_correction,
             keep_samples=self.sensitivity_samples)
-        # tensors that turned out not to be float leave their nodes float
-        for name, site in list(sites.items()):
-            tensors = [*site.acts, site.output]
-            if any(result.dtypes.get(t) is not None and np.dtype(result.dtypes[t]).kind != "f" for t in tensors):
-                declined[name] = "input_not_float"
-                del sites[name]
-        ranges = {
-            name: calib.compute_range(hist, self.method, symmetric=symmetric, percentile=self.percentile)
-            for name, hist in result.histograms.items()
-        }
-        qmax = 63 if reduce_range else 127
-        offsets: dict[str, np.ndarray] = {}
         if self.bias_correction:
-            offsets = recovery.bias_offsets(model, sites, result.channel_sums, qmax=qmax)
-            report.changes["biases_corrected"] += len(offsets)
+            report.changes["biases_corrected"] += len(quantizer.offsets)
+        float_bytes, graph, sites = quantizer.float_bytes, quantizer.graph, quantizer.sites
+        declined, result = quantizer.declined, quantizer.result
+        ranges = quantizer.ranges(self.method, self.percentile)
 
         def build(chosen: Iterable[str]) -> _Candidate:
-            plan = make_plan(graph, sites, chosen, ranges, activation=activation, symmetric=symmetric)
-            built, counts = build_quantized(float_bytes, plan, sites, weight_qmax=qmax,
-                                            per_channel=self.per_channel, bias_offsets=offsets)
-            return _Candidate(built, plan, counts)
+            return quantizer.build(chosen, ranges)
 
         candidate = build(set(sites))
         kept_float: dict[str, str] = {}
         if self.check_kernels and self.target == "cpu" and candidate.plan.chosen:
-            candidate = _drop_float_islands(candidate, build, kept_float, details)
+            candidate = drop_float_islands(candidate, build, kept_float, details)
         if self.max_error is not None and candidate.plan.chosen:
             keep_float, info = recovery.mixed_precision(
                 original_bytes=float_bytes, samples=result.samples, chosen=sorted(candidate.plan.chosen),
@@ -292,10 +280,10 @@ class QuantizeStaticPass(SftPass):
         if self.ensure_faster and candidate.plan.chosen and result.samples:
             if not _faster(original, candidate.model, result.samples[0], details):
                 report.skipped["slower_than_float"] += 1
-                _decline(model, original, report)
+                decline(model, original, report)
                 return
         if not candidate.counts.get("nodes_quantized"):
-            _decline(model, original, report)  # the preparation alone is not worth a changed model
+            decline(model, original, report)  # the preparation alone is not worth a changed model
             return
         report.changes.update({k: v for k, v in candidate.counts.items() if v})
         adopt_model(model, candidate.model)
@@ -320,7 +308,7 @@ class QuantizeStaticPass(SftPass):
         return symmetric, activation, reduce_range
 
 
-class _Candidate(NamedTuple):
+class StaticCandidate(NamedTuple):
     """A quantized copy of the float model, the plan it was built from, and its change counts."""
 
     model: ir.Model
@@ -328,8 +316,87 @@ class _Candidate(NamedTuple):
     counts: collections.Counter[str]
 
 
-def _prepare(model: ir.Model, report: PassReport) -> None:
-    """The exact rewrites before planning (see :mod:`._prerewrite`), each counted."""
+_Candidate = StaticCandidate
+
+
+class StaticQuantizer:
+    """One calibration of a (prepared) float model, from which QDQ copies for any set of nodes are built.
+
+    Calibrating is the expensive step (one streamed pass over the data); building a copy for another node
+    set or another range method only re-plans and re-inserts Q/DQ (``quantize``'s mixed precision and the
+    ``quantize-int8`` chooser build many).
+
+    Args:
+        model: The float model, prepared (see :func:`prepare`); not modified.
+        source: Calibration feed dicts (re-iterable).
+        per_channel: Per-output-channel weight scales.
+        activation: ``uint8`` or ``int8`` activations.
+        symmetric: Symmetric activation ranges (zero point 0).
+        reduce_range: 7-bit weights.
+        exclude_nodes: Node names left float.
+        exclude_op_types: Op types left float.
+        exclude_pattern: Regular expression; matching node names stay float.
+        bias_correction: Collect input means and compute bias offsets.
+        keep_samples: Calibration samples kept in ``result.samples``.
+    """
+
+    def __init__(
+        self,
+        model: ir.Model,
+        source: Iterable[Mapping[str, np.ndarray]],
+        *,
+        per_channel: bool = True,
+        activation: Literal["uint8", "int8"] = "uint8",
+        symmetric: bool = False,
+        reduce_range: bool = False,
+        exclude_nodes: Iterable[str] = (),
+        exclude_op_types: Iterable[str] = (),
+        exclude_pattern: str | None = None,
+        bias_correction: bool = False,
+        keep_samples: int = 0,
+    ) -> None:
+        from sftonnx.passes.quantization import recovery
+
+        self.per_channel = per_channel
+        self.activation: Literal["uint8", "int8"] = activation
+        self.symmetric = symmetric
+        self.qmax = 63 if reduce_range else 127
+        self.float_bytes = io.to_bytes(model)
+        self.graph = NameGraph(model)
+        self.sites, self.declined = find_sites(
+            model, exclude_nodes=tuple(exclude_nodes), exclude_op_types=tuple(exclude_op_types),
+            exclude_pattern=exclude_pattern, per_channel=per_channel)
+        bias_inputs = recovery.bias_correction_inputs(model, self.sites) if bias_correction else {}
+        self.result = calib.calibrate(
+            model, calibration_tensors(model, self.sites), source, sum_names=bias_inputs, keep_samples=keep_samples)
+        # tensors that turned out not to be float leave their nodes float
+        dtypes = self.result.dtypes
+        for name, site in list(self.sites.items()):
+            tensors = [*site.acts, site.output]
+            if any(dtypes.get(t) is not None and np.dtype(dtypes[t]).kind != "f" for t in tensors):
+                self.declined[name] = "input_not_float"
+                del self.sites[name]
+        self.offsets: dict[str, np.ndarray] = {}
+        if bias_correction:
+            self.offsets = recovery.bias_offsets(model, self.sites, self.result.channel_sums, qmax=self.qmax)
+
+    def ranges(self, method: str, percentile: float = 99.99) -> dict[str, calib.Range]:
+        """Each calibrated tensor's clipping range by ``method`` (cheap: computed from the histograms)."""
+        return {
+            name: calib.compute_range(hist, method, symmetric=self.symmetric, percentile=percentile)
+            for name, hist in self.result.histograms.items()
+        }
+
+    def build(self, chosen: Iterable[str], ranges: Mapping[str, calib.Range]) -> StaticCandidate:
+        """A QDQ copy of the float model with ``chosen`` nodes quantized using ``ranges``."""
+        plan = make_plan(self.graph, self.sites, chosen, ranges, activation=self.activation, symmetric=self.symmetric)
+        built, counts = build_quantized(self.float_bytes, plan, self.sites, weight_qmax=self.qmax,
+                                        per_channel=self.per_channel, bias_offsets=self.offsets)
+        return StaticCandidate(built, plan, counts)
+
+
+def prepare(model: ir.Model, report: PassReport) -> None:
+    """The exact rewrites before planning (see :mod:`._prerewrite`), each counted in ``report``."""
     _upgrade_opset(model, report)
     report.changes["nodes_renamed"] += name_nodes(model.graph)
     if folded := fold_clip_bounds(model):
@@ -340,7 +407,7 @@ def _prepare(model: ir.Model, report: PassReport) -> None:
         report.changes["sums_rewritten_as_add"] += sums
 
 
-def _drop_float_islands(candidate: _Candidate, build: Callable[[Iterable[str]], _Candidate],
+def drop_float_islands(candidate: _Candidate, build: Callable[[Iterable[str]], _Candidate],
                         kept_float: dict[str, str], details: dict[str, Any]) -> _Candidate:
     """Remove the pairs of nodes onnxruntime would run in float between DQ and Q, until none is left."""
     for _ in range(4):
@@ -382,7 +449,7 @@ def _upgrade_opset(model: ir.Model, report: PassReport) -> None:
 _UNDONE_DETAILS = ("opset_converted", "clip_bounds_folded", "sum_rewritten_as_add")
 
 
-def _decline(model: ir.Model, original: bytes, report: PassReport) -> None:
+def decline(model: ir.Model, original: bytes, report: PassReport) -> None:
     """Put the model back as it came in (every counted change undone); the skip counts stay."""
     restore_model(model, io.load(original, validate=False))
     report.changes.clear()

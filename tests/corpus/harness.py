@@ -74,6 +74,8 @@ class Outcome:
     seconds: float = 0.0
     output: pathlib.Path | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: ``{pass name: its report details}`` of a run that wrote a model (e.g. ``quantize-int8``'s choice).
+    details: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def describe(self) -> str:
         if self.exit_code == 0:
@@ -139,6 +141,7 @@ def run_preset(
         outcome.output = output
         outcome.nodes_after = len(result.model.graph)
         outcome.notes = list(result.report.input_notes)
+        outcome.details = {row.name: dict(row.details) for row in result.report.rows}
     outcome.seconds = time.perf_counter() - start
     return outcome
 

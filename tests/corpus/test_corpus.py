@@ -219,3 +219,22 @@ def test_lossy_preset_within_budget_or_refused(entry: Entry, preset: str, tmp_pa
     assert all(m >= b for m, b in zip(metrics, budgets, strict=True)), (
         f"{preset} wrote a model outside the task budget on held-out inputs: {metrics} < {budgets}"
     )
+    if preset == "int8":
+        _check_int8_choice(entry, path, tmp_path / "out.onnx", outcome.details["quantize-int8"], held_out)
+
+
+def _check_int8_choice(entry: Entry, path: pathlib.Path, out: pathlib.Path, details: dict, held_out) -> None:
+    """The int8 preset either chose a candidate that held the budget and timed faster, or kept float and said why."""
+    candidates = {c["name"]: c for c in details["candidates"]}
+    assert candidates, "quantize-int8 reports no candidate"
+    if details.get("chosen"):
+        chosen = candidates[details["chosen"]]
+        assert chosen["outcome"] == "chosen" and chosen["passed"]
+        assert chosen["latency_ratio"] is not None and chosen["latency_ratio"] <= 0.97, chosen
+        paths = details["paths"]
+        assert paths["static"] + paths["dynamic"] > 0, paths
+        return
+    assert details["reason"], "float kept without a reason"
+    # the lossless model: the int8 step changed nothing
+    ok, detail = harness.close(harness.run_models(path, held_out), harness.run_models(out, held_out))
+    assert ok, f"int8 kept float ({details['reason']}) but the model differs: {detail}"
