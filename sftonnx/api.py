@@ -135,7 +135,11 @@ def optimize(
         split = verification.hold_out(calibration_data)
         calibration_data, data, data_notes = split.calibration, split.verification, split.notes
     if isinstance(spec, str):
-        built = build_passes(spec, REGISTRY, PRESETS, extra={"calibration_data": calibration_data})
+        # Passes that judge their own candidates (quantize-int8) take the final check's lossy budget.
+        extra: dict[str, Any] = {"calibration_data": calibration_data}
+        if budget is not None:
+            extra.update(min_cosine=budget.min_cosine, min_agreement=budget.min_agreement)
+        built = build_passes(spec, REGISTRY, PRESETS, extra=extra)
     else:
         built = [(p, False) for p in spec]
     return optimize_model(

@@ -222,6 +222,7 @@ class QuantizeInt8Pass(SftPass):
         details["evaluation"] = data.note + (
             "; judged as one sequence, state outputs fed back" if sequence else "")
         budget = verify.Budget(min_cosine=self.min_cosine, min_agreement=self.min_agreement)
+        details["budget"] = {"min_cosine": self.min_cosine, "min_agreement": self.min_agreement}
         judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom)
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         details["reduce_range"] = reduce_range

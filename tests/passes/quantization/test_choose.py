@@ -229,3 +229,13 @@ def test_stack_only_when_every_input_stacks():
     assert choose._stack([a]) is None
     assert choose._stack([a, {"x": np.zeros((1, 5, 3), np.float32)}]) is None
     assert choose._stack([{"s": np.float32(1)}, {"s": np.float32(2)}]) is None
+
+
+def test_the_final_checks_budget_reaches_the_chooser(fake_timer):
+    from sftonnx import api, verify
+
+    budget = verify.Budget(min_cosine=0.97, min_agreement=0.95)
+    result = api.optimize(MODELS / "digits_cnn.onnx", None, preset="int8", budget=budget,
+                          calibration_data=str(MODELS / "digits_calib.npz"))
+    (row,) = [r for r in result.report.rows if r.name == "quantize-int8"]
+    assert row.details["budget"] == {"min_cosine": 0.97, "min_agreement": 0.95}
