@@ -105,7 +105,7 @@ class SimplifyPass(SftPass):
             # external data or over 2 GiB goes without its large weights (graph inputs in their place, put
             # back below): onnxsim then never copies them, and never resolves an external file against the
             # working folder.
-            if io.needs_file(model):
+            if io.has_external_data(model) or io.model_nbytes(model) > io.PROTOBUF_LIMIT:
                 proto, moved = io.structure_proto(model, max_inline_bytes=_INLINE_BYTES)
                 copy = ir.serde.deserialize_model(proto)
             else:

@@ -25,6 +25,7 @@ from sftonnx.ir_utils import all_graphs
 
 __all__ = [
     "KNOWN_DOMAINS",
+    "LARGE_MODEL_BYTES",
     "MAX_OPSET",
     "MIN_OPSET",
     "PROTOBUF_LIMIT",
@@ -35,6 +36,8 @@ __all__ = [
     "load",
     "model_nbytes",
     "needs_file",
+    "release_mapped",
+    "release_mapped_value",
     "save",
     "structure_proto",
     "to_bytes",
@@ -46,6 +49,8 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
 
 #: Serialized protobuf messages cannot exceed 2 GiB; leave headroom for the graph itself.
 PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+#: Models with more weight bytes than this go to onnxruntime and the checks as files (see :func:`needs_file`).
+LARGE_MODEL_BYTES = 256 * 2**20
 #: Operator domains onnxruntime's CPU build implements (plus the default-domain aliases).
 KNOWN_DOMAINS = frozenset(
     {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
@@ -258,19 +263,43 @@ def external_data_size(model: ir.Model) -> int:
     return sum(path.stat().st_size for path in files if path.is_file())
 
 
+def release_mapped(model: ir.Model) -> None:
+    """Unmap the external tensors' files: pages a pass read stop counting in this process's memory.
+
+    Tensors map their file again when next read. A tensor whose array is still referenced elsewhere stays
+    mapped (closing it would invalidate that array).
+    """
+    for _, tensor in external_tensors(model):
+        try:
+            tensor.release()
+        except BufferError:  # a numpy view of the mapping is alive
+            continue
+
+
+def release_mapped_value(value: ir.Value | None) -> None:
+    """:func:`release_mapped` for one initializer (no-op unless its tensor is external and unreferenced)."""
+    tensor = value.const_value if value is not None else None
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:
+            pass
+
+
 def has_external_data(model: ir.Model) -> bool:
     """Whether some initializer's data is read from an external file (memory-mapped, not loaded)."""
     return next(external_tensors(model), None) is not None
 
 
 def needs_file(model: ir.Model) -> bool:
-    """Whether tools should get ``model`` as a file with external data rather than as bytes.
+    """Whether onnxruntime and the structure checks should get ``model`` as a file rather than as bytes.
 
-    True for models over protobuf's limit, and for models whose weights are in external files: serializing
-    those to bytes would copy every weight into memory twice. Small models saved with external data take the
-    same path, which is how the tests cover it cheaply.
+    True for models whose weights are in external files, and for models over :data:`LARGE_MODEL_BYTES`:
+    serializing those to bytes would copy every weight into memory twice (proto, then bytes) before
+    onnxruntime makes its own copy. Small models saved with external data take the same path, which is how
+    the tests cover it cheaply.
     """
-    return has_external_data(model) or model_nbytes(model) > PROTOBUF_LIMIT
+    return has_external_data(model) or model_nbytes(model) > LARGE_MODEL_BYTES
 
 
 def to_bytes(model: ir.Model) -> bytes:

@@ -144,7 +144,8 @@ class Verifier:
         self.tolerance = tolerance or verify.Tolerance()
         self.budget = budget or verify.Budget()
         try:  # errors are reported below, in one line: keep onnxruntime's own log quiet
-            session = verify.make_session(original, log_severity=4)
+            # A file (external data or over 2 GiB) is run without prepacking: weights held once, mapped.
+            session = verify.make_session(original, log_severity=4, prepack=isinstance(original, bytes))
             self.output_names = [o.name for o in session.get_outputs()]
             self.expected = verify.run_model(session, self.feeds)
         except Exception as error:  # onnxruntime's own error types vary by build
@@ -159,7 +160,7 @@ class Verifier:
         """
         with verify.session_source(candidate) as source:
             try:
-                session = verify.make_session(source)
+                session = verify.make_session(source, prepack=isinstance(source, bytes))
             except Exception as error:  # noqa: BLE001 - reported, never hidden
                 return f"the model does not load in onnxruntime: {_first_line(error)}"
             try:
@@ -257,6 +258,7 @@ class Pipeline:
                 self._dump(before_bytes, index, pass_)
                 raise PassError(pass_.name, after=names[:index], reason=_first_line(error)) from error
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
+            io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
             if report.modified:  # an unmodified model needs no new check (and big ones are slow to serialize)
                 _cleanup(model)
@@ -508,6 +510,7 @@ def optimize_model(
         report.input_notes.append(warning)
         logger.warning("%s", warning)
     report.input_size = input_size
+    io.release_mapped(loaded)
     pipeline.run(loaded)
 
     comparison = None

@@ -59,12 +59,28 @@ logger = logging.getLogger(__name__)
 
 
 def _quantize_weight(weight: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``W [K, N]``: ``(W_q, s_w)`` with ``s_w`` of shape ``[N]`` or ``[]``."""
-    w = weight.astype(np.float64)
-    amax = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max(initial=0.0))
+    """Symmetric int8 ``W [K, N]``: ``(W_q, s_w)`` with ``s_w`` of shape ``[N]`` or ``[]``.
+
+    Computed in blocks of rows, so a memory-mapped multi-GB weight is never copied whole (the temporaries are
+    one float64 block); the result is the same as on the whole matrix at once.
+    """
+    rows = max(1, _BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    amax = np.zeros(weight.shape[1], dtype=np.float64) if per_channel else np.float64(0.0)
+    for start in range(0, weight.shape[0], rows):
+        block = np.abs(weight[start : start + rows].astype(np.float64))
+        amax = np.maximum(amax, block.max(axis=0) if per_channel else block.max(initial=0.0))
+    amax = np.asarray(amax)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / scale.astype(np.float64)), -qmax - 1, qmax).astype(np.int8)
+    divisor = scale.astype(np.float64)
+    q = np.empty(weight.shape, dtype=np.int8)
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start : start + rows].astype(np.float64) / divisor
+        q[start : start + rows] = np.clip(np.round(block), -qmax - 1, qmax)
     return q, scale
+
+
+#: Elements per block of :func:`_quantize_weight` (8 MB of float64 temporaries).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 class QuantizeDynamicPass(SftPass):
@@ -134,7 +150,10 @@ class QuantizeDynamicPass(SftPass):
                 if isinstance(operands, str):
                     reason = operands
                 else:
+                    weight = operands.weight_value
                     rewriter.replace(node, label, operands, report)
+                    del operands  # the last view of the float weight: its file pages can be unmapped now
+                    io.release_mapped_value(weight)
                     continue
             if reason != "not_a_site":
                 report.skipped[reason] += 1
@@ -145,10 +164,13 @@ class QuantizeDynamicPass(SftPass):
             report.changes.clear()
             return
         _drop_unused_initializers(model.graph)
-        quantized = io.to_bytes(model)
-        report.details["int8_ops"] = _int8_ops(quantized)
         if self.ensure_faster and original is not None:
+            quantized = io.to_bytes(model)
+            report.details["int8_ops"] = _int8_ops(quantized)
             self._keep_if_faster(model, original, quantized, report)
+        else:
+            with verify.session_source(model) as source:  # a file for large models: weights not copied
+                report.details["int8_ops"] = _int8_ops(source)
 
     def _decline_reason(self, node: ir.Node, label: str) -> str | None:
         """Why ``node`` is left alone before its operands are read (``not_a_site``: not counted), else None."""
@@ -314,7 +336,7 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
                 graph.inputs.remove(value)
 
 
-def _int8_ops(quantized: bytes) -> dict[str, int]:
+def _int8_ops(quantized: bytes | str) -> dict[str, int]:
     """The integer kernels in the graph onnxruntime runs, by op type (it must load what we wrote)."""
     try:
         graph = ort_optimized_graph(quantized)

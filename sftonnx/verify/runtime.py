@@ -55,10 +55,15 @@ def make_session(
     optimized_model_path: str | None = None,
     log_severity: int = 3,
     disabled_optimizers: Sequence[str] = (),
+    prepack: bool = True,
+    config: Mapping[str, str] | None = None,
 ):
     """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises.
 
     ``disabled_optimizers`` names onnxruntime graph transformers to leave out (``ort-offline`` uses it).
+    ``prepack=False`` keeps onnxruntime from repacking constant weights into a second, private copy (the
+    weights stay in the memory-mapped data file): for verification runs of large models, where speed matters
+    less than holding the weights once. ``config`` adds onnxruntime session config entries.
     """
     import onnxruntime as ort
 
@@ -73,6 +78,10 @@ def make_session(
     }[optimization]
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     if disabled_optimizers:
         return ort.InferenceSession(
             source, options, providers=list(providers), disabled_optimizers=list(disabled_optimizers)
