@@ -43,6 +43,7 @@ from sftonnx.ir_utils import (
     NameAllocator,
     attr,
     constant_array,
+    is_op,
     nested_node_count,
     opset_version,
     replace_value,
@@ -163,6 +164,7 @@ class QuantizeDynamicPass(SftPass):
                 report.details.pop("opset_converted", None)
             report.changes.clear()
             return
+        _drop_dead_transposes(model.graph)
         _drop_unused_initializers(model.graph)
         if self.ensure_faster and original is not None:
             quantized = io.to_bytes(model)
@@ -249,6 +251,8 @@ class _Rewriter:
         assert weight_value is not None
         weight = constant_array(weight_value)
         if weight is None:
+            weight = _transposed_constant(weight_value)
+        if weight is None:
             return "weight_not_constant"
         if weight.ndim != 2:
             return "weight_not_2d"
@@ -325,6 +329,29 @@ class _Rewriter:
         replace_value(output, result, lambda name: fresh(f"{name}_float"))
         graph.remove(node, safe=True)
         report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
+
+
+def _transposed_constant(value: ir.Value) -> np.ndarray | None:
+    """``W.T`` (a view, nothing copied) when ``value`` is ``Transpose(W)`` of a constant 2-D ``W``, else None.
+
+    PyTorch exports ``nn.Linear`` as ``MatMul(x, Transpose(W))``; on models whose weights are external or over
+    2 GiB ``simplify`` does not fold that Transpose (it never copies a large weight), so it is read through here.
+    """
+    producer = value.producer()
+    if producer is None or not is_op(producer, "Transpose") or len(producer.inputs) != 1:
+        return None
+    source = constant_array(producer.inputs[0])
+    perm = attr(producer, "perm", None)
+    if source is None or source.ndim != 2 or (perm is not None and list(perm) != [1, 0]):
+        return None
+    return source.T
+
+
+def _drop_dead_transposes(graph: ir.Graph) -> None:
+    """Remove the Transpose nodes of weights whose only readers were quantized (their float weight goes next)."""
+    for node in list(graph):
+        if is_op(node, "Transpose") and not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            graph.remove(node, safe=True)
 
 
 def _drop_unused_initializers(graph: ir.Graph) -> None:
