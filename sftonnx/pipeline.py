@@ -317,7 +317,9 @@ class Pipeline:
         )
 
     def _snapshot(self, model: ir.Model) -> bytes | None:
-        if not (self.verify_each or self.dump_dir) or model_nbytes(model) > PROTOBUF_LIMIT:
+        # A large model's bytes would be a second (and third) copy of its weights: no snapshot, so no
+        # first-divergence search or dump for those.
+        if not (self.verify_each or self.dump_dir) or model_nbytes(model) > io.LARGE_MODEL_BYTES:
             return None
         return to_bytes(model)
 
