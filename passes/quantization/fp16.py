@@ -74,6 +74,15 @@ def _to_half(array: np.ndarray) -> tuple[np.ndarray, int]:
     return half, clipped
 
 
+def _half_type(kind: ir.TypeProtocol | None) -> ir.TypeProtocol:
+    """The float16 version of a float32 type, keeping its container (a sequence of tensors stays a sequence)."""
+    if isinstance(kind, ir.SequenceType):
+        return ir.SequenceType(_half_type(kind.elem_type))
+    if isinstance(kind, ir.OptionalType):
+        return ir.OptionalType(_half_type(kind.elem_type))
+    return ir.TensorType(_FLOAT16)
+
+
 #: Elements per block of :func:`_to_half`; initializers up to ``_INLINE_BYTES`` stay inline for inference.
 _BLOCK = 1 << 22
 _INLINE_BYTES = 64 * 1024
@@ -110,6 +119,9 @@ def _value_types(model: ir.Model) -> dict[str, ir.DataType]:
         runner = ActivationRunner(model, missing)
         for batch in runner.run([verify.random_feeds(specs, shapes)]):
             for name, array in batch.items():
+                if isinstance(array, (list, tuple)):  # a sequence: left untyped (onnxruntime infers it)
+                    types[name] = ir.DataType.UNDEFINED
+                    continue
                 kind = {np.dtype(np.float32): _FLOAT, np.dtype(np.float16): _FLOAT16}.get(np.asarray(array).dtype)
                 if kind is not None:
                     types[name] = kind
@@ -217,7 +229,7 @@ class ConvertFloat16Pass(SftPass):
                     report.changes["constants_converted"] += 1
             for value in node.outputs:
                 if is_float(value):
-                    value.type = ir.TensorType(_FLOAT16)
+                    value.type = _half_type(value.type)
                     types[value.name or ""] = _FLOAT16
                     report.changes["values_converted"] += 1
         # 4. float32 islands: Casts in and out
