@@ -74,8 +74,11 @@ def _timed(command: list[str], cwd: pathlib.Path) -> dict:
     done = subprocess.run(["/usr/bin/time", "-v", *command], cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - start
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "\t" not in line[:1]]
+    text = done.stderr.split("\tCommand being timed")[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     error = next((line for line in lines if line.startswith("error:")), "")
+    if done.returncode != 0 and not error and lines:
+        error = lines[-1]  # a tool without sftonnx's one-line errors: its last line (the exception)
     return {
         "code": done.returncode,
         "seconds": wall,
@@ -107,7 +110,7 @@ def _errors(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]
     return float(np.max(np.abs(ref - cand))), cosine
 
 
-def run_model(name: str, work: pathlib.Path) -> list[dict]:
+def run_model(name: str, work: pathlib.Path, tools: set[str] | None = None) -> list[dict]:
     folder = work / name
     model, data = _generate(name, folder)
     size = _size(model)
@@ -116,6 +119,8 @@ def run_model(name: str, work: pathlib.Path) -> list[dict]:
     rows = []
     candidates = [(preset, f"{name}.{preset}.onnx") for preset in PRESETS] + [("onnxslim", f"{name}.slim.onnx")]
     for label, output in candidates:
+        if tools is not None and label not in tools:
+            continue
         if label == "onnxslim":
             command = [sys.executable, "-m", "onnxslim", model.name, output]
         else:
@@ -172,13 +177,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=pathlib.Path, default=pathlib.Path("/tmp/sftonnx-large"))
     parser.add_argument("--models", default="mlp,decoder")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--tools", help="only these presets/onnxslim (comma-separated); other rows are kept")
     parser.add_argument("--clean", action="store_true", help="remove the generated models afterwards")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("PYTHONPATH", str(ROOT))
-    rows: list[dict] = []
+    saved = args.work_dir / "rows.json"  # every measured row, so that --tools re-runs replace only theirs
+    rows: list[dict] = json.loads(saved.read_text()) if saved.exists() and args.tools else []
+    tools = set(args.tools.split(",")) if args.tools else None
     for name in args.models.split(","):
-        rows += run_model(name, args.work_dir)
+        for row in run_model(name, args.work_dir, tools):
+            rows = [r for r in rows if (r["model"], r["tool"]) != (row["model"], row["tool"])] + [row]
+        order = {tool: i for i, tool in enumerate((*PRESETS, "onnxslim"))}
+        rows.sort(key=lambda r: (r["model"] != "mlp", order.get(r["tool"], 99)))
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(rows, indent=1))
         write_table(rows, args.out)
         if args.clean:
             shutil.rmtree(args.work_dir / name, ignore_errors=True)

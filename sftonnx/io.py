@@ -30,6 +30,7 @@ __all__ = [
     "MIN_OPSET",
     "PROTOBUF_LIMIT",
     "ModelSource",
+    "copy_model",
     "external_data_size",
     "external_tensors",
     "has_external_data",
@@ -300,6 +301,30 @@ def needs_file(model: ir.Model) -> bool:
     the tests cover it cheaply.
     """
     return has_external_data(model) or model_nbytes(model) > LARGE_MODEL_BYTES
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """A structural copy of ``model`` whose initializers share ``model``'s tensor objects.
+
+    For passes that rewrite a copy and adopt it: weights are neither duplicated nor detached from their files
+    (a serialize/deserialize round trip alone would leave external tensors without their folder, to be looked
+    up in the working folder, and would copy in-memory ones).
+    """
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    originals: dict[str, ir.TensorProtocol] = {}
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for name, value in graph.initializers.items():
+            if value.const_value is not None:
+                originals.setdefault(name, value.const_value)
+    for graph in (copy.graph, *copy.graph.subgraphs()):
+        for name, value in graph.initializers.items():
+            original, tensor = originals.get(name), value.const_value
+            if original is not None and tensor is not None and (original.dtype, original.shape) == (
+                tensor.dtype,
+                tensor.shape,
+            ):
+                value.const_value = original
+    return copy
 
 
 def to_bytes(model: ir.Model) -> bytes:

@@ -197,3 +197,15 @@ def test_simplify_folds_small_external_constants_and_keeps_large_weights(tmp_pat
     with verify.session_source(loaded) as source:
         actual = ort.InferenceSession(source).run(None, {"x": x})[0]
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_copy_model_shares_weights_and_their_folder(mlp, monkeypatch):
+    model = io.load(mlp)
+    copy = io.copy_model(model)
+    assert copy is not model and copy.graph is not model.graph
+    for name, value in copy.graph.initializers.items():
+        assert value.const_value is model.graph.initializers[name].const_value
+    monkeypatch.chdir(mlp.parent.parent)  # the copy's weights are found from anywhere
+    with verify.session_source(copy) as source:
+        out = ort.InferenceSession(source, providers=["CPUExecutionProvider"]).run(None, _inputs())[0]
+    np.testing.assert_allclose(out, reference_mlp(_inputs()["x"], scale=SCALE), rtol=1e-4, atol=1e-4)

@@ -40,9 +40,7 @@ class ActivationRunner:
         large = io.needs_file(model)
         if large:
             # A structural copy that shares the weights (memory-mapped tensors stay so): nothing is duplicated.
-            copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-            for name, value in copy.graph.initializers.items():
-                value.const_value = model.graph.initializers[name].const_value
+            copy = io.copy_model(model)
         else:
             copy = io.load(io.to_bytes(model), validate=False)
         values = {v.name: v for node in copy.graph for v in node.outputs}
