@@ -75,7 +75,7 @@ def _timed(command: list[str], cwd: pathlib.Path) -> dict:
     wall = time.perf_counter() - start
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     text = done.stderr.split("\tCommand being timed")[0]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("Command exited")]
     error = next((line for line in lines if line.startswith("error:")), "")
     if done.returncode != 0 and not error and lines:
         error = lines[-1]  # a tool without sftonnx's one-line errors: its last line (the exception)

@@ -144,7 +144,7 @@ class Verifier:
         self.tolerance = tolerance or verify.Tolerance()
         self.budget = budget or verify.Budget()
         try:  # errors are reported below, in one line: keep onnxruntime's own log quiet
-            # A file (external data or over 2 GiB) is run without prepacking: weights held once, mapped.
+            # A file (external data or large) is run without prepacking: weights held once, mapped.
             session = verify.make_session(original, log_severity=4, prepack=isinstance(original, bytes))
             self.output_names = [o.name for o in session.get_outputs()]
             self.expected = verify.run_model(session, self.feeds)
@@ -155,7 +155,7 @@ class Verifier:
     def outputs(self, candidate: bytes | str | ir.Model) -> list[list[np.ndarray]] | str:
         """The candidate's outputs per feed, or an error string when it does not load or run.
 
-        An ``ir.Model`` with external data or over 2 GiB is run from a temporary file (removed afterwards);
+        An ``ir.Model`` with external data or over 256 MB is run from a temporary file (removed afterwards);
         its session is released before this returns, so it never coexists with another one.
         """
         with verify.session_source(candidate) as source:
@@ -372,7 +372,7 @@ class _StructureChecker:
         problems: dict[str, str] = {}
         if not (self.run_checker or self.run_inference):
             return problems
-        # Models with external data or over 2 GiB are checked without their weights (large initializers
+        # Models with external data or over 256 MB are checked without their weights (large initializers
         # become graph inputs of the same type and shape): nothing is copied or written, and the checks
         # cover the structure, which is what passes change.
         if io.needs_file(model):
