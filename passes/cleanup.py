@@ -15,6 +15,7 @@ from collections import Counter
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
+from sftonnx import io
 from sftonnx.errors import PassConfigError, first_line
 from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
@@ -65,7 +66,12 @@ class SimplifyPass(SftPass):
     Statistics: changes ``nodes_removed``, ``nodes_added`` (net per op type); skipped
     ``simplifier_failed``, ``nonstandard_ops``, ``nothing_simplified`` (same ops) and ``more_nodes`` (onnxsim's
     result has more nodes): in those cases the model is left as it was. ``details['simplifier_error']`` holds
-    onnxsim's message.
+    onnxsim's message; ``details['weights_kept_out']`` counts the weights onnxsim did not see.
+
+    Models with external data or over 2 GiB: onnxsim gets the graph with every weight over 64 kB replaced by a
+    graph input of the same type and shape (:func:`sftonnx.io.structure_proto`), and the weights are put back
+    as they were (still memory-mapped) in its result. Nothing is folded through those weights, so no weight
+    is ever copied, and nothing depends on the working folder.
 
     Args:
         max_folded_size: Largest tensor constant folding may create, e.g. ``64MB``; bigger results stay as
@@ -93,9 +99,17 @@ class SimplifyPass(SftPass):
         onnxsim = _import_onnxsim()
 
         before = _all_nodes(model)
+        moved: list[str] = []
         try:
-            # Sorted on a copy: the model itself changes only if onnxsim's result is adopted.
-            copy = ir.serde.deserialize_model(ir.to_proto(model))
+            # Sorted on a copy: the model itself changes only if onnxsim's result is adopted. A model with
+            # external data or over 2 GiB goes without its large weights (graph inputs in their place, put
+            # back below): onnxsim then never copies them, and never resolves an external file against the
+            # working folder.
+            if io.has_external_data(model) or io.model_nbytes(model) > io.PROTOBUF_LIMIT:
+                proto, moved = io.structure_proto(model, max_inline_bytes=_INLINE_BYTES)
+                copy = ir.serde.deserialize_model(proto)
+            else:
+                copy = ir.serde.deserialize_model(ir.to_proto(model))
             common_passes.TopologicalSortPass()(copy)
             proto = ir.to_proto(copy)
             simplified, _ = onnxsim.simplify(
@@ -109,6 +123,9 @@ class SimplifyPass(SftPass):
                 skipped_optimizers=list(_CONTRIB_OPTIMIZERS) if self.portable else None,
             )
             new_model = ir.serde.deserialize_model(simplified)
+            if moved:
+                _restore_weights(model, new_model, moved)
+                report.details["weights_kept_out"] = len(moved)
         except Exception as error:  # onnxsim raises assorted RuntimeError/ValueError/C++ errors
             message = first_line(error)
             logger.warning("simplify: onnxsim failed, model left unsimplified: %s", message)
@@ -132,6 +149,33 @@ class SimplifyPass(SftPass):
             report.skipped["nothing_simplified"] += 1
             return
         adopt_model(model, new_model)
+
+
+#: Weights over this size are kept out of onnxsim's copy of a model with external data (not folded through).
+_INLINE_BYTES = 64 * 1024
+
+
+def _restore_weights(model: ir.Model, new_model: ir.Model, moved: list[str]) -> None:
+    """Turn the graph inputs that stood in for ``model``'s large weights back into those initializers.
+
+    The tensors are ``model``'s own objects (memory-mapped external tensors stay so). Initializers keep
+    ``model``'s order, so the weights are written in the order they came in.
+    """
+    graph = new_model.graph
+    originals = model.graph.initializers
+    by_name = {value.name: value for value in graph.inputs}
+    for name in moved:
+        value = by_name.get(name)
+        if value is None:  # onnxsim dropped an unused weight
+            continue
+        graph.inputs.remove(value)
+        value.const_value = originals[name].const_value
+        graph.register_initializer(value)
+    rank = {name: index for index, name in enumerate(originals)}
+    ordered = sorted(graph.initializers.values(), key=lambda v: rank.get(v.name or "", len(rank)))
+    graph.initializers.clear()
+    for value in ordered:
+        graph.register_initializer(value)
 
 
 #: onnxsim optimizers that produce onnxruntime contrib ops (``com.microsoft``).

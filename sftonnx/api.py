@@ -79,7 +79,8 @@ def optimize(
         verify_each: Check numerics after every pass, naming the pass and first tensor that diverge.
         dump_dir: On a failing pass, save the model from just before it and a reproducer command here.
         overwrite: Allow ``output`` to be the input path or an existing file.
-        external_data: Force (``True``) or forbid (``False``) external data; default: only past 2 GiB.
+        external_data: Force (``True``) or forbid (``False``) external data (``<output>.data`` beside the output);
+            default: when the input's weights are in external files, or the result is past 2 GiB.
         calibration_data: Calibration inputs (``.npz`` path, folder or iterable of feed dicts) for lossy passes.
         progress: Called as ``progress(index, total, pass_name)`` before each pass.
         allow_random_verification: Verify lossy passes on synthesized inputs when no real data is given

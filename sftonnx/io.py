@@ -15,6 +15,7 @@ import pathlib
 import tempfile
 from collections.abc import Iterator
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
@@ -24,13 +25,22 @@ from sftonnx.ir_utils import all_graphs
 
 __all__ = [
     "KNOWN_DOMAINS",
+    "LARGE_MODEL_BYTES",
     "MAX_OPSET",
     "MIN_OPSET",
     "PROTOBUF_LIMIT",
     "ModelSource",
+    "copy_model",
+    "external_data_size",
+    "external_tensors",
+    "has_external_data",
     "load",
     "model_nbytes",
+    "needs_file",
+    "release_mapped",
+    "release_mapped_value",
     "save",
+    "structure_proto",
     "to_bytes",
 ]
 
@@ -40,6 +50,8 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
 
 #: Serialized protobuf messages cannot exceed 2 GiB; leave headroom for the graph itself.
 PROTOBUF_LIMIT = 2**31 - 64 * 2**20
+#: Models with more weight bytes than this go to onnxruntime and the checks as files (see :func:`needs_file`).
+LARGE_MODEL_BYTES = 256 * 2**20
 #: Operator domains onnxruntime's CPU build implements (plus the default-domain aliases).
 KNOWN_DOMAINS = frozenset(
     {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.preview.training"}
@@ -58,7 +70,9 @@ def load(
     Args:
         source: A file path, serialized bytes, an ``onnx.ModelProto`` or an ``onnx_ir.Model`` (returned as is,
             but for the dimension clean-up below).
-        base_dir: Folder holding external data for a bytes/``ModelProto`` source (defaults to the file's folder).
+        base_dir: Folder holding external data for a bytes/``ModelProto`` source (defaults to the file's folder;
+            for bytes and protos, to the working folder at load time). It is made absolute here, so that
+            nothing later depends on the working folder.
         validate: Check that the model has a graph, known domains and a supported opset, that its external
             data files exist and that it can be serialized again (every later step serializes it).
 
@@ -73,9 +87,9 @@ def load(
     if isinstance(source, ir.Model):
         model = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        model = _from_proto(_parse(bytes(source), "<bytes>"), base_dir)
+        model = _from_proto(_parse(bytes(source), "<bytes>"), _absolute(base_dir or "."))
     elif isinstance(source, onnx.ModelProto):
-        model = _from_proto(source, base_dir)
+        model = _from_proto(source, _absolute(base_dir or "."))
     elif isinstance(source, (str, os.PathLike)):
         path = pathlib.Path(source)
         if not path.exists():
@@ -86,7 +100,8 @@ def load(
             data = path.read_bytes()
         except OSError as error:
             raise InputError(f"cannot read {path}: {error.strerror or error}") from None
-        model = _from_proto(_parse(data, str(path)), base_dir or path.parent)
+        # Absolute: external data must not depend on the working folder of whatever reads it later.
+        model = _from_proto(_parse(data, str(path)), pathlib.Path(base_dir or path.parent).resolve())
     else:
         raise InputError(f"cannot load a model from {type(source).__name__}")
     _unknown_nonpositive_dims(model)
@@ -95,6 +110,11 @@ def load(
         _check_external_data(model)
         _check_serializable(model)
     return model
+
+
+def _absolute(folder: str | os.PathLike) -> pathlib.Path:
+    """Relative external-data folders are resolved once, at load time (later reads may run anywhere)."""
+    return pathlib.Path(folder).resolve()
 
 
 def _parse(data: bytes, label: str) -> onnx.ModelProto:
@@ -230,8 +250,85 @@ def model_nbytes(model: ir.Model) -> int:
     return total
 
 
+def external_tensors(model: ir.Model) -> Iterator[tuple[ir.Value, ir.ExternalTensor]]:
+    """``(initializer, tensor)`` for every initializer (graph and subgraphs) whose data lives in a file."""
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value, value.const_value
+
+
+def external_data_size(model: ir.Model) -> int:
+    """Bytes of the distinct external data files ``model`` reads from."""
+    files = {pathlib.Path(tensor.path).resolve() for _, tensor in external_tensors(model)}
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
+def release_mapped(model: ir.Model) -> None:
+    """Unmap the external tensors' files: pages a pass read stop counting in this process's memory.
+
+    Tensors map their file again when next read. A tensor whose array is still referenced elsewhere stays
+    mapped (closing it would invalidate that array).
+    """
+    for _, tensor in external_tensors(model):
+        try:
+            tensor.release()
+        except BufferError:  # a numpy view of the mapping is alive
+            continue
+
+
+def release_mapped_value(value: ir.Value | None) -> None:
+    """:func:`release_mapped` for one initializer (no-op unless its tensor is external and unreferenced)."""
+    tensor = value.const_value if value is not None else None
+    if isinstance(tensor, ir.ExternalTensor):
+        try:
+            tensor.release()
+        except BufferError:
+            pass
+
+
+def has_external_data(model: ir.Model) -> bool:
+    """Whether some initializer's data is read from an external file (memory-mapped, not loaded)."""
+    return next(external_tensors(model), None) is not None
+
+
+def needs_file(model: ir.Model) -> bool:
+    """Whether onnxruntime and the structure checks should get ``model`` as a file rather than as bytes.
+
+    True for models whose weights are in external files, and for models over :data:`LARGE_MODEL_BYTES`:
+    serializing those to bytes would copy every weight into memory twice (proto, then bytes) before
+    onnxruntime makes its own copy. Small models saved with external data take the same path, which is how
+    the tests cover it cheaply.
+    """
+    return has_external_data(model) or model_nbytes(model) > LARGE_MODEL_BYTES
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """A structural copy of ``model`` whose initializers share ``model``'s tensor objects.
+
+    For passes that rewrite a copy and adopt it: weights are neither duplicated nor detached from their files
+    (a serialize/deserialize round trip alone would leave external tensors without their folder, to be looked
+    up in the working folder, and would copy in-memory ones).
+    """
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    originals: dict[str, ir.TensorProtocol] = {}
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for name, value in graph.initializers.items():
+            if value.const_value is not None:
+                originals.setdefault(name, value.const_value)
+    for graph in (copy.graph, *copy.graph.subgraphs()):
+        for name, value in graph.initializers.items():
+            original, tensor = originals.get(name), value.const_value
+            if original is not None and tensor is not None and (original.dtype, original.shape) == (
+                tensor.dtype,
+                tensor.shape,
+            ):
+                value.const_value = original
+    return copy
+
+
 def to_bytes(model: ir.Model) -> bytes:
-    """Serialize a model that fits in one protobuf message.
+    """Serialize a model that fits in one protobuf message (external data read in; ``model`` is not changed).
 
     Raises:
         InputError: The model exceeds protobuf's 2 GiB limit (save it to a file with external data instead).
@@ -240,8 +337,65 @@ def to_bytes(model: ir.Model) -> bytes:
         raise InputError(
             "model exceeds protobuf's 2 GiB limit; it can only be handled as a file with external data"
         )
-    _load_external_tensors(model)  # bytes must be self-contained
-    return ir.to_proto(model).SerializeToString()
+    # Bytes must be self-contained: external tensors are swapped for in-memory views of their (memory-mapped)
+    # data while serializing, then put back, so the model keeps reading its weights from the files.
+    swapped = list(external_tensors(model))
+    try:
+        for value, tensor in swapped:
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+        return ir.to_proto(model).SerializeToString()
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def structure_proto(model: ir.Model, *, max_inline_bytes: int = 0) -> tuple[onnx.ModelProto, list[str]]:
+    """A ``ModelProto`` of ``model`` whose large weights are graph inputs: the graph without its bulk.
+
+    For tools that need the structure only (onnx checker, shape inference, onnxsim's graph rewrites) on models
+    whose weights are large or external: no large weight is read or copied, and the proto has no external
+    references, so nothing depends on where the data files are or on the working folder. Main-graph
+    initializers larger than ``max_inline_bytes`` become graph inputs of the same name, type and shape;
+    smaller ones stay inline (external ones read in). ``model`` is unchanged afterwards.
+
+    Returns:
+        The proto and the names of the initializers turned into inputs (in order).
+    """
+    graph = model.graph
+    moved: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    inlined: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for value in list(graph.initializers.values()):
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        if tensor.nbytes > max_inline_bytes and value not in graph.inputs and not value.is_graph_output():
+            moved.append((value, tensor))
+    inlined = [(v, t) for v, t in external_tensors(model) if all(v is not m for m, _ in moved)]
+    inputs_before = list(graph.inputs)
+    order = list(graph.initializers.values())
+    detached: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        for value, tensor in inlined:
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+        for value, tensor in moved:
+            graph.initializers.pop(value.name)  # type: ignore[arg-type]
+            value.const_value = None
+            value.type = value.type or ir.TensorType(tensor.dtype)
+            value.shape = value.shape or ir.Shape(tensor.shape)
+            detached.append((value, tensor))
+            graph.inputs.append(value)
+        proto = ir.to_proto(model)
+    finally:
+        graph.inputs[:] = inputs_before
+        for value, tensor in detached:
+            value.const_value = tensor
+        if detached:  # back in their original order (the order they are written in)
+            graph.initializers.clear()
+            for value in order:
+                graph.register_initializer(value)
+        for value, tensor in inlined:
+            value.const_value = tensor
+    return proto, [value.name or "" for value, _ in moved]
 
 
 def save(
@@ -253,6 +407,11 @@ def save(
     size_threshold_bytes: int = 1024,
 ) -> pathlib.Path:
     """Write ``model`` to ``path`` atomically.
+
+    With external data, weights are streamed tensor by tensor into ``<name>.data`` beside the model (a
+    relative location; external tensors are copied file to file, never loaded whole). Afterwards the model's
+    externalized initializers read from the file just written, so ``model`` stays valid even when that file
+    replaced the one it was read from (saving over the input).
 
     Args:
         model: The model to write.
@@ -279,11 +438,17 @@ def save(
     with _staging(path.parent) as staging:
         staged_model = staging / path.name
         if external_data:
-            # Load every tensor into memory first: the external file we are about to write may be the one
-            # the model still reads from (rewriting a model in place).
-            _load_external_tensors(model)
-            ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=size_threshold_bytes)
+            written: dict[int, int] = {}  # id(tensor) -> offset in the new data file
+
+            def record(tensor: ir.TensorProtocol, info: ir.external_data.CallbackInfo) -> None:
+                written[id(tensor)] = info.offset
+
+            # Written into the staging folder: a tensor may still read from the data file being replaced.
+            ir.save(
+                model, staged_model, external_data=data_name, size_threshold_bytes=size_threshold_bytes, callback=record
+            )
             os.replace(staging / data_name, path.parent / data_name)
+            _point_to(model, written, path.parent.resolve(), data_name)
         else:
             staged_model.write_bytes(to_bytes(model))
         os.replace(staged_model, path)
@@ -291,12 +456,28 @@ def save(
     return path
 
 
-def _load_external_tensors(model: ir.Model) -> None:
+def _point_to(model: ir.Model, written: dict[int, int], folder: pathlib.Path, data_name: str) -> None:
+    """Make the initializers just written to ``folder/data_name`` read from there (memory-mapped)."""
     for graph in (model.graph, *model.graph.subgraphs()):
         for value in graph.initializers.values():
             tensor = value.const_value
-            if isinstance(tensor, ir.ExternalTensor):
-                value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+            if tensor is None or id(tensor) not in written:
+                continue
+            value.const_value = ir.ExternalTensor(
+                data_name,
+                written[id(tensor)],
+                tensor.nbytes,
+                tensor.dtype,
+                shape=ir.Shape(tensor.shape),
+                name=tensor.name or value.name or "",
+                base_dir=folder,
+            )
+
+
+def _load_external_tensors(model: ir.Model) -> None:
+    """Read every external tensor into memory (for a model whose data files are about to disappear)."""
+    for value, tensor in list(external_tensors(model)):
+        value.const_value = ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -145,23 +144,31 @@ class Verifier:
         self.tolerance = tolerance or verify.Tolerance()
         self.budget = budget or verify.Budget()
         try:  # errors are reported below, in one line: keep onnxruntime's own log quiet
-            session = verify.make_session(original, log_severity=4)
+            # A file (external data or large) is run without prepacking: weights held once, mapped.
+            session = verify.make_session(original, log_severity=4, prepack=isinstance(original, bytes))
             self.output_names = [o.name for o in session.get_outputs()]
             self.expected = verify.run_model(session, self.feeds)
         except Exception as error:  # onnxruntime's own error types vary by build
             line = f"{verify.ort_failure(error)}; {hint}" if hint else _first_line(error)
             raise InputError(f"onnxruntime cannot run the input model: {line}") from None
 
-    def outputs(self, candidate: bytes | str) -> list[list[np.ndarray]] | str:
-        """The candidate's outputs per feed, or an error string when it does not load or run."""
-        try:
-            session = verify.make_session(candidate)
-        except Exception as error:  # noqa: BLE001 - reported, never hidden
-            return f"the model does not load in onnxruntime: {_first_line(error)}"
-        try:
-            return verify.run_model(session, self.feeds)
-        except Exception as error:  # noqa: BLE001
-            return f"the model fails in onnxruntime: {_first_line(error)}"
+    def outputs(self, candidate: bytes | str | ir.Model) -> list[list[np.ndarray]] | str:
+        """The candidate's outputs per feed, or an error string when it does not load or run.
+
+        An ``ir.Model`` with external data or over 256 MB is run from a temporary file (removed afterwards);
+        its session is released before this returns, so it never coexists with another one.
+        """
+        with verify.session_source(candidate) as source:
+            try:
+                session = verify.make_session(source, prepack=isinstance(source, bytes))
+            except Exception as error:  # noqa: BLE001 - reported, never hidden
+                return f"the model does not load in onnxruntime: {_first_line(error)}"
+            try:
+                return verify.run_model(session, self.feeds)
+            except Exception as error:  # noqa: BLE001
+                return f"the model fails in onnxruntime: {_first_line(error)}"
+            finally:
+                del session
 
     def compare(
         self, candidate_outputs: list[list[np.ndarray]] | str, *, exact: bool, reference=None
@@ -251,6 +258,7 @@ class Pipeline:
                 self._dump(before_bytes, index, pass_)
                 raise PassError(pass_.name, after=names[:index], reason=_first_line(error)) from error
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
+            io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
             if report.modified:  # an unmodified model needs no new check (and big ones are slow to serialize)
                 _cleanup(model)
@@ -276,8 +284,7 @@ class Pipeline:
 
     def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes):
         assert self.verifier is not None
-        current = verify.session_source(model)
-        outputs = self.verifier.outputs(current)
+        outputs = self.verifier.outputs(model)
         versus_original = self.verifier.compare(outputs, exact=all_exact)
         if versus_original.outputs:
             row.error = versus_original.worst()
@@ -295,9 +302,9 @@ class Pipeline:
             return outputs
         row.status, row.message = "failed", "; ".join(check.failures[:3])
         divergent = None
-        if exact and before_bytes is not None and isinstance(current, bytes):
+        if exact and before_bytes is not None and model_nbytes(model) <= PROTOBUF_LIMIT:
             divergent = verify.find_first_divergence(
-                before_bytes, current, self.verifier.feeds[0], self.verifier.tolerance
+                before_bytes, to_bytes(model), self.verifier.feeds[0], self.verifier.tolerance
             )
         dumped = self._dump(before_bytes, index, pass_)
         where = f"; first diverging tensor: '{divergent}'" if divergent else ""
@@ -310,7 +317,9 @@ class Pipeline:
         )
 
     def _snapshot(self, model: ir.Model) -> bytes | None:
-        if not (self.verify_each or self.dump_dir) or model_nbytes(model) > PROTOBUF_LIMIT:
+        # A large model's bytes would be a second (and third) copy of its weights: no snapshot, so no
+        # first-divergence search or dump for those.
+        if not (self.verify_each or self.dump_dir) or model_nbytes(model) > io.LARGE_MODEL_BYTES:
             return None
         return to_bytes(model)
 
@@ -363,36 +372,28 @@ class _StructureChecker:
         problems: dict[str, str] = {}
         if not (self.run_checker or self.run_inference):
             return problems
-        large = model_nbytes(model) > PROTOBUF_LIMIT
-        with tempfile.TemporaryDirectory(prefix="sftonnx-check-") as folder:
-            if large:
-                path = os.path.join(folder, "model.onnx")
-                ir.save(model, path, external_data="model.onnx.data")
-                proto = None
-            else:
-                proto = ir.to_proto(model)
-            if self.run_checker:
-                try:
-                    onnx.checker.check_model(path if large else proto)
-                except Exception as error:  # ValidationError and C++ errors
-                    problems["checker"] = _first_line(error)
-            if self.run_inference:
-                try:
-                    if large:
-                        onnx.shape_inference.infer_shapes_path(
-                            path,
-                            os.path.join(folder, "inferred.onnx"),
-                            check_type=True,
-                            strict_mode=True,
-                            data_prop=True,
-                        )
-                    else:
-                        onnx.shape_inference.infer_shapes(
-                            proto, check_type=True, strict_mode=True, data_prop=True
-                        )
-                except Exception as error:  # InferenceError and C++ errors
-                    problems["inference"] = _first_line(error)
+        # Models with external data or over 256 MB are checked without their weights (large initializers
+        # become graph inputs of the same type and shape): nothing is copied or written, and the checks
+        # cover the structure, which is what passes change.
+        if io.needs_file(model):
+            proto, _ = io.structure_proto(model, max_inline_bytes=_INLINE_CHECK_BYTES)
+        else:
+            proto = ir.to_proto(model)
+        if self.run_checker:
+            try:
+                onnx.checker.check_model(proto)
+            except Exception as error:  # ValidationError and C++ errors
+                problems["checker"] = _first_line(error)
+        if self.run_inference:
+            try:
+                onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+            except Exception as error:  # InferenceError and C++ errors
+                problems["inference"] = _first_line(error)
         return problems
+
+
+#: Initializers up to this size stay inline in the structure checks of large models (shape constants).
+_INLINE_CHECK_BYTES = 64 * 1024
 
 
 def _jsonable(value: Any) -> Any:
@@ -469,15 +470,19 @@ def optimize_model(
         check_output(model, output_path, overwrite)
     loaded = io.load(model)
     input_size = file_size(model)
+    if input_size is not None:
+        input_size += io.external_data_size(loaded)
+    if external_data is None and io.has_external_data(loaded):
+        external_data = True  # weights that came in a data file go out in one (next to the output)
     checking = verify_result or verify_each
     verifier = None
     notes: list[str] = []
     if checking:
         feeds, shapes, notes = verify.prepare_feeds(loaded, data=data, input_shapes=input_shapes)
+        # A file with external data is run from its own path (onnxruntime maps the weights), never copied
+        # into bytes; the original's session is released before any candidate runs.
         original_source = (
-            str(model)
-            if isinstance(model, (str, os.PathLike)) and io.model_nbytes(loaded) > io.PROTOBUF_LIMIT
-            else io.to_bytes(loaded)
+            str(model) if isinstance(model, (str, os.PathLike)) and io.needs_file(loaded) else io.to_bytes(loaded)
         )
         hint = verify.unfit_hint(verify.input_specs(loaded), shapes) if data is None else ""
         verifier = Verifier(original_source, feeds, tolerance=tolerance, budget=budget, hint=hint)
@@ -507,12 +512,13 @@ def optimize_model(
         report.input_notes.append(warning)
         logger.warning("%s", warning)
     report.input_size = input_size
+    io.release_mapped(loaded)
     pipeline.run(loaded)
 
     comparison = None
     if verify_result and verifier is not None:
         exact = all(p.numerics is Numerics.EXACT for p, _ in built)
-        comparison = verifier.compare(verifier.outputs(verify.session_source(loaded)), exact=exact)
+        comparison = verifier.compare(verifier.outputs(loaded), exact=exact)
         report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
         if not comparison.passed:
             raise VerificationError(

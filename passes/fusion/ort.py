@@ -25,6 +25,7 @@ import logging
 
 import onnx_ir as ir
 
+from sftonnx import io
 from sftonnx.ir_utils import adopt_model
 from sftonnx.pass_infra import PassReport, SftPass
 
@@ -59,7 +60,7 @@ class FuseOrtPass(SftPass):
         from onnxscript.rewriter.ort_fusions._core import ORT_PATTERN_REWRITE_RULES, fuse_xformers
         from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
-        copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        copy = io.copy_model(model)  # shares the weights (external ones stay memory-mapped, with their folder)
         unfused = RewriteRuleSet([_gemm_to_matmul_add.gemm_to_matmul_add_rule]).apply_to_model(copy)
         copy, counts = fuse_xformers(copy)
         patterns = RewriteRuleSet(list(ORT_PATTERN_REWRITE_RULES)).apply_to_model(copy)

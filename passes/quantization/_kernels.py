@@ -48,11 +48,18 @@ def cpu_has_vnni() -> bool | None:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
-def ort_optimized_graph(source: bytes, level: str = "extended") -> onnx.GraphProto:
-    """The graph onnxruntime's CPU EP actually runs (saved through ``optimized_model_filepath``)."""
+def ort_optimized_graph(source: bytes | str, level: str = "extended") -> onnx.GraphProto:
+    """The graph onnxruntime's CPU EP actually runs (saved through ``optimized_model_filepath``).
+
+    ``source`` is bytes or a model path (external data or large: see ``verify.session_source``). The optimized
+    model's weights go to a temporary data file and are never read back: only the graph is returned.
+    """
     with tempfile.TemporaryDirectory(prefix="sftonnx-q-") as folder:
         path = os.path.join(folder, "optimized.onnx")
-        verify.make_session(source, optimization=level, optimized_model_path=path)
+        config = {"session.optimized_model_external_initializers_file_name": "optimized.onnx.data"}
+        verify.make_session(
+            source, optimization=level, optimized_model_path=path, prepack=isinstance(source, bytes), config=config
+        )
         proto = onnx.load(path, load_external_data=False)
     return proto.graph
 

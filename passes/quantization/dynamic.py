@@ -43,6 +43,7 @@ from sftonnx.ir_utils import (
     NameAllocator,
     attr,
     constant_array,
+    is_op,
     nested_node_count,
     opset_version,
     replace_value,
@@ -59,12 +60,28 @@ logger = logging.getLogger(__name__)
 
 
 def _quantize_weight(weight: np.ndarray, per_channel: bool, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``W [K, N]``: ``(W_q, s_w)`` with ``s_w`` of shape ``[N]`` or ``[]``."""
-    w = weight.astype(np.float64)
-    amax = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max(initial=0.0))
+    """Symmetric int8 ``W [K, N]``: ``(W_q, s_w)`` with ``s_w`` of shape ``[N]`` or ``[]``.
+
+    Computed in blocks of rows, so a memory-mapped multi-GB weight is never copied whole (the temporaries are
+    one float64 block); the result is the same as on the whole matrix at once.
+    """
+    rows = max(1, _BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    amax = np.zeros(weight.shape[1], dtype=np.float64) if per_channel else np.float64(0.0)
+    for start in range(0, weight.shape[0], rows):
+        block = np.abs(weight[start : start + rows].astype(np.float64))
+        amax = np.maximum(amax, block.max(axis=0) if per_channel else block.max(initial=0.0))
+    amax = np.asarray(amax)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / scale.astype(np.float64)), -qmax - 1, qmax).astype(np.int8)
+    divisor = scale.astype(np.float64)
+    q = np.empty(weight.shape, dtype=np.int8)
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start : start + rows].astype(np.float64) / divisor
+        q[start : start + rows] = np.clip(np.round(block), -qmax - 1, qmax)
     return q, scale
+
+
+#: Elements per block of :func:`_quantize_weight` (8 MB of float64 temporaries).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 class QuantizeDynamicPass(SftPass):
@@ -134,7 +151,10 @@ class QuantizeDynamicPass(SftPass):
                 if isinstance(operands, str):
                     reason = operands
                 else:
+                    weight = operands.weight_value
                     rewriter.replace(node, label, operands, report)
+                    del operands  # the last view of the float weight: its file pages can be unmapped now
+                    io.release_mapped_value(weight)
                     continue
             if reason != "not_a_site":
                 report.skipped[reason] += 1
@@ -144,11 +164,15 @@ class QuantizeDynamicPass(SftPass):
                 report.details.pop("opset_converted", None)
             report.changes.clear()
             return
+        _drop_dead_transposes(model.graph)
         _drop_unused_initializers(model.graph)
-        quantized = io.to_bytes(model)
-        report.details["int8_ops"] = _int8_ops(quantized)
         if self.ensure_faster and original is not None:
+            quantized = io.to_bytes(model)
+            report.details["int8_ops"] = _int8_ops(quantized)
             self._keep_if_faster(model, original, quantized, report)
+        else:
+            with verify.session_source(model) as source:  # a file for large models: weights not copied
+                report.details["int8_ops"] = _int8_ops(source)
 
     def _decline_reason(self, node: ir.Node, label: str) -> str | None:
         """Why ``node`` is left alone before its operands are read (``not_a_site``: not counted), else None."""
@@ -226,6 +250,8 @@ class _Rewriter:
         weight_value = node.inputs[1]
         assert weight_value is not None
         weight = constant_array(weight_value)
+        if weight is None:
+            weight = _transposed_constant(weight_value)
         if weight is None:
             return "weight_not_constant"
         if weight.ndim != 2:
@@ -305,6 +331,29 @@ class _Rewriter:
         report.changes["matmuls_quantized" if node.op_type == "MatMul" else "gemms_quantized"] += 1
 
 
+def _transposed_constant(value: ir.Value) -> np.ndarray | None:
+    """``W.T`` (a view, nothing copied) when ``value`` is ``Transpose(W)`` of a constant 2-D ``W``, else None.
+
+    PyTorch exports ``nn.Linear`` as ``MatMul(x, Transpose(W))``; on models whose weights are external or over
+    2 GiB ``simplify`` does not fold that Transpose (it never copies a large weight), so it is read through here.
+    """
+    producer = value.producer()
+    if producer is None or not is_op(producer, "Transpose") or len(producer.inputs) != 1:
+        return None
+    source = constant_array(producer.inputs[0])
+    perm = attr(producer, "perm", None)
+    if source is None or source.ndim != 2 or (perm is not None and list(perm) != [1, 0]):
+        return None
+    return source.T
+
+
+def _drop_dead_transposes(graph: ir.Graph) -> None:
+    """Remove the Transpose nodes of weights whose only readers were quantized (their float weight goes next)."""
+    for node in list(graph):
+        if is_op(node, "Transpose") and not any(out.uses() or out.is_graph_output() for out in node.outputs):
+            graph.remove(node, safe=True)
+
+
 def _drop_unused_initializers(graph: ir.Graph) -> None:
     """Remove the float weights nothing reads any more (and their IR < 4 graph-input entries)."""
     for name, value in list(graph.initializers.items()):
@@ -314,7 +363,7 @@ def _drop_unused_initializers(graph: ir.Graph) -> None:
                 graph.inputs.remove(value)
 
 
-def _int8_ops(quantized: bytes) -> dict[str, int]:
+def _int8_ops(quantized: bytes | str) -> dict[str, int]:
     """The integer kernels in the graph onnxruntime runs, by op type (it must load what we wrote)."""
     try:
         graph = ort_optimized_graph(quantized)

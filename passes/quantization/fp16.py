@@ -32,13 +32,14 @@ float16), ``values_clipped``; skipped ``kept_float32`` (nodes run in float32); d
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from sftonnx import verify
+from sftonnx import io, verify
 from sftonnx.errors import PassConfigError
 from sftonnx.ir_utils import NameAllocator, replace_value
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
@@ -58,8 +59,33 @@ _FLOAT16 = ir.DataType.FLOAT16
 
 
 def _to_half(array: np.ndarray) -> tuple[np.ndarray, int]:
-    clipped = int(np.sum(np.abs(array[np.isfinite(array)]) > _FLOAT16_MAX))
-    return np.clip(array, -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16), clipped
+    """``array`` in float16 (finite values clipped to +-65504) and the number clipped, in blocks of rows.
+
+    A memory-mapped weight is converted block by block into the float16 result: the temporaries are one
+    block, never a float32 copy of the whole tensor.
+    """
+    half = np.empty(array.shape, dtype=np.float16)
+    flat_in, flat_out = array.reshape(-1), half.reshape(-1)
+    clipped = 0
+    for start in range(0, flat_in.size, _BLOCK):
+        block = flat_in[start : start + _BLOCK]
+        clipped += int(np.count_nonzero(np.isfinite(block) & (np.abs(block) > _FLOAT16_MAX)))
+        flat_out[start : start + _BLOCK] = np.clip(block, -_FLOAT16_MAX, _FLOAT16_MAX)
+    return half, clipped
+
+
+def _half_type(kind: ir.TypeProtocol | None) -> ir.TypeProtocol:
+    """The float16 version of a float32 type, keeping its container (a sequence of tensors stays a sequence)."""
+    if isinstance(kind, ir.SequenceType):
+        return ir.SequenceType(_half_type(kind.elem_type))
+    if isinstance(kind, ir.OptionalType):
+        return ir.OptionalType(_half_type(kind.elem_type))
+    return ir.TensorType(_FLOAT16)
+
+
+#: Elements per block of :func:`_to_half`; initializers up to ``_INLINE_BYTES`` stay inline for inference.
+_BLOCK = 1 << 22
+_INLINE_BYTES = 64 * 1024
 
 
 def _value_types(model: ir.Model) -> dict[str, ir.DataType]:
@@ -76,7 +102,9 @@ def _value_types(model: ir.Model) -> dict[str, ir.DataType]:
             if value.dtype is not None and value.name:
                 types[value.name] = value.dtype
     try:
-        proto = onnx.shape_inference.infer_shapes(ir.to_proto(model), data_prop=True)
+        # Types need no weights: large initializers are graph inputs of the same type (nothing copied).
+        proto, _ = io.structure_proto(model, max_inline_bytes=_INLINE_BYTES)
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         for info in [*proto.graph.value_info, *proto.graph.output]:
             if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
                 types.setdefault(info.name, ir.DataType(info.type.tensor_type.elem_type))
@@ -91,6 +119,9 @@ def _value_types(model: ir.Model) -> dict[str, ir.DataType]:
         runner = ActivationRunner(model, missing)
         for batch in runner.run([verify.random_feeds(specs, shapes)]):
             for name, array in batch.items():
+                if isinstance(array, (list, tuple)):  # a sequence: left untyped (onnxruntime infers it)
+                    types[name] = ir.DataType.UNDEFINED
+                    continue
                 kind = {np.dtype(np.float32): _FLOAT, np.dtype(np.float16): _FLOAT16}.get(np.asarray(array).dtype)
                 if kind is not None:
                     types[name] = kind
@@ -150,8 +181,12 @@ class ConvertFloat16Pass(SftPass):
             users = {id(use.node) for use in value.uses()}
             if users and users <= kept_set:
                 continue
-            half, clipped = _to_half(value.const_value.numpy())
+            source = value.const_value
+            half, clipped = _to_half(source.numpy())
             value.const_value = ir.tensor(half, name=name)
+            if isinstance(source, ir.ExternalTensor):
+                with contextlib.suppress(BufferError):  # the float32 pages are not needed again
+                    source.release()
             value.type = ir.TensorType(_FLOAT16)
             types[name] = _FLOAT16
             report.changes["initializers_converted"] += 1
@@ -194,7 +229,7 @@ class ConvertFloat16Pass(SftPass):
                     report.changes["constants_converted"] += 1
             for value in node.outputs:
                 if is_float(value):
-                    value.type = ir.TensorType(_FLOAT16)
+                    value.type = _half_type(value.type)
                     types[value.name or ""] = _FLOAT16
                     report.changes["values_converted"] += 1
         # 4. float32 islands: Casts in and out

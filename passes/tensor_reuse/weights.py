@@ -9,7 +9,6 @@ bit-identical.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 
@@ -45,7 +44,7 @@ class ShareWeightsPass(SftPass):
         self.min_elements = min_elements
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
-        """Group initializers by (dtype, size, multiset of values) and link layout copies."""
+        """Group initializers by (dtype, size, fingerprint of the multiset of values) and link layout copies."""
         graph = model.graph
         inputs = {value.name for value in graph.inputs}
         groups: dict[tuple, list[ir.Value]] = defaultdict(list)
@@ -54,8 +53,12 @@ class ShareWeightsPass(SftPass):
             if tensor is None or value.name in inputs or tensor.size < self.min_elements:
                 continue
             array = tensor.numpy()
-            digest = hashlib.sha1(np.sort(array, axis=None).tobytes()).hexdigest()
-            groups[(array.dtype.str, array.size, digest)].append(value)
+            if array.dtype.kind not in "biuf":
+                continue
+            groups[(array.dtype.str, array.size, _fingerprint(array))].append(value)
+            del array
+            if isinstance(tensor, ir.ExternalTensor):
+                _unmap(tensor)  # read once, block by block: do not keep every weight's pages mapped
         saved = 0
         for members in groups.values():
             if len(members) < 2:
@@ -83,3 +86,32 @@ class ShareWeightsPass(SftPass):
                 report.changes["initializers_shared"] += 1
         if saved:
             report.details["bytes_saved"] = int(saved)
+
+
+#: Elements per block when fingerprinting (bounds the temporaries to a few tens of MB).
+_BLOCK = 1 << 22
+
+
+def _fingerprint(array: np.ndarray) -> tuple[int, int]:
+    """A permutation-invariant fingerprint of the values: sums of their bit patterns and of their squares.
+
+    Equal for any two layouts of the same values (a transpose, a reshape); integer sums mod 2**64 are exact, so
+    the order of the blocks does not matter. Computed block by block: no sorted copy of a multi-GB weight
+    (grouping used to sort and hash each weight). Members of a group are compared exactly afterwards.
+    """
+    flat = array.reshape(-1)
+    bits = flat.view(np.dtype(f"u{flat.dtype.itemsize}")) if flat.dtype.kind != "b" else flat.view(np.uint8)
+    total = squares = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for start in range(0, bits.size, _BLOCK):
+            block = bits[start : start + _BLOCK].astype(np.uint64)
+            total += block.sum(dtype=np.uint64)
+            squares += (block * block).sum(dtype=np.uint64)
+    return int(total), int(squares)
+
+
+def _unmap(tensor: ir.ExternalTensor) -> None:
+    try:
+        tensor.release()
+    except BufferError:  # a view of the mapping is still referenced
+        pass

@@ -35,9 +35,14 @@ class ActivationRunner:
         self, model: ir.Model, names: Sequence[str], *, providers: Sequence[str] = ("CPUExecutionProvider",)
     ):
         from sftonnx import io
-        from sftonnx.verify import make_session
+        from sftonnx.verify import make_session, session_source
 
-        copy = io.load(io.to_bytes(model), validate=False)
+        large = io.needs_file(model)
+        if large:
+            # A structural copy that shares the weights (memory-mapped tensors stay so): nothing is duplicated.
+            copy = io.copy_model(model)
+        else:
+            copy = io.load(io.to_bytes(model), validate=False)
         values = {v.name: v for node in copy.graph for v in node.outputs}
         values.update({v.name: v for v in copy.graph.inputs})
         existing = {o.name for o in copy.graph.outputs}
@@ -52,7 +57,12 @@ class ActivationRunner:
                 raise KeyError(f"no tensor named '{name}' in the main graph")
             if name not in existing and value not in copy.graph.inputs:
                 copy.graph.outputs.append(value)
-        self.session = make_session(io.to_bytes(copy), providers=providers, optimization="disable")
+        if large:
+            # Run from a temporary file; onnxruntime keeps its mapping of the data after the file is removed.
+            with session_source(copy) as source:
+                self.session = make_session(source, providers=providers, optimization="disable", prepack=False)
+        else:
+            self.session = make_session(io.to_bytes(copy), providers=providers, optimization="disable")
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = [i.name for i in self.session.get_inputs()]
 

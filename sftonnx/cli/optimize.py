@@ -85,7 +85,11 @@ def optimize(
     report: Annotated[pathlib.Path | None, typer.Option(help="Write the report as JSON here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow replacing an existing output (or the input).")] = False,
     external_data: Annotated[
-        bool | None, typer.Option("--external-data/--no-external-data", help="Default: only past 2 GiB.")
+        bool | None,
+        typer.Option(
+            "--external-data/--no-external-data",
+            help="Default: when the input has external data or the result is past 2 GiB.",
+        ),
     ] = None,
     quiet: Quiet = False,
     eval_: Annotated[

@@ -201,7 +201,14 @@ class _Inputs:
 def _cache_original(model: io.ModelSource, cache_dir: str | os.PathLike) -> _Original:
     """Hash the original and copy it into its cache folder (``<cache_dir>/<hash>/original.onnx``)."""
     loaded = io.load(model)
-    data = pathlib.Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else io.to_bytes(loaded)
+    # A file whose weights are in external data is not self-contained: its bytes would point the cached copy at
+    # data files that are not there. Such models (under 2 GiB) are cached as self-contained bytes.
+    if isinstance(model, (str, os.PathLike)) and not io.has_external_data(loaded):
+        data = pathlib.Path(model).read_bytes()
+    elif io.model_nbytes(loaded) <= io.PROTOBUF_LIMIT:
+        data = io.to_bytes(loaded)
+    else:
+        data = pathlib.Path(model).read_bytes()
     model_hash = hashlib.sha256(data).hexdigest()
     folder = pathlib.Path(cache_dir) / model_hash[:16]
     try:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from sftonnx.errors import first_line
-from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
+from sftonnx.io import PROTOBUF_LIMIT, needs_file, to_bytes
 from sftonnx.verify.metrics import Tolerance
 
 __all__ = ["find_first_divergence", "make_session", "ort_failure", "run_model", "session_source"]
@@ -25,16 +26,24 @@ _ORT_FAILURE = re.compile(r"running (\w+) node\. Name:'([^']*)' Status Message: 
 
 
 # ---------------------------------------------------------------------------------------- onnxruntime
-def session_source(model: ir.Model | bytes | str | os.PathLike, workdir: str | None = None) -> bytes | str:
-    """What ``onnxruntime.InferenceSession`` takes: bytes, or a file path for models over 2 GiB."""
+@contextlib.contextmanager
+def session_source(model: ir.Model | bytes | str | os.PathLike) -> Iterator[bytes | str]:
+    """What ``onnxruntime.InferenceSession`` should take for ``model``, valid inside the ``with`` block.
+
+    Bytes for self-contained models; for models over 2 GiB or with external data (:func:`sftonnx.io.needs_file`),
+    the path of a copy written to a temporary folder with its weights streamed file to file (nothing is loaded
+    into memory; onnxruntime memory-maps the data), removed when the block ends. Paths and bytes pass through.
+    """
     if isinstance(model, (bytes, str, os.PathLike)):
-        return model if isinstance(model, bytes) else str(model)
-    if model_nbytes(model) <= PROTOBUF_LIMIT:
-        return to_bytes(model)
-    folder = workdir or tempfile.mkdtemp(prefix="sftonnx-verify-")
-    path = os.path.join(folder, "model.onnx")
-    ir.save(model, path, external_data="model.onnx.data")
-    return path
+        yield model if isinstance(model, bytes) else str(model)
+        return
+    if not needs_file(model):
+        yield to_bytes(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="sftonnx-verify-") as folder:
+        path = os.path.join(folder, "model.onnx")
+        ir.save(model, path, external_data="model.onnx.data")
+        yield path
 
 
 def make_session(
@@ -46,10 +55,15 @@ def make_session(
     optimized_model_path: str | None = None,
     log_severity: int = 3,
     disabled_optimizers: Sequence[str] = (),
+    prepack: bool = True,
+    config: Mapping[str, str] | None = None,
 ):
     """An onnxruntime session (warnings silenced; ``log_severity=4`` also errors). Raises what onnxruntime raises.
 
     ``disabled_optimizers`` names onnxruntime graph transformers to leave out (``ort-offline`` uses it).
+    ``prepack=False`` keeps onnxruntime from repacking constant weights into a second, private copy (the
+    weights stay in the memory-mapped data file): for verification runs of large models, where speed matters
+    less than holding the weights once. ``config`` adds onnxruntime session config entries.
     """
     import onnxruntime as ort
 
@@ -64,6 +78,10 @@ def make_session(
     }[optimization]
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     if disabled_optimizers:
         return ort.InferenceSession(
             source, options, providers=list(providers), disabled_optimizers=list(disabled_optimizers)

@@ -126,3 +126,20 @@ g (float[2, 64] x) => (float[2, 32] y) {
     report = QuantizeDynamicPass(exclude_op_types=("MatMul",))(model)
     assert not report.modified and report.skipped == {"excluded": 1} and "opset_converted" not in report.details
     assert ir.to_proto(model).SerializeToString() == original
+
+
+def test_weight_behind_a_transpose_is_quantized_and_the_float_copy_dropped():
+    """PyTorch's ``MatMul(x, Transpose(W))`` (left unfolded on external-data models) is read through."""
+    text = f"""{HEADER}
+g (float[N,4,64] x) => (float[N,4,32] y) {{
+    wt = Transpose <perm = [1, 0]> (w)
+    y = MatMul(x, wt)
+}}"""
+    model = make_model(text, w=seeded((32, 64), scale=0.1))
+    original = io.to_bytes(model)
+    report = QuantizeDynamicPass()(model)
+    assert report.changes == {"matmuls_quantized": 1, "weights_quantized": 1}
+    assert ops(model)["Transpose"] == 0 and "w" not in model.graph.initializers
+    (quantized,) = [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.INT8]
+    assert quantized.const_value.shape == (64, 32)
+    assert min_cosine(original, model, feeds_for(model, seed=3)) >= INT8_MIN_COSINE

@@ -72,3 +72,25 @@ def test_resnet18_float16_cosine():
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     expected, actual = run_ort(original, {"input": x}), run_ort(model, {"input": x})
     assert cosine(expected[0], actual[0]) >= FP16_MIN_COSINE
+
+
+def test_sequence_values_keep_their_container_type():
+    """PyTorch exports ``split`` as SplitToSequence -> SequenceAt with an untyped sequence in between; it must
+    not be retyped as a float16 tensor (strict shape inference then rejects SequenceAt)."""
+    text = f"""{HEADER}
+g (float[N,6] x) => (float[N,3] y) {{
+    h = MatMul(x, w)
+    split = Constant <value_ints = [3, 3]> ()
+    s = SplitToSequence <axis = 1> (h, split)
+    i = Constant <value_int = 1> ()
+    y = SequenceAt(s, i)
+}}"""
+    model = make_model(text, w=seeded((6, 6)))
+    original = io.to_bytes(model)
+    report = ConvertFloat16Pass()(model)
+    check_model(model)  # onnx checker + strict shape inference + onnxruntime load
+    sequence = next(n for n in model.graph if n.op_type == "SplitToSequence").outputs[0]
+    assert not isinstance(sequence.type, ir.TensorType)
+    assert report.changes["initializers_converted"] == 1
+    x = seeded((2, 6), seed=1)
+    assert cosine(run_ort(original, {"x": x})[0], run_ort(model, {"x": x})[0]) >= FP16_MIN_COSINE
