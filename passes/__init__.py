@@ -15,6 +15,7 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+from sftonnx.passes.distillation.distill import DistillPass
 from sftonnx.passes.factorization.conv import FactorizeConvPass
 from sftonnx.passes.factorization.gemm import FactorizeGemmPass
 from sftonnx.passes.fusion.affine import FoldAffinePass
@@ -67,6 +68,7 @@ REGISTRY: dict[str, type[SftPass]] = {
         PruneChannelsPass,
         FactorizeGemmPass,
         FactorizeConvPass,
+        DistillPass,
     )
 }
 
