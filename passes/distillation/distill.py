@@ -33,7 +33,8 @@ class DistillPass(SftPass):
     MSE on other values; see :mod:`~sftonnx.passes.distillation.training`), plus optional feature matching at
     tensors both graphs share by name. The last ``holdout`` fraction of the calibration samples is never trained
     on; the weights with the lowest held-out loss are kept, and written back only when that loss is lower than
-    before training. The graph is not changed: same nodes, same initializer names, shapes and dtypes.
+    before training. The graph is not changed: same nodes, same initializer names, shapes and dtypes; exact
+    zeros of sparse weights (after ``prune``) stay zero.
 
     With a QDQ model (after ``quantize``), QuantizeLinear/DequantizeLinear run as fake quantization with a
     straight-through estimator, so the float weights learn under int8 rounding (quantization-aware
@@ -47,7 +48,8 @@ class DistillPass(SftPass):
     Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
     not lower the held-out loss). ``details``: ``loss_before``, ``loss_after`` (held-out), ``epochs``,
     ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget), ``output_kinds``,
-    ``features_matched``, ``train_samples``, ``holdout_samples``, ``stacked_batches``, ``augment``.
+    ``features_matched``, ``train_samples``, ``holdout_samples``, ``stacked_batches``, ``augment``,
+    ``sparse_tensors_kept``.
 
     Numerics: APPROXIMATE (it moves the current model toward the original; verified like every lossy pass).
 

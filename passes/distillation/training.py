@@ -60,6 +60,7 @@ class DistillResult:
         features: Names of the intermediate tensors matched.
         train_units, holdout_units: Samples trained on / held out.
         improved: Whether the kept weights beat the starting ones on the held-out part.
+        sparse_tensors: Weight tensors whose exact zeros were kept at zero.
     """
 
     loss_before: float
@@ -75,6 +76,7 @@ class DistillResult:
     stacked: bool
     augment: str
     improved: bool
+    sparse_tensors: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +278,7 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
             values = [float(trainer.loss(f, t)) for f, t in zip(holdout_feeds, holdout_targets, strict=True)]
         return float(np.mean(values))
 
+    masked = _keep_zeros(graph)
     loss_before = evaluate()
     best, best_state = loss_before, copy.deepcopy(graph.weights.state_dict())
     optimizer = torch.optim.Adam(graph.parameters(), lr=options.lr)
@@ -358,8 +361,26 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
         stacked=stacked,
         augment=augment,
         improved=best < loss_before,
+        sparse_tensors=masked,
     )
     return result, graph
+
+
+def _keep_zeros(graph: TorchGraph) -> int:
+    """Keep exact zeros of sparse weights at zero (magnitude pruning's sparsity survives training).
+
+    A weight tensor (2+ dims) with at least 1% exact zeros gets its gradient masked there; Adam then never moves
+    those entries (their moments stay zero). Returns the number of tensors masked.
+    """
+    count = 0
+    for param in graph.weights.values():
+        if param.dim() < 2:
+            continue
+        mask = param.detach() != 0
+        if float((~mask).float().mean()) >= 0.01:
+            param.register_hook(lambda grad, mask=mask: grad * mask)
+            count += 1
+    return count
 
 
 def describe(result: DistillResult) -> dict[str, Any]:
@@ -377,4 +398,5 @@ def describe(result: DistillResult) -> dict[str, Any]:
         "holdout_samples": result.holdout_units,
         "stacked_batches": result.stacked,
         "augment": result.augment,
+        "sparse_tensors_kept": result.sparse_tensors,
     }
