@@ -11,7 +11,7 @@ import pytest
 from sftonnx import io
 from sftonnx.api import optimize
 from sftonnx.errors import InputError, PassConfigError
-from sftonnx.passes import REGISTRY
+from sftonnx.passes import PRESETS, REGISTRY
 from sftonnx.passes.distillation import support
 from sftonnx.passes.distillation.distill import DistillPass
 from sftonnx.verify import Budget, make_session
@@ -161,3 +161,26 @@ def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
     assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
     assert after >= fp32 - 0.005  # ... distillation wins it back to within 0.5 points
     assert [n.op_type for n in distilled.model.graph] == [n.op_type for n in pruned.model.graph]
+
+
+def test_presets_skip_distill_without_torch_in_one_row(monkeypatch):
+    monkeypatch.setattr("sftonnx.passes.distillation.distill.torch_available", lambda: False)
+    result = optimize(mlp(), preset="compact", calibration_data=feeds(16), budget=LOOSE)
+    rows = [row for row in result.report.rows if row.name == "distill"]
+    assert len(rows) == 1 and rows[0].status == "skipped"
+    assert rows[0].message == 'distillation skipped: install with pip install "sftonnx[torch]"'
+
+
+def test_presets_skip_distill_without_calibration_data():
+    result = optimize(mlp(), preset="compact", budget=LOOSE, allow_random_verification=True)
+    (row,) = [row for row in result.report.rows if row.name == "distill"]
+    assert row.status == "skipped" and "needs calibration data" in row.message
+
+
+def test_compact_preset_runs_distill_last_with_calibration_data():
+    result = optimize(mlp(), preset="compact", calibration_data=feeds(24), budget=LOOSE)
+    assert result.report.rows[-1].name == "distill"
+    row = result.report.rows[-1]
+    assert row.status == "ok" and row.details["seconds"] <= 60 + 5
+    assert row.details["loss_after"] <= row.details["loss_before"]
+    assert "distill{time_budget=60}" in PRESETS["compact"] and "distill{time_budget=60}" in PRESETS["max"]
