@@ -16,10 +16,10 @@ under the same name and shape (pruning and factorization keep the names of the t
 
 Samples: units of one sample each (rows of one ``.npz``; files of a folder or feed dicts as they are). When
 every unit holds one row of a batch axis (and the model's first dimension is not fixed), mini-batches are
-stacked; otherwise the gradients of ``batch_size`` units are accumulated. ``augment=mixup`` blends pairs of
-float samples (``lam ~ U(0, 1)``) and asks the teacher for those too, which multiplies a small
-calibration set. The last ``holdout`` fraction of units is never trained on: its loss decides early stopping,
-and the weights with the lowest held-out loss are the ones kept.
+stacked; otherwise every unit (a whole sequence or image of its own shape) is one optimizer step.
+``augment=mixup`` blends pairs of float samples (``lam ~ U(0, 1)``) and asks the teacher for those too,
+which multiplies a small calibration set. The last ``holdout`` fraction of units is never trained on: its
+loss decides early stopping, and the weights with the lowest held-out loss are the ones kept.
 """
 
 from __future__ import annotations
@@ -287,15 +287,17 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
         len(train_units), len(holdout_units), len(graph.parameter_names), loss_before,
     )
     epochs = steps = stale = 0
-    total_steps = options.epochs * max(1, -(-len(train_units) // options.batch_size))
+    # Unstacked units (a folder of files, sequences of different lengths) are whole inputs each: one step per unit.
+    per_step = options.batch_size if stacked else 1
+    total_steps = options.epochs * max(1, -(-len(train_units) // per_step))
     stopped = "epochs"
     unit_targets_cache: dict[int, dict[str, np.ndarray]] = {}
     for epoch in range(options.epochs):
         epochs = epoch + 1
         order = rng.permutation(len(train_units))
         train_losses = []
-        for begin in range(0, len(order), options.batch_size):
-            batch = [int(i) for i in order[begin : begin + options.batch_size]]
+        for begin in range(0, len(order), per_step):
+            batch = [int(i) for i in order[begin : begin + per_step]]
             optimizer.zero_grad()
             if stacked:
                 feed = _stack([train_units[i] for i in batch])

@@ -184,3 +184,36 @@ def test_compact_preset_runs_distill_last_with_calibration_data():
     assert row.status == "ok" and row.details["seconds"] <= 60 + 5
     assert row.details["loss_after"] <= row.details["loss_before"]
     assert "distill{time_budget=60}" in PRESETS["compact"] and "distill{time_budget=60}" in PRESETS["max"]
+
+
+def _qdq_state(model: ir.Model) -> dict[str, tuple]:
+    return {
+        name: (value.const_value.numpy().dtype, value.const_value.numpy().shape)
+        for name, value in model.graph.initializers.items()
+    }
+
+
+@pytest.mark.slow
+def test_qat_after_quantize_keeps_a_standard_qdq_model_and_lowers_the_loss():
+    """Quantization-aware fine-tuning: int8 weights requantized with their own scales, graph unchanged."""
+    spec = "prune-channels{ratio=0.5, reconstruct=false},quantize{method=minmax}"
+    quantized = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE).model
+    assert any(n.op_type == "DequantizeLinear" for n in quantized.graph)
+    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60}", calibration_data=DIGITS_CALIB,
+                   budget=LOOSE)
+    row = qat.report.rows[-1]
+    assert row.name == "distill" and row.status == "ok"
+    assert row.details["loss_after"] < 0.5 * row.details["loss_before"]
+    model = qat.model
+    assert [n.op_type for n in model.graph] == [n.op_type for n in quantized.graph]
+    assert _qdq_state(model) == _qdq_state(quantized)  # same names, dtypes (int8 weights, float scales), shapes
+    int8 = [n for n, v in model.graph.initializers.items() if v.const_value.numpy().dtype == np.int8]
+    assert int8 and any(
+        not np.array_equal(model.graph.initializers[n].const_value.numpy(),
+                           quantized.graph.initializers[n].const_value.numpy()) for n in int8
+    )
+    scales = [n.inputs[1].name for n in model.graph if n.op_type == "DequantizeLinear"]
+    for name in scales:
+        np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(),
+                                      quantized.graph.initializers[name].const_value.numpy())
+    assert _top1(model) >= _top1(quantized) - 0.002
