@@ -217,3 +217,13 @@ def test_qat_after_quantize_keeps_a_standard_qdq_model_and_lowers_the_loss():
         np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(),
                                       quantized.graph.initializers[name].const_value.numpy())
     assert _top1(model) >= _top1(quantized) - 0.002
+
+
+def test_feature_matching_uses_tensors_both_graphs_name_alike():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=30, batch_size=8, lr=0.01, feature_weight=1.0)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert result.details["features_matched"] == 1  # 'h', the Gemm output (the graph output 'y' is not a feature)
+    assert result.changes == {"initializers_trained": 3}
+    assert result.details["loss_after"] < 0.5 * result.details["loss_before"]
