@@ -32,8 +32,8 @@ class DistillPass(SftPass):
     follows its kind (KL with temperature on probabilities and scores, binary KL on probability maps, normalized
     MSE on other values; see :mod:`~sftonnx.passes.distillation.training`), plus optional feature matching at
     tensors both graphs share by name. The last ``holdout`` fraction of the calibration samples is never trained
-    on; the weights with the lowest held-out loss are kept, and written back only when that loss is lower than
-    before training. The graph is not changed: same nodes, same initializer names, shapes and dtypes; exact
+    on; the weights with the lowest held-out loss are kept, and written back only when that loss is at least 1%
+    lower than before training. The graph is not changed: same nodes, same initializer names, shapes and dtypes; exact
     zeros of sparse weights (after ``prune``) stay zero.
 
     With a QDQ model (after ``quantize``), QuantizeLinear/DequantizeLinear run as fake quantization with a
@@ -56,7 +56,7 @@ class DistillPass(SftPass):
     Args:
         epochs: Passes over the training samples at most.
         lr: Adam learning rate.
-        batch_size: Samples per optimizer step.
+        batch_size: Samples per optimizer step (at most 4 when samples cannot be stacked into one batch).
         temperature: Softmax temperature of the KL terms.
         time_budget: Seconds of training at most (teacher runs included); the best weights so far are kept.
         holdout: Fraction of the calibration samples held out for early stopping.
@@ -79,7 +79,7 @@ class DistillPass(SftPass):
         self,
         *,
         epochs: int = 150,
-        lr: float = 3e-3,
+        lr: float = 1e-4,
         batch_size: int = 32,
         temperature: float = 1.0,
         time_budget: float = 60.0,

@@ -16,7 +16,7 @@ under the same name and shape (pruning and factorization keep the names of the t
 
 Samples: units of one sample each (rows of one ``.npz``; files of a folder or feed dicts as they are). When
 every unit holds one row of a batch axis (and the model's first dimension is not fixed), mini-batches are
-stacked; otherwise every unit (a whole sequence or image of its own shape) is one optimizer step.
+stacked; otherwise the gradients of up to 4 units (whole sequences or images of their own shapes) make a step.
 ``augment=mixup`` blends pairs of float samples (``lam ~ U(0, 1)``) and asks the teacher for those too,
 which multiplies a small calibration set. The last ``holdout`` fraction of units is never trained on: its
 loss decides early stopping, and the weights with the lowest held-out loss are the ones kept.
@@ -287,9 +287,12 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
         len(train_units), len(holdout_units), len(graph.parameter_names), loss_before,
     )
     epochs = steps = stale = 0
-    # Unstacked units (a folder of files, sequences of different lengths) are whole inputs each: one step per unit.
-    per_step = options.batch_size if stacked else 1
+    # Unstacked units (a folder of files, sequences of different lengths) are whole inputs each: up to 4 units per step.
+    per_step = options.batch_size if stacked else min(options.batch_size, 4)
     total_steps = options.epochs * max(1, -(-len(train_units) // per_step))
+    warmup = min(50, max(10, total_steps // 20))
+    for group in optimizer.param_groups:
+        group["lr"] = options.lr / warmup
     stopped = "epochs"
     unit_targets_cache: dict[int, dict[str, np.ndarray]] = {}
     for epoch in range(options.epochs):
@@ -326,10 +329,12 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
                     train_losses.append(loss.item() * len(batch))
             optimizer.step()
             steps += 1
-            # cosine decay over the run, whichever ends it first: the epochs or the time budget
+            # linear warm-up (Adam's first steps move every weight by about lr, whatever its scale), then cosine
+            # decay over the run, whichever ends it first: the epochs or the time budget
             progress = max(steps / total_steps, (time.perf_counter() - start) / options.time_budget)
+            factor = min(1.0, (steps + 1) / warmup) * 0.5 * (1.0 + np.cos(np.pi * min(progress, 1.0)))
             for group in optimizer.param_groups:
-                group["lr"] = options.lr * 0.5 * (1.0 + np.cos(np.pi * min(progress, 1.0)))
+                group["lr"] = options.lr * factor
             if time.perf_counter() - start > options.time_budget:
                 stopped = "time_budget"
                 break
@@ -362,7 +367,8 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
         holdout_units=len(holdout_units),
         stacked=stacked,
         augment=augment,
-        improved=best < loss_before,
+        # at least 1% (and 1e-6): below that, float noise between torch and onnxruntime
+        improved=loss_before - best > max(0.01 * abs(loss_before), 1e-6),
         sparse_tensors=masked,
     )
     return result, graph
