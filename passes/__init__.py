@@ -15,6 +15,7 @@ from sftonnx.passes.cleanup import (
     EliminateIdentityPass,
     SimplifyPass,
 )
+from sftonnx.passes.distillation.distill import DistillPass
 from sftonnx.passes.factorization.conv import FactorizeConvPass
 from sftonnx.passes.factorization.gemm import FactorizeGemmPass
 from sftonnx.passes.fusion.affine import FoldAffinePass
@@ -71,6 +72,7 @@ REGISTRY: dict[str, type[SftPass]] = {
         PruneChannelsPass,
         FactorizeGemmPass,
         FactorizeConvPass,
+        DistillPass,
     )
 }
 
@@ -86,11 +88,11 @@ PRESETS: dict[str, str] = {
     "fp16": "lossless,fp16{keep_io_types=true}",
     "compact": (
         "simplify,prune-channels{ratio=0.3, round_to=8},lossless,"
-        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05}"
+        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05},distill{time_budget=60}"
     ),
     "max": (
         "simplify,prune-channels{ratio=0.3, round_to=8},lossless,"
-        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05},"
+        "factorize-conv{mode=tucker, max_error=0.05},factorize-gemm{max_error=0.05},distill{time_budget=60},"
         "quantize-int8"
     ),
 }
@@ -108,9 +110,14 @@ PRESET_DOCS: dict[str, str] = {
     "compact": (
         "30% of channels pruned (refit on --calibration-data when given), lossless, then Tucker/low-rank "
         "factorization guarded per layer: ranks only where the relative output error (weight error without "
-        "data) stays <= 5%; the final check holds the whole model to --min-cosine."
+        "data) stays <= 5%; then, with torch installed and --calibration-data, knowledge distillation against "
+        "the original (at most 60 s; skipped with a note otherwise); the final check holds the whole model to "
+        "--min-cosine."
     ),
-    "max": "compact, then int8 chosen per model: the smallest and fastest, with the largest accuracy cost.",
+    "max": (
+        "compact (distillation included), then int8 chosen per model: the smallest and fastest, with the largest "
+        "accuracy cost."
+    ),
     # Not in PRESETS (a search, not a spec; it cannot stand inside --passes): `--preset auto`.
     "auto": (
         "Accuracy-aware search: per-layer sensitivity of quantize/prune-channels/factorize, greedy back-off within "

@@ -64,6 +64,9 @@ class SftPass(ir.passes.InPlacePass):
     numerics: ClassVar[Numerics] = Numerics.EXACT
     #: Whether the pass accepts calibration data (the pipeline passes ``--calibration-data`` to it).
     uses_calibration: ClassVar[bool] = False
+    #: Whether the pass needs the model the pipeline started from (``distill``'s teacher); the Pipeline sets
+    #: the instance attribute ``original`` (bytes, or a path for models over 2 GiB) for the call only.
+    uses_original: ClassVar[bool] = False
 
     @final
     def call(self, model: ir.Model) -> PassReport:

@@ -232,6 +232,7 @@ class Pipeline:
         previous_outputs = self.verifier.expected if self.verify_each and self.verifier else None
         all_exact = True
         names = [p.name for p, _ in self.passes]
+        original = self._original(model)
         for index, (pass_, from_preset) in enumerate(self.passes):
             if self.progress:
                 self.progress(index, len(self.passes), pass_.name)
@@ -239,6 +240,8 @@ class Pipeline:
             self.report.rows.append(row)
             before_bytes = self._snapshot(model)
             clock = time.perf_counter()
+            if pass_.uses_original:
+                pass_.original = original  # type: ignore[attr-defined]
             try:
                 result = pass_(model)
             except ir.passes.PreconditionError as error:
@@ -257,6 +260,9 @@ class Pipeline:
                 row.status, row.message = "failed", _first_line(error)
                 self._dump(before_bytes, index, pass_)
                 raise PassError(pass_.name, after=names[:index], reason=_first_line(error)) from error
+            finally:
+                if pass_.uses_original:
+                    pass_.original = None  # type: ignore[attr-defined]
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
             io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
@@ -281,6 +287,14 @@ class Pipeline:
         self.report.final = stats
         self.report.seconds = time.perf_counter() - start
         return self.report
+
+    def _original(self, model: ir.Model) -> bytes | str | None:
+        """The model as the pipeline got it, for passes that need it (``uses_original``); else ``None``."""
+        if not any(p.uses_original for p, _ in self.passes):
+            return None
+        if self.verifier is not None:
+            return self.verifier.original
+        return verify.session_source(model)
 
     def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes):
         assert self.verifier is not None

@@ -1,0 +1,183 @@
+"""``distill``: train the compressed model's float weights to reproduce the original model's outputs.
+
+Imports no torch at module level: the registry imports this module, and ``sftonnx optimize`` must stay free of
+torch unless a distillation pass actually runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar, Literal
+
+import onnx_ir as ir
+
+from sftonnx.errors import PassConfigError
+from sftonnx.ir_utils import opset_version
+from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.passes.distillation.support import TORCH_HINT, torch_available, unsupported_ops
+
+__all__ = ["DistillPass"]
+
+logger = logging.getLogger(__name__)
+
+
+class DistillPass(SftPass):
+    """Knowledge distillation: fine-tune the current (compressed) model against the original, with torch.
+
+    The teacher is the original model (the one the pipeline was given, or ``teacher``) run in onnxruntime on the
+    calibration data; no labels are needed. The student is the current model rendered op by op in torch
+    (:mod:`~sftonnx.passes.distillation.torch_graph`); its float weights (Conv/Gemm/MatMul/norm/recurrent
+    weights and biases, float constants of Add/Sub/Mul/Div) are trained with Adam, seeded. The loss per output
+    follows its kind (KL with temperature on probabilities and scores, binary KL on probability maps, normalized
+    MSE on other values; see :mod:`~sftonnx.passes.distillation.training`), plus optional feature matching at
+    tensors both graphs share by name. The last ``holdout`` fraction of the calibration samples is never trained
+    on; the weights with the lowest held-out loss are kept, and written back only when that loss is at least 1%
+    lower than before training. The graph is not changed: same nodes, same initializer names, shapes and dtypes; exact
+    zeros of sparse weights (after ``prune``) stay zero.
+
+    With a QDQ model (after ``quantize``), QuantizeLinear/DequantizeLinear run as fake quantization with a
+    straight-through estimator, so the float weights learn under int8 rounding (quantization-aware
+    fine-tuning); ``train_quantized=true`` also fine-tunes int8 weights through a float shadow copy and
+    requantizes them with their existing scales.
+
+    Declines (``requires``, a skip row inside presets, exit 2 when asked for explicitly): torch not installed
+    (``distillation skipped: install with pip install "sftonnx[torch]"``), no calibration data, ops the torch
+    rendering cannot run (named), no teacher.
+
+    Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
+    not lower the held-out loss). ``details``: ``loss_before``, ``loss_after`` (held-out), ``epochs``,
+    ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget), ``output_kinds``,
+    ``features_matched``, ``train_samples``, ``holdout_samples``, ``stacked_batches``, ``augment``,
+    ``sparse_tensors_kept``.
+
+    Numerics: APPROXIMATE (it moves the current model toward the original; verified like every lossy pass).
+
+    Args:
+        epochs: Passes over the training samples at most.
+        lr: Adam learning rate.
+        batch_size: Samples per optimizer step (at most 4 when samples cannot be stacked into one batch).
+        temperature: Softmax temperature of the KL terms.
+        time_budget: Seconds of training at most (teacher runs included); the best weights so far are kept.
+        holdout: Fraction of the calibration samples held out for early stopping.
+        patience: Epochs without a better held-out loss before stopping.
+        feature_weight: Weight of feature matching at shared tensor names (0: off).
+        augment: ``mixup`` blends pairs of float samples (the teacher labels them too); ``none``.
+        train_quantized: Also fine-tune int8 weights of a QDQ model (requantized with their scales).
+        max_samples: Calibration samples used at most.
+        seed: Seed of torch and of the sample order.
+        teacher: Path of the teacher model; default: the model the pipeline started from.
+        calibration_data: An ``.npz`` path, a folder of ``.npz`` files or an iterable of feed dicts.
+    """
+
+    name = "distill"
+    numerics = Numerics.APPROXIMATE
+    uses_calibration = True
+    uses_original: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 150,
+        lr: float = 1e-4,
+        batch_size: int = 32,
+        temperature: float = 1.0,
+        time_budget: float = 60.0,
+        holdout: float = 0.2,
+        patience: int = 40,
+        feature_weight: float = 0.0,
+        augment: Literal["mixup", "none"] = "mixup",
+        train_quantized: bool = True,
+        max_samples: int = 2048,
+        seed: int = 0,
+        teacher: str | None = None,
+        calibration_data: Any = None,
+    ) -> None:
+        checks = [
+            (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
+            (lr > 0, f"lr must be > 0, got {lr}"),
+            (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
+            (temperature > 0, f"temperature must be > 0, got {temperature}"),
+            (time_budget > 0, f"time_budget must be > 0 seconds, got {time_budget}"),
+            (0 < holdout < 1, f"holdout must be in (0, 1), got {holdout}"),
+            (patience >= 1, f"patience must be >= 1, got {patience}"),
+            (feature_weight >= 0, f"feature_weight must be >= 0, got {feature_weight}"),
+            (augment in ("mixup", "none"), f"augment must be mixup|none, got '{augment}'"),
+            (max_samples >= 2, f"max_samples must be >= 2, got {max_samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise PassConfigError(f"distill: {message}")
+        if teacher is not None and not os.path.isfile(teacher):
+            raise PassConfigError(f"distill: teacher model not found: {teacher}")
+        self.epochs = int(epochs)
+        self.lr = float(lr)
+        self.batch_size = int(batch_size)
+        self.temperature = float(temperature)
+        self.time_budget = float(time_budget)
+        self.holdout = float(holdout)
+        self.patience = int(patience)
+        self.feature_weight = float(feature_weight)
+        self.augment = augment
+        self.train_quantized = bool(train_quantized)
+        self.max_samples = int(max_samples)
+        self.seed = int(seed)
+        self.teacher = teacher
+        self.calibration_data = calibration_data
+        #: The model the pipeline started from (bytes or a path), handed over by the Pipeline for the call.
+        self.original: bytes | str | None = None
+
+    def requires(self, model: ir.Model) -> None:
+        """Decline when torch is missing, without data or teacher, or when the graph holds ops torch cannot run."""
+        if not torch_available():
+            raise ir.passes.PreconditionError(f"distillation skipped: {TORCH_HINT}")
+        if self.calibration_data is None:
+            raise ir.passes.PreconditionError("distill: needs calibration data (--calibration-data)")
+        if self.teacher is None and self.original is None:
+            raise ir.passes.PreconditionError(
+                "distill: no teacher (run it in a pipeline, which hands over the original, or give teacher=PATH)"
+            )
+        missing = unsupported_ops(model)
+        if missing:
+            listed = ", ".join(f"{op} ({count})" for op, count in sorted(missing.items()))
+            raise ir.passes.PreconditionError(f"distill: the torch rendering cannot run {listed}")
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        """Train against the teacher, then write the kept weights back (see the class docstring)."""
+        from sftonnx.passes.distillation import training
+        from sftonnx.verify import calibration_feeds, input_specs
+
+        specs = input_specs(model)
+        units = list(calibration_feeds(self.calibration_data, specs, batch_size=1, max_samples=self.max_samples))
+        if len(units) < 2:
+            raise ir.passes.PreconditionError(f"distill: needs at least 2 calibration samples, got {len(units)}")
+        fixed_batch = any(spec.shape and isinstance(spec.shape[0], int) for spec in specs)
+        options = training.Options(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            temperature=self.temperature,
+            time_budget=self.time_budget,
+            holdout=self.holdout,
+            patience=self.patience,
+            feature_weight=self.feature_weight,
+            augment=self.augment,
+            seed=self.seed,
+        )
+        teacher = self.teacher if self.teacher is not None else self.original
+        assert teacher is not None  # requires() checked
+        logger.info("distill: opset %d, %d calibration samples", opset_version(model), len(units))
+        result, graph = training.distill(
+            model,
+            teacher,
+            units,
+            options,
+            fixed_batch=fixed_batch,
+            train_quantized_weights=self.train_quantized,
+        )
+        report.details.update(training.describe(result))
+        if not result.improved:
+            report.skipped["no_improvement"] += 1
+            logger.info("distill: held-out loss did not improve (%.5f); weights left as they were", result.loss_before)
+            return
+        report.changes["initializers_trained"] += graph.write_back(model)

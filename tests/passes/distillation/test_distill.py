@@ -1,0 +1,234 @@
+"""The distill pass: it pulls a perturbed or pruned student back to the original, and declines cleanly."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from sftonnx import io
+from sftonnx.api import optimize
+from sftonnx.errors import InputError, PassConfigError
+from sftonnx.passes import PRESETS, REGISTRY
+from sftonnx.passes.distillation import support
+from sftonnx.passes.distillation.distill import DistillPass
+from sftonnx.verify import Budget, make_session
+from tests.helpers import make_model, run_ort, seeded
+
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.torch
+
+MODELS = pathlib.Path(__file__).resolve().parents[3] / "models" / "onnx"
+DIGITS = str(MODELS / "digits_cnn.onnx")
+DIGITS_TEST = MODELS / "digits_test.npz"
+DIGITS_CALIB = str(MODELS / "digits_calib.npz")
+LOOSE = Budget(min_cosine=0.5, min_agreement=0.5)
+
+MLP = """<ir_version: 8, opset_import: ["" : 18]>
+g (float[N,6] x) => (float[N,4] y) {
+    h = Gemm <transB=1> (x, w1, b1)
+    r = Relu (h)
+    y = MatMul (r, w2)
+}"""
+
+
+def mlp(seed: int = 0, noise: float = 0.0) -> ir.Model:
+    rng = np.random.default_rng(seed + 100)
+    w1, b1, w2 = seeded((8, 6), 1), seeded((8,), 2, 0.1), seeded((8, 4), 3)
+    return make_model(
+        MLP,
+        w1=w1 + noise * rng.standard_normal(w1.shape).astype(np.float32),
+        b1=b1,
+        w2=w2 + noise * rng.standard_normal(w2.shape).astype(np.float32),
+    )
+
+
+def feeds(count: int, seed: int = 5) -> list[dict[str, np.ndarray]]:
+    return [{"x": seeded((1, 6), seed + i)} for i in range(count)]
+
+
+def structure(model: ir.Model) -> tuple:
+    inits = {n: (v.const_value.numpy().shape, v.const_value.numpy().dtype) for n, v in model.graph.initializers.items()}
+    return [(n.op_type, [i.name if i else "" for i in n.inputs]) for n in model.graph], inits
+
+
+def test_distill_pulls_a_perturbed_student_back_to_the_teacher():
+    teacher = io.to_bytes(mlp())
+    student = mlp(noise=0.3)
+    before = structure(student)
+    data = feeds(64)
+    pass_ = DistillPass(calibration_data=data, time_budget=30, epochs=100, batch_size=8, lr=0.01)
+    pass_.original = teacher
+    result = pass_(student)
+    assert result.changes == {"initializers_trained": 3}
+    details = result.details
+    assert details["loss_after"] < 0.1 * details["loss_before"]
+    assert details["output_kinds"] == {"y": "scores"}
+    assert details["train_samples"] + details["holdout_samples"] == 64 and details["stacked_batches"]
+    assert structure(student) == before  # same nodes, same initializer names, shapes, dtypes
+    probe = {"x": seeded((16, 6), 99)}
+    err_before = np.abs(run_ort(mlp(noise=0.3), probe)[0] - run_ort(mlp(), probe)[0]).mean()
+    err_after = np.abs(run_ort(student, probe)[0] - run_ort(mlp(), probe)[0]).mean()
+    assert err_after < 0.3 * err_before
+
+
+def test_distill_is_deterministic():
+    results = []
+    for _ in range(2):
+        student = mlp(noise=0.3)
+        pass_ = DistillPass(calibration_data=feeds(32), epochs=5, time_budget=60)
+        pass_.original = io.to_bytes(mlp())
+        pass_(student)
+        results.append(student.graph.initializers["w1"].const_value.numpy())
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_student_equal_to_teacher_is_left_alone():
+    student = mlp()
+    before = student.graph.initializers["w1"].const_value.numpy().copy()
+    pass_ = DistillPass(calibration_data=feeds(16), epochs=3, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert not result.modified and result.skipped == {"no_improvement": 1}
+    np.testing.assert_array_equal(student.graph.initializers["w1"].const_value.numpy(), before)
+
+
+def test_pipeline_hands_the_original_as_teacher_and_sparsity_survives():
+    spec = "prune{rate=0.3},distill{epochs=100, batch_size=8, lr=0.01, time_budget=30}"
+    result = optimize(mlp(), passes=spec, calibration_data=feeds(80), budget=LOOSE)
+    row = result.report.rows[1]
+    assert row.status == "ok" and row.changes == {"initializers_trained": 3}
+    assert row.details["loss_after"] < 0.5 * row.details["loss_before"]
+    assert row.details["sparse_tensors_kept"] == 2
+    for name in ("w1", "w2"):
+        weight = result.model.graph.initializers[name].const_value.numpy()
+        assert np.mean(weight == 0) == pytest.approx(0.3, abs=0.05)
+    assert "distill" in REGISTRY and REGISTRY["distill"] is DistillPass
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"epochs": 0}, "epochs must be >= 1"), ({"lr": 0.0}, "lr must be > 0"), ({"holdout": 1.0}, "holdout"),
+     ({"augment": "cutmix"}, "augment must be"), ({"teacher": "/nonexistent.onnx"}, "teacher model not found")],
+)
+def test_bad_options_are_config_errors(options, message):
+    with pytest.raises(PassConfigError, match=message):
+        DistillPass(**options)
+
+
+def test_declines_without_calibration_data_and_names_unrunnable_ops():
+    with pytest.raises(ir.passes.PreconditionError, match="needs calibration data"):
+        DistillPass()(mlp())
+    model = make_model("""<ir_version: 8, opset_import: ["" : 18]>
+g (float[N,6] x) => (int64[?,?] y) { h = MatMul (x, w) y = NonZero (h) }""", w=seeded((6, 3)))
+    pass_ = DistillPass(calibration_data=feeds(4))
+    pass_.original = io.to_bytes(model)
+    with pytest.raises(ir.passes.PreconditionError, match=r"cannot run NonZero \(1\)"):
+        pass_(model)
+
+
+def test_without_torch_explicit_request_is_exit_2_with_install_hint(monkeypatch):
+    monkeypatch.setattr("sftonnx.passes.distillation.distill.torch_available", lambda: False)
+    with pytest.raises(InputError, match=r'distillation skipped: install with pip install "sftonnx\[torch\]"') as error:
+        optimize(mlp(), passes="distill", calibration_data=feeds(8), budget=LOOSE)
+    assert error.value.exit_code == 2
+    assert support.TORCH_HINT in str(error.value)
+
+
+def _top1(model: ir.Model) -> float:
+    data = np.load(DIGITS_TEST)
+    out = make_session(io.to_bytes(model)).run(None, {"input": data["input"]})[0]
+    return float((out.argmax(1) == data["labels"]).mean())
+
+
+@pytest.mark.slow
+def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
+    """Measured (2 cores, torch 2.13 CPU): fp32 0.9815; prune 50% without refit 0.9648; + distill 0.9759 (seed 0;
+    0.9741-0.9778 over seeds and schedules). With refit (the default when data is given) pruning alone keeps 0.9815.
+    """
+    fp32 = _top1(io.load(DIGITS))
+    pruned = optimize(DIGITS, passes="prune-channels{ratio=0.5, reconstruct=false}", calibration_data=DIGITS_CALIB,
+                      budget=LOOSE)
+    # From a badly damaged student (no refit: loss ~0.5) a larger lr than the default 1e-4 recovers in time.
+    spec = "prune-channels{ratio=0.5, reconstruct=false},distill{time_budget=60, lr=0.003}"
+    distilled = optimize(DIGITS, passes=spec,
+                         calibration_data=DIGITS_CALIB, budget=LOOSE)
+    row = distilled.report.rows[-1]
+    assert row.name == "distill" and row.changes == {"initializers_trained": 6}
+    assert row.details["loss_after"] < 0.05 * row.details["loss_before"]
+    assert row.details["train_samples"] + row.details["holdout_samples"] == 150  # 50 held out for verification
+    before, after = _top1(pruned.model), _top1(distilled.model)
+    assert fp32 > 0.975
+    assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
+    assert after >= fp32 - 0.008  # ... distillation wins most of it back (measured: 0.56 points below fp32)
+    assert after >= before + 0.009
+    assert [n.op_type for n in distilled.model.graph] == [n.op_type for n in pruned.model.graph]
+
+
+def test_presets_skip_distill_without_torch_in_one_row(monkeypatch):
+    monkeypatch.setattr("sftonnx.passes.distillation.distill.torch_available", lambda: False)
+    result = optimize(mlp(), preset="compact", calibration_data=feeds(16), budget=LOOSE)
+    rows = [row for row in result.report.rows if row.name == "distill"]
+    assert len(rows) == 1 and rows[0].status == "skipped"
+    assert rows[0].message == 'distillation skipped: install with pip install "sftonnx[torch]"'
+
+
+def test_presets_skip_distill_without_calibration_data():
+    result = optimize(mlp(), preset="compact", budget=LOOSE, allow_random_verification=True)
+    (row,) = [row for row in result.report.rows if row.name == "distill"]
+    assert row.status == "skipped" and "needs calibration data" in row.message
+
+
+def test_compact_preset_runs_distill_last_with_calibration_data():
+    result = optimize(mlp(), preset="compact", calibration_data=feeds(24), budget=LOOSE)
+    assert result.report.rows[-1].name == "distill"
+    row = result.report.rows[-1]
+    assert row.status == "ok" and row.details["seconds"] <= 60 + 5
+    assert row.details["loss_after"] <= row.details["loss_before"]
+    assert "distill{time_budget=60}" in PRESETS["compact"] and "distill{time_budget=60}" in PRESETS["max"]
+
+
+def _qdq_state(model: ir.Model) -> dict[str, tuple]:
+    return {
+        name: (value.const_value.numpy().dtype, value.const_value.numpy().shape)
+        for name, value in model.graph.initializers.items()
+    }
+
+
+@pytest.mark.slow
+def test_qat_after_quantize_keeps_a_standard_qdq_model_and_lowers_the_loss():
+    """Quantization-aware fine-tuning: int8 weights requantized with their own scales, graph unchanged."""
+    spec = "prune-channels{ratio=0.5, reconstruct=false},quantize{method=minmax}"
+    quantized = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE).model
+    assert any(n.op_type == "DequantizeLinear" for n in quantized.graph)
+    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60, lr=0.003}", calibration_data=DIGITS_CALIB,
+                   budget=LOOSE)
+    row = qat.report.rows[-1]
+    assert row.name == "distill" and row.status == "ok"
+    assert row.details["loss_after"] < 0.5 * row.details["loss_before"]
+    model = qat.model
+    assert [n.op_type for n in model.graph] == [n.op_type for n in quantized.graph]
+    assert _qdq_state(model) == _qdq_state(quantized)  # same names, dtypes (int8 weights, float scales), shapes
+    int8 = [n for n, v in model.graph.initializers.items() if v.const_value.numpy().dtype == np.int8]
+    assert int8 and any(
+        not np.array_equal(model.graph.initializers[n].const_value.numpy(),
+                           quantized.graph.initializers[n].const_value.numpy()) for n in int8
+    )
+    scales = [n.inputs[1].name for n in model.graph if n.op_type == "DequantizeLinear"]
+    for name in scales:
+        np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(),
+                                      quantized.graph.initializers[name].const_value.numpy())
+    assert _top1(model) >= _top1(quantized) - 0.002
+
+
+def test_feature_matching_uses_tensors_both_graphs_name_alike():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=80, batch_size=8, lr=0.01, feature_weight=1.0)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert result.details["features_matched"] == 1  # 'h', the Gemm output (the graph output 'y' is not a feature)
+    assert result.changes == {"initializers_trained": 3}
+    assert result.details["loss_after"] < 0.5 * result.details["loss_before"]

@@ -1,0 +1,215 @@
+"""The torch rendering of ONNX graphs: op by op equal to onnxruntime, parameters mapped to initializers."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from sftonnx import io
+from tests.helpers import EXACT_ATOL, make_model, run_ort, seeded
+
+torch = pytest.importorskip("torch")
+
+from sftonnx.passes.distillation.torch_graph import TorchGraph, UnsupportedGraphError  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+MODELS = pathlib.Path(__file__).resolve().parents[3] / "models" / "onnx"
+
+
+def header(opset: int = 20) -> str:
+    return f'<ir_version: 8, opset_import: ["" : {opset}]>'
+
+
+def assert_matches_ort(model: ir.Model, feeds: dict[str, np.ndarray], atol: float = EXACT_ATOL) -> TorchGraph:
+    graph = TorchGraph(model)
+    expected = run_ort(model, feeds)
+    actual = graph.run_numpy(feeds)
+    assert len(actual) == len(expected)
+    for exp, act in zip(expected, actual, strict=True):
+        assert exp.shape == act.shape
+        assert exp.dtype == act.dtype or np.issubdtype(exp.dtype, np.integer) == np.issubdtype(act.dtype, np.integer)
+        scale = max(1.0, float(np.max(np.abs(exp)))) if exp.size else 1.0
+        np.testing.assert_allclose(act.astype(np.float64), exp.astype(np.float64), atol=atol * scale, rtol=0)
+    return graph
+
+
+# (name, graph body, initializers, input shapes) -- x is the float input of every case
+CASES = {
+    "conv_asymmetric_pads_groups_dilations": (
+        "(float[2,4,9,8] x) => (float[2,6,?,?] y) { y = Conv <group=2, pads=[1,0,2,1], strides=[2,1], "
+        "dilations=[1,2], kernel_shape=[3,3]> (x, w, b) }",
+        {"w": seeded((6, 2, 3, 3), 1), "b": seeded((6,), 2)},
+    ),
+    "conv_same_upper_1d": (
+        "(float[2,3,11] x) => (float[2,4,?] y) { y = Conv <auto_pad=\"SAME_UPPER\", strides=[2]> (x, w) }",
+        {"w": seeded((4, 3, 4), 1)},
+    ),
+    "conv_transpose_output_padding": (
+        "(float[1,4,5,6] x) => (float[1,3,?,?] y) { y = ConvTranspose <strides=[2,2], pads=[1,0,0,1], "
+        "output_padding=[1,0]> (x, w, b) }",
+        {"w": seeded((4, 3, 3, 3), 1), "b": seeded((3,), 2)},
+    ),
+    "gemm_transposes": (
+        "(float[3,5] x) => (float[4,4] y) { y = Gemm <transA=1, transB=1, alpha=0.5, beta=2.0> (x, w, c) }",
+        {"w": seeded((4, 3), 1), "c": seeded((4,), 2)},
+    ),
+    "pools": (
+        "(float[2,3,9,9] x) => (float[2,3,?,?] y, float[2,3,?,?] z, float[2,3,?,?] g) { "
+        "y = MaxPool <kernel_shape=[3,3], strides=[2,2], pads=[0,1,1,0], ceil_mode=1> (x) "
+        "z = AveragePool <kernel_shape=[3,2], strides=[2,2], pads=[1,1,1,0], count_include_pad=0> (x) "
+        "g = GlobalAveragePool (x) }",
+        {},
+    ),
+    "resize_modes": (
+        "(float[1,2,5,7] x) => (float[1,2,?,?] a, float[1,2,?,?] b, float[1,2,?,?] c) { "
+        "a = Resize <mode=\"nearest\", coordinate_transformation_mode=\"asymmetric\", nearest_mode=\"floor\"> (x, , s) "
+        "b = Resize <mode=\"linear\", coordinate_transformation_mode=\"half_pixel\"> (x, , , sz) "
+        "c = Resize <mode=\"linear\", coordinate_transformation_mode=\"align_corners\"> (x, , s) }",
+        {"s": np.array([1, 1, 2, 1.5], np.float32), "sz": np.array([1, 2, 8, 5], np.int64)},
+    ),
+    "pad_modes_slice_split": (
+        "(float[2,3,6,5] x) => (float[?,?,?,?] a, float[?,?,?,?] b, float[?,?,?,?] c, float[?,?,?,?] d, "
+        "float[?,?,?,?] e) { a = Pad <mode=\"reflect\"> (x, p) b = Pad <mode=\"edge\"> (x, p) "
+        "c = Slice (x, st, en, ax, sp) d, e = Split <axis=2> (x, sz) }",
+        {
+            "p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64),
+            "st": np.array([-1, 0], np.int64), "en": np.array([-100, 4], np.int64),
+            "ax": np.array([2, 3], np.int64), "sp": np.array([-2, 3], np.int64),
+            "sz": np.array([2, 4], np.int64),
+        },
+    ),
+    "shape_arithmetic": (
+        "(float[2,3,4] x) => (float[?,?] y, float[?,?,?] z) { s = Shape (x) i = Gather <axis=0> (s, k) "
+        "u = Unsqueeze (i, zero) t = Concat <axis=0> (u, m1) y = Reshape (x, t) "
+        "c = ConstantOfShape <value=float[1] {0.5}> (s) z = Add (x, c) }",
+        {"k": np.array(0, np.int64), "zero": np.array([0], np.int64), "m1": np.array([-1], np.int64)},
+    ),
+    "norms_and_activations": (
+        "(float[2,4,3,3] x) => (float[2,4,3,3] y, float[2,4,3,3] z, float[2,36] s) { "
+        "b = BatchNormalization <epsilon=1e-3> (x, g, be, mu, var) l = LayerNormalization <axis=-2> (b, lg, lb) "
+        "e = Elu (l) h = HardSigmoid (e) c = Clip (h, lo, hi) y = Gelu (c) z = Erf (l) "
+        "f = Flatten (x) s = LogSoftmax (f) }",
+        {"g": seeded((4,), 1), "be": seeded((4,), 2), "mu": seeded((4,), 3), "var": np.abs(seeded((4,), 4)) + 0.1,
+         "lg": seeded((3, 3), 5), "lb": seeded((3, 3), 6), "lo": np.array(0.1, np.float32),
+         "hi": np.array(0.6, np.float32)},
+    ),
+    "reductions_where_pow": (
+        "(float[2,3,4] x) => (float[?,?] a, float[?,?,?] b, float[?,?,?] c) { "
+        "a = ReduceMean <keepdims=0> (x, ax) m = ReduceMax (x, ax2) q = Pow (x, two) "
+        "k = Greater (x, m) b = Where (k, x, q) c = Sqrt (q) }",
+        {"ax": np.array([2], np.int64), "ax2": np.array([-1], np.int64), "two": np.array(2.0, np.float32)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ops_match_onnxruntime(case):
+    body, inits = CASES[case]
+    model = make_model(f"{header()}\ng {body}", **inits)
+    shape = [int(d) for d in body.split("float[", 1)[1].split("]", 1)[0].split(",")]
+    assert_matches_ort(model, {"x": seeded(shape, 7)})
+
+
+def test_softmax_before_opset_13_flattens_from_axis():
+    model = make_model(f"{header(11)}\ng (float[2,3,4] x) => (float[2,3,4] y) {{ y = Softmax (x) }}")
+    assert_matches_ort(model, {"x": seeded((2, 3, 4))})
+
+
+@pytest.mark.parametrize(
+    ("op", "gates", "extra"),
+    [("LSTM", 4, ""), ("GRU", 3, ", linear_before_reset=1"), ("GRU", 3, ""), ("RNN", 1, "")],
+)
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_recurrent_ops_match_onnxruntime(op, gates, extra, direction):
+    dirs, hidden, inputs = (2 if direction == "bidirectional" else 1), 5, 3
+    outputs = "y, yh, yc" if op == "LSTM" else "y, yh"
+    declared = ", float[?,?,?] yc" if op == "LSTM" else ""
+    model = make_model(
+        f"{header()}\ng (float[6,2,3] x, int32[2] lens) => (float[?,?,?,?] y, float[?,?,?] yh{declared}) "
+        f"{{ {outputs} = {op} <hidden_size={hidden}, direction=\"{direction}\"{extra}> (x, w, r, b, lens, h0) }}",
+        w=seeded((dirs, gates * hidden, inputs), 1, 0.5),
+        r=seeded((dirs, gates * hidden, hidden), 2, 0.5),
+        b=seeded((dirs, 2 * gates * hidden), 3, 0.5),
+        h0=seeded((dirs, 2, hidden), 4),
+    )
+    assert_matches_ort(model, {"x": seeded((6, 2, 3), 5), "lens": np.array([6, 4], np.int32)})
+
+
+def test_qdq_runs_as_fake_quantization_exactly():
+    model = make_model(
+        f"{header()}\ng (float[2,4] x) => (float[2,3] y) {{ q = QuantizeLinear (x, s, z) "
+        "d = DequantizeLinear (q, s, z) "
+        "wd = DequantizeLinear <axis=0> (wq, ws) y = Gemm <transB=1> (d, wd) }",
+        s=np.array(0.02, np.float32), z=np.array(128, np.uint8),
+        wq=np.array(np.random.default_rng(0).integers(-127, 128, (3, 4)), np.int8),
+        ws=np.array([0.01, 0.02, 0.03], np.float32),
+    )
+    assert_matches_ort(model, {"x": seeded((2, 4))}, atol=1e-6)
+
+
+def test_parameters_map_to_weight_initializers_only():
+    model = make_model(
+        f"{header()}\ng (float[2,3] x) => (float[2,4] y) {{ h = Gemm (x, w, b) r = Reshape (h, shp) y = Mul (r, k) }}",
+        w=seeded((3, 4)), b=seeded((4,), 1), shp=np.array([2, 4], np.int64), k=np.array(2.0, np.float32),
+    )
+    graph = TorchGraph(model)
+    assert sorted(graph.parameter_names.values()) == ["b", "k", "w"]
+    assert all(p.requires_grad for p in graph.parameters())
+
+
+def test_write_back_changes_initializers_and_onnxruntime_sees_it():
+    model = make_model(f"{header()}\ng (float[2,3] x) => (float[2,4] y) {{ y = Gemm (x, w, b) }}",
+                       w=seeded((3, 4)), b=seeded((4,), 1))
+    graph = TorchGraph(model)
+    with torch.no_grad():
+        for param in graph.parameters():
+            param.mul_(2.0)
+    feeds = {"x": seeded((2, 3), 2)}
+    expected = graph.run_numpy(feeds)[0]
+    assert graph.write_back(model) == 2
+    assert model.graph.initializers["w"].const_value.numpy().dtype == np.float32
+    np.testing.assert_allclose(run_ort(model, feeds)[0], expected, atol=1e-5)
+    np.testing.assert_allclose(model.graph.initializers["b"].const_value.numpy(), 2 * seeded((4,), 1), rtol=1e-6)
+
+
+def test_gradients_reach_every_parameter_of_the_digits_cnn():
+    model = io.load(str(MODELS / "digits_cnn.onnx"))
+    graph = TorchGraph(model)
+    x = np.load(MODELS / "digits_test.npz")["input"][:8]
+    graph({"input": x})[graph.output_names[0]].square().sum().backward()
+    assert len(graph.parameter_names) == 6
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in graph.parameters())
+
+
+def test_unsupported_ops_are_named_in_one_error():
+    model = make_model(
+        '<ir_version: 8, opset_import: ["" : 18, "ai.onnx.ml" : 3]>\ng (float[2,3] x) => (float[2,3] y, int64[?] z) '
+        '{ y = ai.onnx.ml.Scaler <scale=[2.0]> (x) z = NonZero (x) }'
+    )
+    with pytest.raises(UnsupportedGraphError, match=r"NonZero \(1\), ai.onnx.ml::Scaler \(1\)"):
+        TorchGraph(model)
+
+
+def test_digits_cnn_matches_onnxruntime():
+    model = io.load(str(MODELS / "digits_cnn.onnx"))
+    x = np.load(MODELS / "digits_test.npz")["input"][:32]
+    assert_matches_ort(model, {"input": x})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "mobilenetv2", "tiny_bert"])
+def test_zoo_models_match_onnxruntime(name, tmp_path_factory):
+    import models
+
+    path = models.ensure(name, tmp_path_factory.mktemp(name))
+    spec = models.MODELS[name]
+    rng = np.random.default_rng(0)
+    if spec.dtype == "int64":
+        x = rng.integers(0, spec.high, (2, *spec.shape), dtype=np.int64)
+    else:
+        x = rng.standard_normal((2, *spec.shape)).astype(np.float32)
+    assert_matches_ort(io.load(str(path)), {spec.input_name: x})
