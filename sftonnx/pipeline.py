@@ -6,6 +6,7 @@ accuracy-aware search both call. Spec parsing lives in :mod:`sftonnx.spec` (re-e
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -215,6 +216,7 @@ class Pipeline:
         self.input_shapes = dict(input_shapes or {})
         self.progress = progress
         self.report = PipelineReport(spec=",".join(p.spec() for p, _ in self.passes))
+        self._scope = contextlib.ExitStack()  # temporary files a run holds (closed when it ends)
 
     def run(self, model: ir.Model) -> PipelineReport:
         """Run every pass on ``model`` in place and return the report.
@@ -284,6 +286,7 @@ class Pipeline:
                 previous_outputs = self._verify_pass(
                     model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes
                 )
+        self._scope.close()
         self.report.final = stats
         self.report.seconds = time.perf_counter() - start
         return self.report
@@ -294,7 +297,10 @@ class Pipeline:
             return None
         if self.verifier is not None:
             return self.verifier.original
-        return verify.session_source(model)
+        if not io.needs_file(model):
+            return io.to_bytes(model)
+        # A copy of an external-data model in a temporary folder, removed when the run ends.
+        return self._scope.enter_context(verify.session_source(model))
 
     def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes):
         assert self.verifier is not None

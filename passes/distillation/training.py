@@ -118,8 +118,10 @@ class _Teacher:
             model = ir.load(source) if isinstance(source, str) else ir.from_proto(_parse(source))
             values = {v.name: v for n in model.graph for v in n.outputs if v is not None}
             model.graph.outputs.extend(values[name] for name in features)
-            source = verify.session_source(model)
-        self.session = verify.make_session(source, threads=1)
+            with verify.session_source(model) as extended:  # a temporary file for external data: read at creation
+                self.session = verify.make_session(extended, threads=1)
+        else:
+            self.session = verify.make_session(source, threads=1)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
