@@ -105,10 +105,6 @@ def _stackable(units: Sequence[Mapping[str, np.ndarray]], fixed_batch: bool) -> 
     )
 
 
-def _stack(units: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([u[name] for u in units]) for name in units[0]}
-
-
 class _Teacher:
     """The original model in onnxruntime, with the matched intermediate tensors as extra outputs."""
 
@@ -266,7 +262,10 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
     augment = options.augment if (stacked and float_inputs) else "none"
 
     holdout_feeds = (
-        [_stack(holdout_units[i : i + options.batch_size]) for i in range(0, len(holdout_units), options.batch_size)]
+        [
+            verify.stack_feeds(holdout_units[i : i + options.batch_size])
+            for i in range(0, len(holdout_units), options.batch_size)
+        ]
         if stacked
         else holdout_units
     )
@@ -305,7 +304,7 @@ def _distill(student, teacher_source, units, options, fixed_batch, train_quantiz
             batch = [int(i) for i in order[begin : begin + per_step]]
             optimizer.zero_grad()
             if stacked:
-                feed = _stack([train_units[i] for i in batch])
+                feed = verify.stack_feeds([train_units[i] for i in batch])
                 if augment == "mixup":
                     partner = rng.permutation(len(batch))
                     lam = rng.beta(1.0, 1.0, size=len(batch)).astype(np.float32)

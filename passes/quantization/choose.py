@@ -467,15 +467,9 @@ class _Judge:
 
 def _stack(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray] | None:
     """The feeds as one batch along axis 0, when there are several and every input stacks; else None."""
-    if len(feeds) < 2:
+    if len(feeds) < 2 or not verify.stackable(feeds):
         return None
-    stacked = {}
-    for name in feeds[0]:
-        arrays = [np.asarray(f.get(name)) for f in feeds]
-        if any(a.ndim == 0 or a.shape[1:] != arrays[0].shape[1:] for a in arrays):
-            return None
-        stacked[name] = np.concatenate(arrays, axis=0)
-    return stacked
+    return verify.stack_feeds(feeds)
 
 
 def _budget_used(comparison: verify.Comparison, budget: verify.Budget) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from sftonnx import verify
 from sftonnx.errors import InputError
 
 __all__ = [
@@ -102,7 +103,7 @@ def stack_feeds(feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
     items = list(feeds)
     if not items:
         raise InputError("auto: the calibration data holds no samples")
-    return {name: np.concatenate([np.asarray(f[name]) for f in items]) for name in items[0]}
+    return verify.stack_feeds(items)
 
 
 

@@ -29,6 +29,8 @@ from sftonnx.verify.data import (
     model_shapes,
     prepare_feeds,
     read_feeds,
+    stack_feeds,
+    stackable,
 )
 from sftonnx.verify.inputs import (
     DEFAULT_BATCH,
@@ -96,6 +98,8 @@ __all__ = [
     "prepare_feeds",
     "random_feeds",
     "read_feeds",
+    "stack_feeds",
+    "stackable",
     "resolve_shapes",
     "run_model",
     "session_source",

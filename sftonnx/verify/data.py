@@ -49,6 +49,8 @@ __all__ = [
     "model_shapes",
     "prepare_feeds",
     "read_feeds",
+    "stack_feeds",
+    "stackable",
 ]
 
 #: Samples of user data used for verification at most (in batches), to bound run time.
@@ -114,6 +116,29 @@ def load_npz(
         if key in arrays:
             data[key] = arrays[key]
     return data
+
+
+def stackable(feeds: Sequence[Mapping[str, np.ndarray]]) -> bool:
+    """Whether the feeds concatenate along axis 0.
+
+    Each feed must hold the first feed's inputs, of rank >= 1, with equal trailing dims (the batch axis may differ).
+    """
+    if not feeds:
+        return False
+    first = {name: np.asarray(value) for name, value in feeds[0].items()}
+    for feed in feeds:
+        for name, reference in first.items():
+            if name not in feed:
+                return False
+            array = np.asarray(feed[name])
+            if array.ndim == 0 or reference.ndim == 0 or array.shape[1:] != reference.shape[1:]:
+                return False
+    return True
+
+
+def stack_feeds(feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Feed dicts concatenated along axis 0, one array per input of the first feed (check :func:`stackable`)."""
+    return {name: np.concatenate([np.asarray(f[name]) for f in feeds]) for name in feeds[0]}
 
 
 def batches(

@@ -22,17 +22,14 @@ g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) {
 """
 
 
+def _conv_bn_relu():
+    return make_model(CONV_BN_RELU, w=seeded((4, 3, 3, 3)), b=seeded(4), s=seeded(4, 1) + 2, bias=seeded(4, 2),
+                      mean=seeded(4, 3), var=abs(seeded(4, 4)) + 0.5)
+
+
 @pytest.mark.parametrize("level", ["basic", "extended"])
 def test_ort_offline_folds_and_verifies(level):
-    model = make_model(
-        CONV_BN_RELU,
-        w=seeded((4, 3, 3, 3)),
-        b=seeded(4),
-        s=seeded(4, 1) + 2,
-        bias=seeded(4, 2),
-        mean=seeded(4, 3),
-        var=abs(seeded(4, 4)) + 0.5,
-    )
+    model = _conv_bn_relu()
     result = api.optimize(model, passes=[OrtOfflinePass(level=level)], verify_each=True)
     ops = [(n.domain, n.op_type) for n in result.model.graph]
     assert ("", "BatchNormalization") not in ops
@@ -111,15 +108,7 @@ def test_ort_offline_on_light_squeezenet():
 def test_ort_offline_on_a_model_with_external_data(tmp_path):
     from sftonnx import io
 
-    model = make_model(
-        CONV_BN_RELU,
-        w=seeded((4, 3, 3, 3)),
-        b=seeded(4),
-        s=seeded(4, 1) + 2,
-        bias=seeded(4, 2),
-        mean=seeded(4, 3),
-        var=abs(seeded(4, 4)) + 0.5,
-    )
+    model = _conv_bn_relu()
     original = to_bytes(model)
     io.save(model, tmp_path / "m.onnx", external_data=True, size_threshold_bytes=16)
     loaded = io.load(tmp_path / "m.onnx")
