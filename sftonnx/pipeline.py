@@ -24,7 +24,7 @@ from sftonnx import io, verify
 from sftonnx.errors import InputError, PassError, VerificationError
 from sftonnx.errors import first_line as _first_line
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.pass_infra import Numerics, PassReport, SftPass, VerificationData
 from sftonnx.spec import build_passes, parse_spec, resolve_spec
 
 __all__ = [
@@ -244,6 +244,8 @@ class Pipeline:
             clock = time.perf_counter()
             if pass_.uses_original:
                 pass_.original = original  # type: ignore[attr-defined]
+            if pass_.uses_verification:
+                pass_.verification = self._verification_data()  # type: ignore[attr-defined]
             try:
                 result = pass_(model)
             except ir.passes.PreconditionError as error:
@@ -265,6 +267,8 @@ class Pipeline:
             finally:
                 if pass_.uses_original:
                     pass_.original = None  # type: ignore[attr-defined]
+                if pass_.uses_verification:
+                    pass_.verification = None  # type: ignore[attr-defined]
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
             io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
@@ -301,6 +305,13 @@ class Pipeline:
             return io.to_bytes(model)
         # A copy of an external-data model in a temporary folder, removed when the run ends.
         return self._scope.enter_context(verify.session_source(model))
+
+    def _verification_data(self) -> VerificationData | None:
+        """The final check's feeds, the original's outputs on them and the budget (``uses_verification``)."""
+        if self.verifier is None:
+            return None
+        return VerificationData(self.verifier.feeds, self.verifier.expected, self.verifier.output_names,
+                                self.verifier.budget)
 
     def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes):
         assert self.verifier is not None

@@ -82,7 +82,7 @@ import onnx_ir as ir
 from sftonnx import io, verify
 from sftonnx.errors import InputError, PassConfigError
 from sftonnx.ir_utils import nested_node_count, restore_model
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.pass_infra import Numerics, PassReport, SftPass, VerificationData
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization import recovery
 from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, ort_optimized_graph
@@ -132,6 +132,7 @@ class QuantizeInt8Pass(SftPass):
     name = "quantize-int8"
     numerics = Numerics.APPROXIMATE
     uses_calibration = True
+    uses_verification = True
 
     def __init__(
         self,
@@ -197,6 +198,7 @@ class QuantizeInt8Pass(SftPass):
         self.timing_seconds = timing_seconds
         self.keep_state_float = keep_state_float
         self.reduce_range = reduce_range
+        self.verification: VerificationData | None = None  # set by the Pipeline for a call (uses_verification)
 
     # ---------------------------------------------------------------------------------------- rewrite
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
@@ -223,7 +225,13 @@ class QuantizeInt8Pass(SftPass):
             "; judged as one sequence, state outputs fed back" if sequence else "")
         budget = verify.Budget(min_cosine=self.min_cosine, min_agreement=self.min_agreement)
         details["budget"] = {"min_cosine": self.min_cosine, "min_agreement": self.min_agreement}
-        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom)
+        final = self.verification
+        if final is not None:
+            details["evaluation"] += (
+                f"; candidates that hold there are also run on the final verification's {len(final.feeds)} feed(s) "
+                "and must hold its budget against the original")
+        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom,
+                       final=final)
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         details["reduce_range"] = reduce_range
 
@@ -396,6 +404,8 @@ class _Verdict:
     cosine: float | None
     agreement: float | None
     failure: str = ""
+    #: Budget used on the final verification's data (``None``: not run there, or no such data).
+    verification_used: float | None = None
 
 
 class _Judge:
@@ -407,9 +417,11 @@ class _Judge:
     """
 
     def __init__(self, original: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
-                 pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0) -> None:
+                 pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0,
+                 final: VerificationData | None = None) -> None:
         self.feeds = list(feeds)
         self.headroom = headroom
+        self.final = final
         self.pairs = list(pairs)
         self.budget = budget
         session = verify.make_session(original)
@@ -446,13 +458,31 @@ class _Judge:
             verdicts = [self._verdict(self.reference, self._run(session))]
             if self.stacked is not None and self.stacked_reference is not None:
                 verdicts.append(self._verdict(self.stacked_reference, [self._one(session, self.stacked)]))
+            failing = [v for v in verdicts if not v.passed]
+            cosines = [v.cosine for v in verdicts if v.cosine is not None]
+            agreements = [v.agreement for v in verdicts if v.agreement is not None]
+            verdict = _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
+                               min(agreements) if agreements else None, failing[0].failure if failing else "")
+            if verdict.passed and self.final is not None:
+                self._gate(session, verdict)
         except Exception as error:  # a candidate onnxruntime refuses is judged failed, never shipped
             return _Verdict(False, math.inf, None, None, f"onnxruntime: {verify.ort_failure(error)}")
-        failing = [v for v in verdicts if not v.passed]
-        cosines = [v.cosine for v in verdicts if v.cosine is not None]
-        agreements = [v.agreement for v in verdicts if v.agreement is not None]
-        return _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
-                        min(agreements) if agreements else None, failing[0].failure if failing else "")
+        return verdict
+
+    def _gate(self, session: Any, verdict: _Verdict) -> None:
+        """Hold a candidate that passed the held-out samples to the final check's rule on the verification data.
+
+        The feeds are run as the final verification runs them and compared with the original's outputs under
+        its budget, without headroom: these are the very samples that check uses, so passing here is what it
+        asks. ``verdict`` fails with the final check's own failure line when they do not hold.
+        """
+        assert self.final is not None
+        actual = verify.run_model(session, self.final.feeds)
+        comparison = verify.compare_outputs(self.final.names, self.final.expected, actual, budget=self.final.budget)
+        verdict.verification_used = _budget_used(comparison, self.final.budget)
+        if not comparison.passed:
+            verdict.passed = False
+            verdict.failure = f"on the verification data: {comparison.failures[0]}"
 
     def _verdict(self, reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> _Verdict:
         comparison = verify.compare_outputs(self.names, reference, actual, budget=self.budget)
@@ -520,6 +550,7 @@ class _Found:
             "budget_used": used,
             "cosine": None if verdict is None or verdict.cosine is None else round(verdict.cosine, 6),
             "agreement": None if verdict is None or verdict.agreement is None else round(verdict.agreement, 6),
+            "verification_budget_used": _rounded(None if verdict is None else verdict.verification_used),
             "paths": {k: v for k, v in self.paths.items() if k != "nodes"},
         }
         row.update(self.info)
@@ -805,6 +836,10 @@ def _without_stranded_pass_through(chosen: set[str], sites: Mapping[str, Any], g
         if anchored:
             kept |= component
     return (chosen - passes) | kept
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
 def _rank(found: _Found) -> tuple[float, float]:
