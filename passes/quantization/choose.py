@@ -19,7 +19,13 @@ uses, times those that hold the budget against the float model, and keeps the fa
    ``(1 - cosine) / (1 - min_cosine)`` for what the budget judges it by; the worst output's share is the
    candidate's ``budget_used`` (``<= 1``: within budget, up to the agreement's granularity). A candidate holds
    the budget when it passes and uses at most ``headroom`` (0.8) of it: the final verification runs on other
-   samples, and a candidate that only just passes here may not pass there.
+   samples, and a candidate that only just passes here may not pass there. When the pipeline verifies the result
+   (``uses_verification``: it hands over the verification feeds, the original model's outputs on them and the
+   final budget), a candidate that holds on the held-out samples must also pass the final check's own rule on
+   those feeds (run as that check runs them, against the original, no headroom: they are the very samples it
+   uses); one that does not is refused with the check's failure line (``why``: "on the verification data: ...")
+   and the next candidate (percentile ranges, mixed back-off, dynamic) or float is taken. Ranking
+   (``budget_used``) stays on the held-out samples; ``verification_budget_used`` is reported beside it.
 3. **Candidates.**
 
    * ``static``: per-channel int8 weights, uint8 activations, one calibration (streamed, one sample at a time:
@@ -56,10 +62,13 @@ Statistics: changes as ``quantize``/``quantize-dynamic`` count them for the chos
 ``weights_quantized``, ``matmuls_quantized``, ...) plus the preparation (``opset_upgraded``, ``nodes_renamed``,
 ...); skipped ``over_budget`` (no candidate held the budget), ``not_faster`` (none was faster), ``in_subgraph``,
 ``state_path_float`` (nodes kept float on a recurrent state path); details ``chosen``, ``reason``,
-``candidates`` (per candidate: ``latency_ratio``, ``budget_used``, ``cosine``, ``agreement``, ``passed``,
-``outcome`` and ``why`` it lost, ``paths``), ``paths`` (the chosen model's MatMul/Gemm/Conv by path:
-``static``/``dynamic``/``float``, counts and ``nodes``), ``sensitivity``, ``evaluation``, ``calibration``,
-``state_pairs``, ``latency_ms``, ``seconds``.
+``candidates`` (per candidate: ``latency_ratio``, ``budget_used``, ``verification_budget_used``, ``cosine``,
+``agreement``, ``passed``, ``outcome`` and ``why`` it lost, ``paths``), ``paths`` (the chosen model's
+MatMul/Gemm/Conv by path: ``static``/``dynamic``/``float``, counts and ``nodes``), ``sensitivity``, ``evaluation``,
+``calibration``, ``state_pairs``, ``latency_ms``, ``seconds``.
+
+If the final verification still refuses the chosen model (``revert_on_failure``), the pipeline keeps the model
+from before this pass and records why: the preset never exits 3 over its own choice.
 """
 
 from __future__ import annotations
@@ -133,6 +142,7 @@ class QuantizeInt8Pass(SftPass):
     numerics = Numerics.APPROXIMATE
     uses_calibration = True
     uses_verification = True
+    revert_on_failure = True  # keeping float is one of its outcomes: refused by the final check, it is undone
 
     def __init__(
         self,
