@@ -212,8 +212,8 @@ class Pipeline:
 
     Passes that declare ``revert_on_failure`` (leaving the model as it came is one of their own outcomes) are
     undone rather than failed when verification refuses their result: with ``verify_each`` right after the pass,
-    else through :meth:`revert` after the final check. The model from before such a pass is kept as bytes until
-    the run ends (only for those passes: one serialized copy of the model).
+    else through :meth:`revert` after the final check. With a ``verifier``, the model from before such a pass is
+    kept as bytes until the run ends (only for those passes: one serialized copy of the model).
     """
 
     def __init__(
@@ -258,7 +258,10 @@ class Pipeline:
                 self.progress(index, len(self.passes), pass_.name)
             row = PassRow(pass_.name, pass_.spec(), pass_.numerics.value, before=stats)
             self.report.rows.append(row)
-            revertible = pass_.revert_on_failure and pass_.numerics is Numerics.APPROXIMATE
+            # Only a run that verifies can refuse a result (no verifier: no snapshot to pay for, as in the search).
+            revertible = (
+                pass_.revert_on_failure and pass_.numerics is Numerics.APPROXIMATE and self.verifier is not None
+            )
             before_bytes = self._snapshot(model, revertible=revertible)
             clock = time.perf_counter()
             if pass_.uses_original:
