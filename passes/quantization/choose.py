@@ -25,7 +25,9 @@ uses, times those that hold the budget against the float model, and keeps the fa
    those feeds (run as that check runs them, against the original, no headroom: they are the very samples it
    uses); one that does not is refused with the check's failure line (``why``: "on the verification data: ...")
    and the next candidate (percentile ranges, mixed back-off, dynamic) or float is taken. Ranking
-   (``budget_used``) stays on the held-out samples; ``verification_budget_used`` is reported beside it.
+   (``budget_used``) stays on the held-out samples; ``verification_budget_used`` is reported beside it. Each
+   candidate and back-off rung costs one more run over the verification data; ``mixed``'s sensitivity probes
+   (ranked, never kept) skip it.
 3. **Candidates.**
 
    * ``static``: per-channel int8 weights, uint8 activations, one calibration (streamed, one sample at a time:
@@ -461,7 +463,8 @@ class _Judge:
                 state = {i: result[names.index(o)] for i, o in self.pairs if o in names}
         return outputs
 
-    def __call__(self, model: ir.Model) -> _Verdict:
+    def __call__(self, model: ir.Model, *, gate: bool = True) -> _Verdict:
+        """``model``'s verdict; ``gate=False`` skips the verification data (sensitivity probes: ranked, never kept)."""
         self.calls += 1
         try:
             session = verify.make_session(io.to_bytes(model))
@@ -473,7 +476,7 @@ class _Judge:
             agreements = [v.agreement for v in verdicts if v.agreement is not None]
             verdict = _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
                                min(agreements) if agreements else None, failing[0].failure if failing else "")
-            if verdict.passed and self.final is not None:
+            if gate and verdict.passed and self.final is not None:
                 self._gate(session, verdict)
         except Exception as error:  # a candidate onnxruntime refuses is judged failed, never shipped
             return _Verdict(False, math.inf, None, None, f"onnxruntime: {verify.ort_failure(error)}")
@@ -727,7 +730,7 @@ class _Builder:
         probes: list[tuple[tuple[float, float], int]] = []
         for index, block in enumerate(blocks):
             probe = _without_stranded_pass_through(members(block) | pass_through, sites, quantizer.graph)
-            verdict = self.judge(quantizer.build(probe, ranges).model)
+            verdict = self.judge(quantizer.build(probe, ranges).model, gate=False)
             probes.append(((verdict.budget_used, -(verdict.cosine or 0.0)), index))
         ranked = [blocks[i] for _, i in sorted(probes, reverse=True)]
         used = {i: key[0] for key, i in probes}
