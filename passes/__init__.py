@@ -102,8 +102,9 @@ PRESET_DOCS: dict[str, str] = {
     "fast-cpu": "lossless, then onnxruntime contrib-op fusions saved offline (runs on onnxruntime only).",
     "int8": (
         "int8 chosen per model on --calibration-data: static QDQ, dynamic MatMul/Gemm or mixed (sensitive layers "
-        "backed off to dynamic, then float), judged on held-out samples with the verification budget; the fastest "
-        "within budget is kept, or the model stays float (reason in the report) when none is faster."
+        "backed off to dynamic, then float), judged on held-out samples and the verification data with the "
+        "verification budget; the fastest within budget is kept, or the model stays float (reason in the report) "
+        "when none is faster. Never exits 3 over its own choice: a result the final check refuses is undone."
     ),
     "int8-dynamic": "Dynamic int8 for MatMul/Gemm (transformers, MLPs); convs stay float.",
     "fp16": "float16 weights and compute for GPUs, float32 inputs/outputs and numerically sensitive ops.",

@@ -16,13 +16,27 @@ import os
 import types
 import typing
 from collections import Counter
-from typing import Any, ClassVar, final
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, final
 
 import onnx_ir as ir
 
 from sftonnx.errors import PassConfigError
 
-__all__ = ["Numerics", "OptionInfo", "PassReport", "SftPass", "coerce_option", "pass_options"]
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sftonnx.verify.metrics import Budget
+
+__all__ = [
+    "Numerics",
+    "OptionInfo",
+    "PassReport",
+    "SftPass",
+    "VerificationData",
+    "coerce_option",
+    "pass_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +66,24 @@ class PassReport(ir.passes.PassResult):
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class VerificationData:
+    """What the pipeline's final verification will hold the result to, for passes that judge their own choice.
+
+    Attributes:
+        feeds: The verification feed dicts, each run as one call (as :meth:`sftonnx.pipeline.Verifier.outputs`
+            runs them).
+        expected: Per feed, the original model's outputs (the model the pipeline started from, before any pass).
+        names: The original's output names, in the order of ``expected``.
+        budget: The lossy budget of the final check (:class:`sftonnx.verify.Budget`).
+    """
+
+    feeds: Sequence[Mapping[str, np.ndarray]]
+    expected: Sequence[Sequence[np.ndarray]]
+    names: Sequence[str]
+    budget: Budget
+
+
 class SftPass(ir.passes.InPlacePass):
     """Base class of sftonnx passes.
 
@@ -67,6 +99,15 @@ class SftPass(ir.passes.InPlacePass):
     #: Whether the pass needs the model the pipeline started from (``distill``'s teacher); the Pipeline sets
     #: the instance attribute ``original`` (bytes, or a path for models over 2 GiB) for the call only.
     uses_original: ClassVar[bool] = False
+    #: Whether the pass judges its candidates on the final verification's inputs too (``quantize-int8``): the
+    #: Pipeline sets the instance attribute ``verification`` (a :class:`VerificationData`, or ``None`` when the
+    #: run verifies nothing) for the call only, so a result the final check would refuse is refused by the pass.
+    uses_verification: ClassVar[bool] = False
+    #: Whether leaving the model as it came is one of the pass's own outcomes (``quantize-int8`` keeps float when
+    #: no candidate qualifies): when the final verification refuses a result this pass changed, the pipeline
+    #: keeps the model from before the pass (re-running only the passes after it) and records the refusal in the
+    #: report instead of failing. Lossy passes without such an alternative keep the exit-3 refusal.
+    revert_on_failure: ClassVar[bool] = False
 
     @final
     def call(self, model: ir.Model) -> PassReport:

@@ -24,7 +24,8 @@ from sftonnx import io, verify
 from sftonnx.errors import InputError, PassError, VerificationError
 from sftonnx.errors import first_line as _first_line
 from sftonnx.io import PROTOBUF_LIMIT, model_nbytes, to_bytes
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.ir_utils import restore_model
+from sftonnx.pass_infra import Numerics, PassReport, SftPass, VerificationData
 from sftonnx.spec import build_passes, parse_spec, resolve_spec
 
 __all__ = [
@@ -110,6 +111,9 @@ class PipelineReport:
     output_size: int | None = None
     #: Lossy passes were verified on random inputs because the caller allowed it explicitly.
     random_verification: bool = False
+    #: Passes undone because verification refused their result (``revert_on_failure``): per pass, its ``name``,
+    #: ``index`` in the pipeline and the ``reason`` (the verification's failure line).
+    reverted: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -187,6 +191,14 @@ class Verifier:
 
 
 # ------------------------------------------------------------------------------------------ pipeline
+@dataclasses.dataclass
+class _RevertPoint:
+    """The model from before the last ``revert_on_failure`` pass that changed it, to keep if the result is refused."""
+
+    index: int
+    before: bytes
+
+
 class Pipeline:
     """Runs passes in order with structure checks after each, optional per-pass numerics, and timing.
 
@@ -197,6 +209,11 @@ class Pipeline:
         dump_dir: On a failing pass, write the model from just before it plus a reproducer command here.
         input_shapes: Concrete input shapes for MAC counts.
         progress: Called as ``progress(index, total, pass_name)`` before each pass.
+
+    Passes that declare ``revert_on_failure`` (leaving the model as it came is one of their own outcomes) are
+    undone rather than failed when verification refuses their result: with ``verify_each`` right after the pass,
+    else through :meth:`revert` after the final check. With a ``verifier``, the model from before such a pass is
+    kept as bytes until the run ends (only for those passes: one serialized copy of the model).
     """
 
     def __init__(
@@ -217,6 +234,7 @@ class Pipeline:
         self.progress = progress
         self.report = PipelineReport(spec=",".join(p.spec() for p, _ in self.passes))
         self._scope = contextlib.ExitStack()  # temporary files a run holds (closed when it ends)
+        self._revert_point: _RevertPoint | None = None
 
     def run(self, model: ir.Model) -> PipelineReport:
         """Run every pass on ``model`` in place and return the report.
@@ -240,10 +258,16 @@ class Pipeline:
                 self.progress(index, len(self.passes), pass_.name)
             row = PassRow(pass_.name, pass_.spec(), pass_.numerics.value, before=stats)
             self.report.rows.append(row)
-            before_bytes = self._snapshot(model)
+            # Only a run that verifies can refuse a result (no verifier: no snapshot to pay for, as in the search).
+            revertible = (
+                pass_.revert_on_failure and pass_.numerics is Numerics.APPROXIMATE and self.verifier is not None
+            )
+            before_bytes = self._snapshot(model, revertible=revertible)
             clock = time.perf_counter()
             if pass_.uses_original:
                 pass_.original = original  # type: ignore[attr-defined]
+            if pass_.uses_verification:
+                pass_.verification = self._verification_data()  # type: ignore[attr-defined]
             try:
                 result = pass_(model)
             except ir.passes.PreconditionError as error:
@@ -265,6 +289,8 @@ class Pipeline:
             finally:
                 if pass_.uses_original:
                     pass_.original = None  # type: ignore[attr-defined]
+                if pass_.uses_verification:
+                    pass_.verification = None  # type: ignore[attr-defined]
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
             io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
@@ -281,15 +307,67 @@ class Pipeline:
             stats = ModelStats.of(model, self.input_shapes) if report.modified else stats
             row.after = stats
             exact = pass_.numerics is Numerics.EXACT
-            all_exact = all_exact and exact
+            all_exact_before, all_exact = all_exact, all_exact and exact
+            can_revert = revertible and report.modified and before_bytes is not None
             if self.verify_each and self.verifier is not None and report.modified:
-                previous_outputs = self._verify_pass(
-                    model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes
+                outputs, failure = self._verify_pass(
+                    model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes, can_revert
                 )
+                if outputs is None:  # refused, and the pass opted in: its input model is kept
+                    assert before_bytes is not None
+                    why = f"the per-pass verification refused its result: {failure}"
+                    self._restore(model, before_bytes, index, why)
+                    stats, all_exact = row.after, all_exact_before
+                    continue
+                previous_outputs = outputs
+            if can_revert:
+                assert before_bytes is not None
+                self._revert_point = _RevertPoint(index, before_bytes)
         self._scope.close()
         self.report.final = stats
         self.report.seconds = time.perf_counter() - start
         return self.report
+
+    def revert(self, model: ir.Model, reason: str) -> bool:
+        """Undo the last ``revert_on_failure`` pass that changed ``model`` after the final verification refused it.
+
+        ``model`` becomes the model from before that pass again. The passes after it are run again on it only when
+        one of them changed something (their work on the refused model is lost with it); otherwise nothing runs
+        again. The pass's row gets status ``reverted`` with ``reason``, and ``report.reverted`` and the warnings
+        say so.
+
+        Args:
+            model: The model :meth:`run` returned (changed in place).
+            reason: Why the result was refused (the verification's first failure line).
+
+        Returns:
+            Whether a pass was undone (``False``: no pass of this run can be; ``model`` is untouched).
+        """
+        point, self._revert_point = self._revert_point, None
+        if point is None:
+            return False
+        self._restore(model, point.before, point.index, f"the final verification refused its result: {reason}")
+        later = self.report.rows[point.index + 1 :]
+        if any(r.status == "ok" and any(v > 0 for v in r.changes.values()) for r in later):
+            again = Pipeline(self.passes[point.index + 1 :], verifier=self.verifier, dump_dir=self.dump_dir,
+                             input_shapes=self.input_shapes, progress=self.progress)
+            again.run(model)
+            self.report.rows[point.index + 1 :] = again.report.rows
+            self.report.final = again.report.final
+        else:
+            self.report.final = self.report.rows[point.index].after
+        return True
+
+    def _restore(self, model: ir.Model, before: bytes, index: int, reason: str) -> None:
+        """Make ``model`` the one from before pass ``index`` again and record why in its row and the report."""
+        restore_model(model, io.load(before, validate=False))
+        row = self.report.rows[index]
+        row.status = "reverted"
+        row.message = f"{reason}; the model from before {row.name} was kept"
+        row.after = row.before
+        self.report.reverted.append({"pass": row.name, "index": index, "reason": reason})
+        self.report.warnings.append(f"{row.name} undone: {row.message}")
+        logger.warning("%s undone: %s", row.name, row.message)
 
     def _original(self, model: ir.Model) -> bytes | str | None:
         """The model as the pipeline got it, for passes that need it (``uses_original``); else ``None``."""
@@ -302,7 +380,19 @@ class Pipeline:
         # A copy of an external-data model in a temporary folder, removed when the run ends.
         return self._scope.enter_context(verify.session_source(model))
 
-    def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes):
+    def _verification_data(self) -> VerificationData | None:
+        """The final check's feeds, the original's outputs on them and the budget (``uses_verification``)."""
+        if self.verifier is None:
+            return None
+        return VerificationData(self.verifier.feeds, self.verifier.expected, self.verifier.output_names,
+                                self.verifier.budget)
+
+    def _verify_pass(self, model, row, index, pass_, exact, all_exact, previous_outputs, before_bytes, can_revert):
+        """``(outputs, "")`` when the pass holds its limits; ``(None, failure)`` when not and ``can_revert``.
+
+        Raises:
+            VerificationError: The pass changed the outputs beyond its limits and cannot be undone.
+        """
         assert self.verifier is not None
         outputs = self.verifier.outputs(model)
         versus_original = self.verifier.compare(outputs, exact=all_exact)
@@ -319,7 +409,9 @@ class Pipeline:
             )
         )
         if check.passed:
-            return outputs
+            return outputs, ""
+        if can_revert:
+            return None, check.failures[0]
         row.status, row.message = "failed", "; ".join(check.failures[:3])
         divergent = None
         if exact and before_bytes is not None and model_nbytes(model) <= PROTOBUF_LIMIT:
@@ -336,9 +428,12 @@ class Pipeline:
             metrics=check.to_json(),
         )
 
-    def _snapshot(self, model: ir.Model) -> bytes | None:
+    def _snapshot(self, model: ir.Model, *, revertible: bool = False) -> bytes | None:
         # A large model's bytes would be a second (and third) copy of its weights: no snapshot, so no
-        # first-divergence search or dump for those.
+        # first-divergence search or dump for those. A pass that may be undone needs its input model (one copy;
+        # such passes serialize their input themselves anyway).
+        if revertible and model_nbytes(model) <= PROTOBUF_LIMIT:
+            return to_bytes(model)
         if not (self.verify_each or self.dump_dir) or model_nbytes(model) > io.LARGE_MODEL_BYTES:
             return None
         return to_bytes(model)
@@ -539,11 +634,17 @@ def optimize_model(
     if verify_result and verifier is not None:
         exact = all(p.numerics is Numerics.EXACT for p, _ in built)
         comparison = verifier.compare(verifier.outputs(loaded), exact=exact)
+        undone = ""
+        if not comparison.passed and pipeline.revert(loaded, comparison.failures[0]):
+            # A pass whose own alternative is the model as it came (revert_on_failure) is undone, not failed.
+            undone = f" (also with {report.reverted[-1]['pass']} undone)"
+            comparison = verifier.compare(verifier.outputs(loaded), exact=exact)
         report.verification = comparison.to_json() | {"mode": "tolerance" if exact else "budget"}
         if not comparison.passed:
             raise VerificationError(
                 "optimized model differs from the original: "
                 + "; ".join(comparison.failures[:3])
+                + undone
                 + " (nothing written; use --verify-each to find the pass)",
                 metrics=comparison.to_json(),
             )

@@ -300,3 +300,112 @@ def test_folder_of_different_shapes_with_a_state_input_for_data_and_calibration(
     )
     assert any("(line6.npz, line7.npz)" in n for n in result.report.input_notes)
     assert result.verification.outputs[0].decisions == 10 + 8  # the two held-out lines, position by position
+
+
+# ----------------------------------------------------------- passes that may be undone, and the verification hook
+class LossyFlip(SftPass):
+    """Negates w2: every output changes sign, far outside any budget."""
+
+    name = "lossy-flip"
+    numerics = Numerics.APPROXIMATE
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        value = model.graph.initializers["w2"]
+        value.const_value = ir.tensor(-value.const_value.numpy(), name="w2")
+        report.changes["weights_flipped"] += 1
+
+
+class RevertibleFlip(LossyFlip):
+    name = "revertible-flip"
+    revert_on_failure = True
+
+
+class CountCalls(Noop):
+    name = "count-calls"
+    calls = 0
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        CountCalls.calls += 1
+
+
+WITH_IDENTITY = """
+<ir_version: 8, opset_import: ["" : 18]>
+two (float[N, 4] x) => (float[N, 3] y) {
+    h = MatMul(x, w1)
+    r = Relu(h)
+    i = Identity(r)
+    y = MatMul(i, w2)
+}
+"""
+
+DATA = {"x": seeded((16, 4), seed=5)}
+
+
+def test_a_refused_pass_that_opts_in_is_undone_and_others_still_fail(tmp_path):
+    out = tmp_path / "out.onnx"
+    result = api.optimize(two_layers(), out, passes=[Noop(), RevertibleFlip()], data=DATA)
+    row = result.report.rows[1]
+    assert row.status == "reverted" and row.changes == {"weights_flipped": 1}
+    assert row.message.startswith("the final verification refused its result: output 'y'")
+    assert result.report.reverted == [{"pass": "revertible-flip", "index": 1, "reason": row.message.split(";")[0]}]
+    assert result.report.verification["passed"] and result.report.final == row.before
+    np.testing.assert_array_equal(ir.load(out).graph.initializers["w2"].const_value.numpy(), seeded((5, 3), seed=1))
+    # the later pass changed nothing: it is not run again
+    CountCalls.calls = 0
+    result = api.optimize(two_layers(), None, passes=[RevertibleFlip(), CountCalls()], data=DATA)
+    assert CountCalls.calls == 1 and result.report.rows[0].status == "reverted"
+    # a lossy pass without that alternative keeps the refusal
+    with pytest.raises(VerificationError, match="nothing written"):
+        api.optimize(two_layers(), out, passes=[LossyFlip()], data=DATA, overwrite=True)
+
+
+def test_passes_after_an_undone_pass_run_again_when_they_had_changed_something():
+    model = make_model(WITH_IDENTITY, w1=seeded((4, 5)), w2=seeded((5, 3), seed=1))
+    from sftonnx.passes import REGISTRY
+
+    result = api.optimize(model, None, passes=[RevertibleFlip(), REGISTRY["eliminate-identity"]()], data=DATA)
+    assert result.report.rows[0].status == "reverted"
+    assert [r.name for r in result.report.rows] == ["revertible-flip", "eliminate-identity"]
+    assert result.report.rows[1].status == "ok" and sum(result.report.rows[1].changes.values()) == 1
+    assert [n.op_type for n in result.model.graph] == ["MatMul", "Relu", "MatMul"]  # the Identity went again
+    np.testing.assert_array_equal(result.model.graph.initializers["w2"].const_value.numpy(), seeded((5, 3), seed=1))
+    assert result.report.final.nodes == 3 and result.report.verification["passed"]
+
+
+def test_verify_each_undoes_an_opted_in_pass_right_away():
+    result = api.optimize(two_layers(), None, passes=[RevertibleFlip(), Noop()], data=DATA, verify_each=True)
+    row = result.report.rows[0]
+    assert row.status == "reverted" and row.message.startswith("the per-pass verification refused its result")
+    assert row.after == row.before and result.report.rows[1].status == "ok"
+    with pytest.raises(VerificationError, match="pass 'lossy-flip' changed the outputs"):
+        api.optimize(two_layers(), None, passes=[LossyFlip()], data=DATA, verify_each=True)
+
+
+class SeeVerification(LossyScale):
+    name = "see-verification"
+    uses_verification = True
+    seen: list = []
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        SeeVerification.seen.append(getattr(self, "verification", None))
+        super().rewrite(model, report)
+
+
+def test_passes_that_ask_get_the_final_checks_feeds_expected_outputs_and_budget():
+    from sftonnx.pass_infra import VerificationData
+
+    SeeVerification.seen = []
+    step = SeeVerification()
+    budget = Budget(min_cosine=0.9)
+    result = api.optimize(two_layers(), None, passes=[step], data=DATA, budget=budget)
+    (given,) = SeeVerification.seen
+    assert isinstance(given, VerificationData) and given.budget == budget and list(given.names) == ["y"]
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in given.feeds]), DATA["x"])
+    x = DATA["x"]
+    expected = np.maximum(x @ seeded((4, 5)), 0) @ seeded((5, 3), seed=1)
+    np.testing.assert_allclose(np.concatenate([o[0] for o in given.expected]), expected, rtol=1e-5, atol=1e-5)
+    assert step.verification is None  # for the call only
+    assert result.verification.passed
+    SeeVerification.seen = []
+    api.optimize(two_layers(), None, passes=[SeeVerification()], verify=False)
+    assert SeeVerification.seen == [None]  # nothing verified: nothing handed over

@@ -19,7 +19,15 @@ uses, times those that hold the budget against the float model, and keeps the fa
    ``(1 - cosine) / (1 - min_cosine)`` for what the budget judges it by; the worst output's share is the
    candidate's ``budget_used`` (``<= 1``: within budget, up to the agreement's granularity). A candidate holds
    the budget when it passes and uses at most ``headroom`` (0.8) of it: the final verification runs on other
-   samples, and a candidate that only just passes here may not pass there.
+   samples, and a candidate that only just passes here may not pass there. When the pipeline verifies the result
+   (``uses_verification``: it hands over the verification feeds, the original model's outputs on them and the
+   final budget), a candidate that holds on the held-out samples must also pass the final check's own rule on
+   those feeds (run as that check runs them, against the original, no headroom: they are the very samples it
+   uses); one that does not is refused with the check's failure line (``why``: "on the verification data: ...")
+   and the next candidate (percentile ranges, mixed back-off, dynamic) or float is taken. Ranking
+   (``budget_used``) stays on the held-out samples; ``verification_budget_used`` is reported beside it. Each
+   candidate and back-off rung costs one more run over the verification data; ``mixed``'s sensitivity probes
+   (ranked, never kept) skip it.
 3. **Candidates.**
 
    * ``static``: per-channel int8 weights, uint8 activations, one calibration (streamed, one sample at a time:
@@ -56,10 +64,13 @@ Statistics: changes as ``quantize``/``quantize-dynamic`` count them for the chos
 ``weights_quantized``, ``matmuls_quantized``, ...) plus the preparation (``opset_upgraded``, ``nodes_renamed``,
 ...); skipped ``over_budget`` (no candidate held the budget), ``not_faster`` (none was faster), ``in_subgraph``,
 ``state_path_float`` (nodes kept float on a recurrent state path); details ``chosen``, ``reason``,
-``candidates`` (per candidate: ``latency_ratio``, ``budget_used``, ``cosine``, ``agreement``, ``passed``,
-``outcome`` and ``why`` it lost, ``paths``), ``paths`` (the chosen model's MatMul/Gemm/Conv by path:
-``static``/``dynamic``/``float``, counts and ``nodes``), ``sensitivity``, ``evaluation``, ``calibration``,
-``state_pairs``, ``latency_ms``, ``seconds``.
+``candidates`` (per candidate: ``latency_ratio``, ``budget_used``, ``verification_budget_used``, ``cosine``,
+``agreement``, ``passed``, ``outcome`` and ``why`` it lost, ``paths``), ``paths`` (the chosen model's
+MatMul/Gemm/Conv by path: ``static``/``dynamic``/``float``, counts and ``nodes``), ``sensitivity``, ``evaluation``,
+``calibration``, ``state_pairs``, ``latency_ms``, ``seconds``.
+
+If the final verification still refuses the chosen model (``revert_on_failure``), the pipeline keeps the model
+from before this pass and records why: the preset never exits 3 over its own choice.
 """
 
 from __future__ import annotations
@@ -82,7 +93,7 @@ import onnx_ir as ir
 from sftonnx import io, verify
 from sftonnx.errors import InputError, PassConfigError
 from sftonnx.ir_utils import nested_node_count, restore_model
-from sftonnx.pass_infra import Numerics, PassReport, SftPass
+from sftonnx.pass_infra import Numerics, PassReport, SftPass, VerificationData
 from sftonnx.passes.quantization import calibration as calib
 from sftonnx.passes.quantization import recovery
 from sftonnx.passes.quantization._kernels import INTEGER_OPS, cpu_has_vnni, ort_optimized_graph
@@ -132,6 +143,8 @@ class QuantizeInt8Pass(SftPass):
     name = "quantize-int8"
     numerics = Numerics.APPROXIMATE
     uses_calibration = True
+    uses_verification = True
+    revert_on_failure = True  # keeping float is one of its outcomes: refused by the final check, it is undone
 
     def __init__(
         self,
@@ -197,6 +210,7 @@ class QuantizeInt8Pass(SftPass):
         self.timing_seconds = timing_seconds
         self.keep_state_float = keep_state_float
         self.reduce_range = reduce_range
+        self.verification: VerificationData | None = None  # set by the Pipeline for a call (uses_verification)
 
     # ---------------------------------------------------------------------------------------- rewrite
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
@@ -223,7 +237,13 @@ class QuantizeInt8Pass(SftPass):
             "; judged as one sequence, state outputs fed back" if sequence else "")
         budget = verify.Budget(min_cosine=self.min_cosine, min_agreement=self.min_agreement)
         details["budget"] = {"min_cosine": self.min_cosine, "min_agreement": self.min_agreement}
-        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom)
+        final = self.verification
+        if final is not None:
+            details["evaluation"] += (
+                f"; candidates that hold there are also run on the final verification's {len(final.feeds)} feed(s) "
+                "and must hold its budget against the original")
+        judge = _Judge(original, data.evaluation, pairs if sequence else [], budget, headroom=self.headroom,
+                       final=final)
         reduce_range = self.reduce_range if self.reduce_range is not None else cpu_has_vnni() is False
         details["reduce_range"] = reduce_range
 
@@ -396,6 +416,8 @@ class _Verdict:
     cosine: float | None
     agreement: float | None
     failure: str = ""
+    #: Budget used on the final verification's data (``None``: not run there, or no such data).
+    verification_used: float | None = None
 
 
 class _Judge:
@@ -407,9 +429,11 @@ class _Judge:
     """
 
     def __init__(self, original: bytes, feeds: Sequence[Mapping[str, np.ndarray]],
-                 pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0) -> None:
+                 pairs: Sequence[tuple[str, str]], budget: verify.Budget, *, headroom: float = 1.0,
+                 final: VerificationData | None = None) -> None:
         self.feeds = list(feeds)
         self.headroom = headroom
+        self.final = final
         self.pairs = list(pairs)
         self.budget = budget
         session = verify.make_session(original)
@@ -439,20 +463,39 @@ class _Judge:
                 state = {i: result[names.index(o)] for i, o in self.pairs if o in names}
         return outputs
 
-    def __call__(self, model: ir.Model) -> _Verdict:
+    def __call__(self, model: ir.Model, *, gate: bool = True) -> _Verdict:
+        """``model``'s verdict; ``gate=False`` skips the verification data (sensitivity probes: ranked, never kept)."""
         self.calls += 1
         try:
             session = verify.make_session(io.to_bytes(model))
             verdicts = [self._verdict(self.reference, self._run(session))]
             if self.stacked is not None and self.stacked_reference is not None:
                 verdicts.append(self._verdict(self.stacked_reference, [self._one(session, self.stacked)]))
+            failing = [v for v in verdicts if not v.passed]
+            cosines = [v.cosine for v in verdicts if v.cosine is not None]
+            agreements = [v.agreement for v in verdicts if v.agreement is not None]
+            verdict = _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
+                               min(agreements) if agreements else None, failing[0].failure if failing else "")
+            if gate and verdict.passed and self.final is not None:
+                self._gate(session, verdict)
         except Exception as error:  # a candidate onnxruntime refuses is judged failed, never shipped
             return _Verdict(False, math.inf, None, None, f"onnxruntime: {verify.ort_failure(error)}")
-        failing = [v for v in verdicts if not v.passed]
-        cosines = [v.cosine for v in verdicts if v.cosine is not None]
-        agreements = [v.agreement for v in verdicts if v.agreement is not None]
-        return _Verdict(not failing, max(v.budget_used for v in verdicts), min(cosines) if cosines else None,
-                        min(agreements) if agreements else None, failing[0].failure if failing else "")
+        return verdict
+
+    def _gate(self, session: Any, verdict: _Verdict) -> None:
+        """Hold a candidate that passed the held-out samples to the final check's rule on the verification data.
+
+        The feeds are run as the final verification runs them and compared with the original's outputs under
+        its budget, without headroom: these are the very samples that check uses, so passing here is what it
+        asks. ``verdict`` fails with the final check's own failure line when they do not hold.
+        """
+        assert self.final is not None
+        actual = verify.run_model(session, self.final.feeds)
+        comparison = verify.compare_outputs(self.final.names, self.final.expected, actual, budget=self.final.budget)
+        verdict.verification_used = _budget_used(comparison, self.final.budget)
+        if not comparison.passed:
+            verdict.passed = False
+            verdict.failure = f"on the verification data: {comparison.failures[0]}"
 
     def _verdict(self, reference: list[list[np.ndarray]], actual: list[list[np.ndarray]]) -> _Verdict:
         comparison = verify.compare_outputs(self.names, reference, actual, budget=self.budget)
@@ -520,6 +563,7 @@ class _Found:
             "budget_used": used,
             "cosine": None if verdict is None or verdict.cosine is None else round(verdict.cosine, 6),
             "agreement": None if verdict is None or verdict.agreement is None else round(verdict.agreement, 6),
+            "verification_budget_used": _rounded(None if verdict is None else verdict.verification_used),
             "paths": {k: v for k, v in self.paths.items() if k != "nodes"},
         }
         row.update(self.info)
@@ -686,7 +730,7 @@ class _Builder:
         probes: list[tuple[tuple[float, float], int]] = []
         for index, block in enumerate(blocks):
             probe = _without_stranded_pass_through(members(block) | pass_through, sites, quantizer.graph)
-            verdict = self.judge(quantizer.build(probe, ranges).model)
+            verdict = self.judge(quantizer.build(probe, ranges).model, gate=False)
             probes.append(((verdict.budget_used, -(verdict.cosine or 0.0)), index))
         ranked = [blocks[i] for _, i in sorted(probes, reverse=True)]
         used = {i: key[0] for key, i in probes}
@@ -805,6 +849,10 @@ def _without_stranded_pass_through(chosen: set[str], sites: Mapping[str, Any], g
         if anchored:
             kept |= component
     return (chosen - passes) | kept
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 4)
 
 
 def _rank(found: _Found) -> tuple[float, float]:

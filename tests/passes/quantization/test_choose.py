@@ -239,3 +239,86 @@ def test_the_final_checks_budget_reaches_the_chooser(fake_timer):
                           calibration_data=str(MODELS / "digits_calib.npz"))
     (row,) = [r for r in result.report.rows if r.name == "quantize-int8"]
     assert row.details["budget"] == {"min_cosine": 0.97, "min_agreement": 0.95}
+
+
+# --------------------------------------------------------------------- the final verification's data (issue 12)
+#: Calibrated on small inputs, verified on inputs 30x larger: static int8 (fixed activation ranges) clips them and
+#: flips half the decisions there, while it holds on the held-out calibration samples; dynamic int8 (ranges per
+#: call) holds on both.
+SHIFTED = f"""{HEADER}
+g (float[N,16] x) => (float[N,4] y) {{
+    h = MatMul(x, w1)
+    r = Relu(h)
+    y = MatMul(r, w2)
+}}"""
+
+
+def _shifted_case():
+    model = make_model(SHIFTED, w1=seeded((16, 32), seed=1, scale=0.25), w2=seeded((32, 4), seed=2, scale=0.25))
+    calibration = [{"x": seeded((1, 16), seed=100 + i, scale=0.1)} for i in range(16)]
+    data = {"x": seeded((64, 16), seed=7, scale=3.0)}
+    return model, calibration, data
+
+
+def _int8_row(result):
+    (row,) = [r for r in result.report.rows if r.name == "quantize-int8"]
+    return row
+
+
+def test_static_that_holds_on_calibration_but_not_on_the_verification_data_is_refused(fake_timer):
+    from sftonnx import api
+
+    model, calibration, data = _shifted_case()
+    # Without the pipeline's verification data the chooser takes static (0.4 vs dynamic 0.6 under the cost model).
+    alone = QuantizeInt8Pass(calibration_data=calibration)(_shifted_case()[0])
+    assert alone.details["chosen"] == "static"
+    result = api.optimize(model, None, passes="quantize-int8", data=data, calibration_data=calibration)
+    row = _int8_row(result)
+    candidates = _candidates(row)
+    static = candidates["static"]
+    assert static["budget_used"] <= 0.8  # it holds on the held-out calibration samples...
+    assert static["outcome"] == "over_budget" and not static["passed"]  # ...but not where the final check looks
+    assert static["why"].startswith("on the verification data: output 'y' (scores): argmax agreement")
+    assert static["verification_budget_used"] > 1
+    assert row.status == "ok" and row.details["chosen"] == "dynamic"
+    assert candidates["dynamic"]["verification_budget_used"] <= 1
+    assert "final verification's 2 feed(s)" in row.details["evaluation"]
+    assert result.report.verification["passed"] and result.report.reverted == []
+    assert result.report.verification["outputs"][0]["argmax_agreement"] >= 0.99
+
+
+def test_the_net_undoes_quantize_int8_when_the_final_check_refuses_it(fake_timer, monkeypatch, tmp_path):
+    from sftonnx import api
+
+    model, calibration, data = _shifted_case()
+    original = io.to_bytes(model)
+    monkeypatch.setattr(choose._Judge, "_gate", lambda self, session, verdict: None)  # a gate that misses it
+    out = tmp_path / "out.onnx"
+    result = api.optimize(model, out, passes="quantize-int8", data=data, calibration_data=calibration)
+    row = _int8_row(result)
+    assert row.details["chosen"] == "static"  # what the pass chose, and what the final check refused
+    assert row.status == "reverted"
+    assert row.message.startswith("the final verification refused its result: output 'y' (scores): argmax")
+    assert row.message.endswith("the model from before quantize-int8 was kept")
+    assert result.report.reverted == [{"pass": "quantize-int8", "index": 0, "reason": row.message.split(";")[0]}]
+    assert any(w.startswith("quantize-int8 undone:") for w in result.report.warnings)
+    assert result.report.verification["passed"]
+    assert result.report.final == row.before
+    written = onnx.load(out)
+    assert [n.op_type for n in written.graph.node] == ["MatMul", "Relu", "MatMul"]
+    feed = {"x": data["x"]}
+    np.testing.assert_array_equal(run_ort(original, feed)[0], run_ort(out.read_bytes(), feed)[0])
+
+
+def test_the_net_also_acts_right_after_the_pass_with_verify_each(fake_timer, monkeypatch):
+    from sftonnx import api
+
+    model, calibration, data = _shifted_case()
+    monkeypatch.setattr(choose._Judge, "_gate", lambda self, session, verdict: None)
+    result = api.optimize(model, None, passes="quantize-int8", data=data, calibration_data=calibration,
+                          verify_each=True)
+    row = _int8_row(result)
+    assert row.status == "reverted"
+    assert row.message.startswith("the per-pass verification refused its result: output 'y'")
+    assert [n.op_type for n in result.model.graph] == ["MatMul", "Relu", "MatMul"]
+    assert result.report.verification["passed"]
