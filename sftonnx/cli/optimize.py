@@ -281,7 +281,11 @@ def _optimize_auto(
     out.print(f"reproduce: sftonnx optimize {model} {output} --passes '{chosen.spec}'{calibration}", markup=False)
     if result.verification is not None:
         worst = result.verification.worst()
-        out.print(f"verified (budget): min cosine {worst['cosine']:.6f}, max abs error {worst['max_abs']:.3g}")
+        agreement = worst.get("agreement")
+        out.print(
+            f"verified (budget): min cosine {worst['cosine']:.6f}, max abs error {worst['max_abs']:.3g}"
+            + (f", min task agreement {agreement:.4f}" if agreement is not None else "")
+        )
     for path in (report, pareto_json, pareto_plot):
         if path is not None:
             out.print(f"wrote {path}", markup=False)

@@ -135,6 +135,7 @@ def _remeasure(task: Task, record: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:  # onnxruntime cannot run the candidate: it fails alone
         fresh.update(status="failed", message=f"cannot run the model: {first_line(error)}")
     fresh["seconds"] = float(record.get("seconds") or 0.0) + time.perf_counter() - started
+    fresh["remeasured"] = True
     return fresh
 
 
@@ -200,6 +201,7 @@ class CandidateEvaluator:
         self.total = 0
         self.evaluated = 0
         self.cached = 0
+        self.remeasured = 0  # cached models measured again under another output budget (counted in evaluated)
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> CandidateEvaluator:
@@ -261,6 +263,7 @@ class CandidateEvaluator:
         if record["status"] == "fatal":
             raise InputError(record["message"])
         self.evaluated += 1
+        self.remeasured += bool(record.pop("remeasured", False))
         write_record(pathlib.Path(self.task.folder), record)
         self._tick(phase)
         return record | {"cached": False}

@@ -51,7 +51,8 @@ class SearchResult:
         objective: ``latency`` or ``size``.
         sensitivity: ``{technique: {layer: {level option: loss}}}`` from the probes.
         notes: How inputs, calibration and timing were done.
-        stats: ``evaluated`` (computed now) and ``cached`` (read from the cache) candidate counts, ``seconds``.
+        stats: ``evaluated`` (computed now) and ``cached`` (read from the cache) candidate counts; ``remeasured``
+            (of the evaluated: cached models measured again under another output budget, not rebuilt); ``seconds``.
         cache_dir: Where candidates are cached.
         calibration_data: The calibration data the specs were evaluated with (pass it along to reproduce).
         verify_data: The inputs verification and the output error used.

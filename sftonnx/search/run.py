@@ -156,7 +156,9 @@ def run_search(
         sensitivity, probe_of, layers = search.probes(chosen_techniques, calibrated=inputs.calibration is not None)
         search.ladders(chosen_techniques, probe_of, layers)
         search.combinations(chosen_techniques)
-        stats: dict[str, Any] = {"evaluated": evaluator.evaluated, "cached": evaluator.cached}
+        stats: dict[str, Any] = {
+            "evaluated": evaluator.evaluated, "cached": evaluator.cached, "remeasured": evaluator.remeasured
+        }
 
     candidates = search.candidates
     pareto = _time_candidates(
