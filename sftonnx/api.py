@@ -471,12 +471,20 @@ def optimize_auto(
             failures.append(f"{candidate.name}: {error}")
             logger.warning("auto: %s failed its final verification: %s", candidate.name, error)
             continue
-        if output_path is not None and budget.max_accuracy_drop is not None:
+        if output_path is not None and (budget.max_accuracy_drop is not None or candidate.kind == "distill"):
             written = search.measure_model(found, output_path)
             if not written.feasible:
                 output_path.unlink(missing_ok=True)
                 failures.append(f"{candidate.name}: written model has {_auto_figures(written)}")
                 continue
+            if candidate.kind == "distill":
+                # Rebuilding the spec trains again, and training stops on wall time: report what was written.
+                for name in _WRITTEN_FIGURES:
+                    setattr(candidate, name, getattr(written, name))
+                found.notes.append(
+                    "distill: trained again when its spec was rebuilt for writing (training stops on wall time); "
+                    "the chosen figures are the written model's"
+                )
         if candidate is not found.chosen:
             found.notes.append(f"{found.chosen.name} failed its final verification; wrote {candidate.name}")
             found.chosen = found.best = candidate
@@ -491,6 +499,13 @@ def optimize_auto(
         "every feasible candidate failed its final verification (nothing written): " + "; ".join(failures[:3]),
         result=found,
     )
+
+
+#: The figures of a written model copied onto a distilled choice (see :func:`optimize_auto`).
+_WRITTEN_FIGURES = (
+    "metric", "drop", "error", "cosine", "max_abs", "top1_agreement", "agreement", "judged_error",
+    "within_budget", "budget_failure",
+)
 
 
 def _auto_figures(candidate: Any) -> str:

@@ -380,6 +380,7 @@ def test_auto_refuses_a_candidate_whose_cosine_holds_but_argmax_agreement_does_n
     assert (tmp_path / "out-None.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_optimize_preset_auto_takes_the_lossy_budget_agreement(tmp_path):
     from sftonnx.verify import Budget
 
@@ -406,11 +407,13 @@ def _search_on_digits(tmp_path: pathlib.Path, budget: search.SearchBudget):
     return search_run, original, search_run._Search(evaluator, hashes, budget, None, [])
 
 
+@pytest.mark.slow
 def test_distill_step_keeps_the_distilled_model_only_when_it_is_better_and_within_the_time_left(tmp_path):
     pytest.importorskip("torch")
     import time
 
-    budget = search.SearchBudget(max_error=0.5, min_agreement=0.5)
+    # Agreement decides (cosine may drift while the decisions recover: the KL loss matches relative logits).
+    budget = search.SearchBudget(max_error=2.0, min_agreement=0.5)
     search_run, original, state = _search_on_digits(tmp_path, budget)
     # Half the channels pruned without refit: a lossy choice that training against the original can recover.
     [chosen] = state.run_specs(["prune-channels{ratio=0.5, reconstruct=false}"], ["pruned"], "search", "search")
@@ -423,11 +426,11 @@ def test_distill_step_keeps_the_distilled_model_only_when_it_is_better_and_withi
     assert skipped is None and step.status == "skipped" and "not enough time left" in step.message
 
     distilled, step = search_run._distill_step(
-        state, chosen, original.path, enabled=True, deadline=time.perf_counter() + 30.0, in_sample=False
+        state, chosen, original.path, enabled=True, deadline=time.perf_counter() + 40.0, in_sample=False
     )
     assert step.status == "kept", step
     assert distilled is not None and distilled.kind == "distill" and distilled.feasible
-    assert MIN_DISTILL_SECONDS <= step.time_budget <= 15  # (30 s left - 3 x build) / 2, whole seconds
+    assert MIN_DISTILL_SECONDS <= step.time_budget <= 18  # (40 s left - 3 x build) / 2, whole seconds
     assert distilled.spec == f"{chosen.spec},distill{{time_budget={step.time_budget:g}}}"
     assert step.seconds > 0 and step.details["loss_after"] < step.details["loss_before"]
     assert budget.loss(distilled) < budget.loss(chosen)
@@ -449,6 +452,7 @@ def test_distill_step_keeps_the_distilled_model_only_when_it_is_better_and_withi
     assert step.message == 'distillation skipped: install with pip install "sftonnx[torch]"'
 
 
+@pytest.mark.slow
 def test_cli_auto_without_torch_says_once_that_distillation_was_skipped(tmp_path):
     model, data = _near_ties(tmp_path)
     output, report = tmp_path / "out.onnx", tmp_path / "report.json"
@@ -473,6 +477,7 @@ def test_cli_auto_without_torch_says_once_that_distillation_was_skipped(tmp_path
     assert [step["status"] for step in auto["steps"]] == ["skipped"]
 
 
+@pytest.mark.slow
 def test_cli_auto_without_distillation_keeps_torch_out_of_the_process(tmp_path):
     model = _tiny_mlp(tmp_path / "mlp.onnx")
     code = (
@@ -488,3 +493,30 @@ def test_cli_auto_without_distillation_keeps_torch_out_of_the_process(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "step distill: skipped" in done.stdout
+
+
+@pytest.mark.slow
+def test_auto_writes_the_distilled_model_when_distillation_lowers_the_accuracy_drop(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from sftonnx.search import techniques
+
+    # One technique with one level: half the channels of each conv pruned without refit (a lossy choice that
+    # distillation recovers; the registered levels refit on the calibration data and leave nothing to recover).
+    lossy = techniques.Technique("prune-channels", ("Conv",), ("ratio=0.5, reconstruct=false",), "struct")
+    monkeypatch.setattr(techniques, "TECHNIQUES", (lossy,))
+    output = tmp_path / "digits.auto.onnx"
+    result = api.optimize_auto(
+        DIGITS, output, evaluate=DIGITS_TEST, max_accuracy_drop=10.0, calibration_data=DIGITS_CALIB,
+        presets=["lossless"], cache_dir=tmp_path / "cache", latency_runs=10, latency_seconds=1.0, time_budget=40.0,
+    )
+    found = result.search
+    pruned = next(c for c in found.candidates if c.kind == "search")
+    [step] = found.steps
+    assert step.status == "kept" and step.candidate == "distill", step
+    assert found.chosen.kind == "distill" and found.chosen.spec.startswith(pruned.spec + ",distill{time_budget=")
+    assert result.report_json()["auto"]["spec"] == found.chosen.spec
+    assert [row.name for row in result.report.rows][-1] == "distill"  # the written model was trained too
+    written_drop = _accuracy(DIGITS) - _accuracy(output)
+    assert found.chosen.drop == pytest.approx(written_drop)  # the figures are the written model's
+    assert written_drop < pruned.drop  # distillation recovered top-1 on the held-out test set
+    assert found.chosen.latency_ms == pruned.latency_ms
