@@ -118,7 +118,7 @@ def optimize(
     ] = None,
     time_budget: Annotated[
         float | None,
-        typer.Option(help="--preset auto: seconds for the search; distillation gets what is left (default: 60 s)."),
+        typer.Option(help="--preset auto: seconds for the search; distillation trains in what is left (at most 60 s)."),
     ] = None,
     distill: Annotated[
         bool,

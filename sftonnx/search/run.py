@@ -635,7 +635,7 @@ def _distill_step(
     """
     from sftonnx.pass_infra import Numerics
     from sftonnx.passes import PRESETS, REGISTRY
-    from sftonnx.passes.distillation.support import TORCH_HINT, torch_available
+    from sftonnx.passes.distillation.support import TORCH_HINT, torch_available, unsupported_ops
 
     def skipped(message: str) -> tuple[None, SearchStep]:
         return None, SearchStep("distill", "skipped", message)
@@ -653,6 +653,10 @@ def _distill_step(
         return skipped(f"distillation skipped: {TORCH_HINT}")
     if not chosen.model_path or _UNSAFE_PATH.search(str(original_path)):
         return skipped(f"the original's cached path cannot be written into a spec: {original_path}")
+    missing = unsupported_ops(io.load(chosen.model_path))  # decided without torch, as the pass's requires()
+    if missing:
+        listed = ", ".join(f"{op} ({count})" for op, count in sorted(missing.items()))
+        return skipped(f"the torch rendering cannot run {listed}")
     build = max(chosen.seconds, 1.0)
     seconds = DISTILL_SECONDS
     if deadline is not None:
