@@ -122,7 +122,8 @@ PRESET_DOCS: dict[str, str] = {
     # Not in PRESETS (a search, not a spec; it cannot stand inside --passes): `--preset auto`.
     "auto": (
         "Accuracy-aware search: per-layer sensitivity of quantize/prune-channels/factorize, greedy back-off within "
-        "--max-accuracy-drop (with --eval) or --max-error, every preset as a candidate; fastest (or smallest) "
-        "model written."
+        "--max-accuracy-drop (with --eval) or --max-error and --min-agreement (judged as the final check judges), "
+        "every preset as a candidate; with torch and --calibration-data the chosen lossy model is distilled "
+        "within --time-budget and kept if that helps; fastest (or smallest) model written."
     ),
 }

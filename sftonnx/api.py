@@ -98,12 +98,13 @@ def optimize(
     from sftonnx.passes import PRESETS, REGISTRY
 
     if passes is None and preset == AUTO_PRESET:
-        # The accuracy-aware search: the output-error budget follows the lossy budget's cosine.
-        min_cosine = budget.min_cosine if budget is not None else None
+        # The accuracy-aware search: its output budget is the lossy budget (cosine and task agreement).
+        budget = budget if budget is not None else verification.Budget()
         return optimize_auto(
             model,
             output,
-            max_error=None if min_cosine is None else 1.0 - min_cosine,
+            max_error=None if budget.min_cosine is None else 1.0 - budget.min_cosine,
+            min_agreement=budget.min_agreement,
             data=data,
             calibration_data=calibration_data,
             input_shapes=input_shapes,
@@ -329,6 +330,7 @@ def optimize_auto(
     evaluate: str | os.PathLike | Callable[[Any], float] | None = None,
     max_accuracy_drop: float | None = None,
     max_error: float | None = None,
+    min_agreement: float | None = verification.DEFAULT_MIN_AGREEMENT,
     objective: str = "latency",
     data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     calibration_data: Any = None,
@@ -345,13 +347,17 @@ def optimize_auto(
     latency_seconds: float = 8.0,
     progress: Callable[[float, float, str], None] | None = None,
     allow_random_verification: bool = False,
+    time_budget: float | None = None,
+    distill: bool = True,
 ) -> AutoOptimizeResult:
     """Search per-layer lossy configurations within an accuracy budget and write the best (``--preset auto``).
 
     The search (:func:`sftonnx.search.run_search`) measures per-layer sensitivities, backs off the most
     harmful layers until the budget holds, combines techniques, and times the candidates and every fixed
-    preset against the original. The chosen candidate is then rebuilt from its exact pass spec through
-    :func:`optimize`, verified with a budget consistent with the search's, and written atomically.
+    preset against the original. With torch installed and calibration data, the chosen lossy candidate is
+    then distilled against the original within what is left of ``time_budget``, and kept only when that helps.
+    The chosen candidate is rebuilt from its exact pass spec through :func:`optimize`, verified with the
+    budget the search judged it with, and written atomically.
 
     Example::
 
@@ -366,6 +372,9 @@ def optimize_auto(
             ``onnxruntime.InferenceSession`` and returning a higher-is-better float.
         max_accuracy_drop: Largest drop of the metric (default 1.0 when ``evaluate`` is given alone).
         max_error: Largest ``1 - min cosine`` over outputs vs the original (default 0.01 without ``evaluate``).
+        min_agreement: Least task agreement per decision output (argmax/threshold/label, as the verification
+            of lossy presets judges it), applied with the output budget (``max_error``); ``None``: cosine only.
+            With ``evaluate`` alone, the metric is the judge and this is not applied.
         objective: ``latency`` or ``size``.
         data: Inputs for the output error and the verification (default: the labels file's inputs, else
             seeded random inputs).
@@ -384,9 +393,11 @@ def optimize_auto(
         progress: Called as ``progress(done, total, phase)``.
         allow_random_verification: Judge candidates on seeded random inputs when there is no real data
             (no ``data``, no labels file, no calibration ``.npz``); refused otherwise.
+        time_budget: Seconds the search may take; the distillation step gets only what is left of it.
+        distill: Try distilling the chosen lossy candidate (needs torch and ``calibration_data``).
 
     Returns:
-        The written model's result, with the search in ``search``.
+        The written model's result, with the search in ``search`` (``search.steps``: the distillation step).
 
     Raises:
         InputError: Bad options, data or evaluation; an evaluation function that raised (exit 2).
@@ -402,7 +413,11 @@ def optimize_auto(
             max_accuracy_drop = 1.0
         else:
             max_error = 1.0 - verification.DEFAULT_MIN_COSINE
-    budget = search.SearchBudget(max_accuracy_drop=max_accuracy_drop, max_error=max_error)
+    budget = search.SearchBudget(
+        max_accuracy_drop=max_accuracy_drop,
+        max_error=max_error,
+        min_agreement=min_agreement if max_error is not None else None,
+    )
     if cache_dir is None:
         cache_dir = (output_path.parent if output_path is not None else pathlib.Path.cwd()) / ".sftonnx-cache"
     found = search.run_search(
@@ -423,6 +438,8 @@ def optimize_auto(
         latency_seconds=latency_seconds,
         progress=progress,
         allow_random_verification=allow_random_verification,
+        time_budget=time_budget,
+        distill=distill,
     )
     if found.chosen is None:
         best = found.best
@@ -454,12 +471,20 @@ def optimize_auto(
             failures.append(f"{candidate.name}: {error}")
             logger.warning("auto: %s failed its final verification: %s", candidate.name, error)
             continue
-        if output_path is not None and budget.max_accuracy_drop is not None:
+        if output_path is not None and (budget.max_accuracy_drop is not None or candidate.kind == "distill"):
             written = search.measure_model(found, output_path)
             if not written.feasible:
                 output_path.unlink(missing_ok=True)
                 failures.append(f"{candidate.name}: written model has {_auto_figures(written)}")
                 continue
+            if candidate.kind == "distill":
+                # Rebuilding the spec trains again, and training stops on wall time: report what was written.
+                for name in _WRITTEN_FIGURES:
+                    setattr(candidate, name, getattr(written, name))
+                found.notes.append(
+                    "distill: trained again when its spec was rebuilt for writing (training stops on wall time); "
+                    "the chosen figures are the written model's"
+                )
         if candidate is not found.chosen:
             found.notes.append(f"{found.chosen.name} failed its final verification; wrote {candidate.name}")
             found.chosen = found.best = candidate
@@ -476,12 +501,23 @@ def optimize_auto(
     )
 
 
+#: The figures of a written model copied onto a distilled choice (see :func:`optimize_auto`).
+_WRITTEN_FIGURES = (
+    "metric", "drop", "error", "cosine", "max_abs", "top1_agreement", "agreement", "judged_error",
+    "within_budget", "budget_failure",
+)
+
+
 def _auto_figures(candidate: Any) -> str:
     parts = []
     if candidate.drop is not None:
         parts.append(f"accuracy drop {candidate.drop:.3g}")
     if candidate.error is not None:
         parts.append(f"output error {candidate.error:.3g}")
+    if candidate.agreement is not None:
+        parts.append(f"task agreement {candidate.agreement:.4g}")
+    if candidate.budget_failure:
+        parts.append(candidate.budget_failure)
     return ", ".join(parts) or candidate.message or "no figures"
 
 

@@ -14,6 +14,7 @@ import pytest
 from sftonnx import api, search
 from sftonnx.errors import InputError
 from sftonnx.search.ladder import ladder, search_ladder
+from sftonnx.search.run import MIN_DISTILL_SECONDS
 from sftonnx.verify import make_session
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -292,6 +293,7 @@ def test_auto_on_digits_meets_one_point_budget_and_spec_reproduces_it(tmp_path):
         cache_dir=tmp_path / "cache",
         latency_runs=20,
         latency_seconds=2.0,
+        distill=False,  # a distilled choice is retrained on rebuild (wall-time stop): not bit-reproducible
     )
     found = result.search
     assert found.chosen is not None and output.is_file()
@@ -324,3 +326,198 @@ def test_optimize_preset_auto_routes_to_the_search(tmp_path):
     assert result.search.chosen.error <= 0.02
     assert (tmp_path / ".sftonnx-cache").is_dir()  # next to the output
     assert result.report_json()["auto"]["spec"] == result.search.chosen.spec
+
+
+# ------------------------------------------------------------------------- task-aware budget (issue 12)
+def _near_ties(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """x[N,64] -> Gemm -> y[N,10] whose 10 weight rows differ by 5%: logits of near-equal classes, and data.
+
+    Dynamic int8 keeps cosine above 0.9999 (the shared part dominates) but flips about 5% of the argmax
+    decisions (the classes differ by less than its rounding): a candidate cosine alone would accept.
+    """
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(64).astype(np.float32)
+    weight = (shared[None, :] + 0.05 * rng.standard_normal((10, 64))).astype(np.float32)
+    graph = oh.make_graph(
+        [oh.make_node("Gemm", ["x", "w", "b"], ["y"], name="fc", transB=1)],
+        "near_ties",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 10])],
+        [onnx.numpy_helper.from_array(weight, "w"), onnx.numpy_helper.from_array(np.zeros(10, np.float32), "b")],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18)])
+    model.ir_version = 9
+    path, data = folder / "near_ties.onnx", folder / "near_ties_calib.npz"
+    onnx.save(model, path)
+    np.savez(data, x=rng.standard_normal((200, 64)).astype(np.float32))
+    return path, data
+
+
+def test_auto_refuses_a_candidate_whose_cosine_holds_but_argmax_agreement_does_not(tmp_path):
+    model, data = _near_ties(tmp_path)
+
+    def run(min_agreement):
+        return api.optimize_auto(
+            model, tmp_path / f"out-{min_agreement}.onnx", max_error=0.01, min_agreement=min_agreement,
+            calibration_data=data, techniques=["quantize-dynamic"], presets=["lossless", "int8-dynamic"],
+            objective="size", cache_dir=tmp_path / "cache", latency_runs=5, latency_seconds=1.0, distill=False,
+        ).search
+
+    judged = run(0.99)
+    dynamic = next(c for c in judged.candidates if c.name == "preset:int8-dynamic")
+    assert dynamic.error < 1e-3 and dynamic.cosine > 0.999  # within max_error=0.01 by cosine ...
+    assert dynamic.agreement is not None and 0.9 <= dynamic.agreement < 0.99  # ... not by argmax agreement
+    assert not dynamic.feasible and dynamic.within_budget is False
+    assert "argmax agreement" in dynamic.budget_failure
+    assert judged.budget.score(dynamic) > 1.0  # the continuous score ranks it outside the budget
+    assert all("dynamic" not in c.spec for c in judged.candidates if c.feasible)
+    assert judged.chosen is not None and judged.chosen.spec == "lossless"
+    assert judged.budget.verification_budget(judged.chosen).min_agreement == 0.99  # the final check's budget
+    # The same search judged by cosine alone picks the smaller int8 model: what the budget now prevents. Its
+    # models are reused from the cache and only measured again under the other budget.
+    cosine_only = run(None)
+    assert cosine_only.chosen is not None and "dynamic" in cosine_only.chosen.spec  # int8-dynamic or a rung
+    assert cosine_only.stats["cached"] == 0 and cosine_only.stats["remeasured"] == 3  # two presets, one probe
+    assert (tmp_path / "out-None.onnx").is_file()
+
+
+@pytest.mark.slow
+def test_optimize_preset_auto_takes_the_lossy_budget_agreement(tmp_path):
+    from sftonnx.verify import Budget
+
+    model, data = _near_ties(tmp_path)
+    result = api.optimize(
+        model, tmp_path / "out.onnx", preset="auto", budget=Budget(min_cosine=0.99, min_agreement=0.9),
+        calibration_data=data,
+    )
+    assert result.search.budget.min_agreement == 0.9 and result.search.budget.max_error == pytest.approx(0.01)
+    assert result.search.chosen.agreement >= 0.9
+    assert result.verification.passed
+
+
+# ----------------------------------------------------------------------- distillation step (issue 13)
+def _search_on_digits(tmp_path: pathlib.Path, budget: search.SearchBudget):
+    """A search's state on the digits CNN (held-out test inputs), without running its phases."""
+    from sftonnx.search import run as search_run
+    from sftonnx.search.evaluation import CandidateEvaluator
+
+    original = search_run._cache_original(DIGITS, tmp_path / "cache")
+    inputs = search_run._prepare_inputs(original, None, DIGITS_TEST, DIGITS_CALIB, None, 0, [], False)
+    task, hashes = search_run._make_task(original, inputs, 1, 0, budget)
+    evaluator = CandidateEvaluator(task, 1, None)
+    return search_run, original, search_run._Search(evaluator, hashes, budget, None, [])
+
+
+@pytest.mark.slow
+def test_distill_step_keeps_the_distilled_model_only_when_it_is_better_and_within_the_time_left(tmp_path):
+    pytest.importorskip("torch")
+    import time
+
+    # Agreement decides (cosine may drift while the decisions recover: the KL loss matches relative logits).
+    budget = search.SearchBudget(max_error=2.0, min_agreement=0.5)
+    search_run, original, state = _search_on_digits(tmp_path, budget)
+    # Half the channels pruned without refit: a lossy choice that training against the original can recover.
+    [chosen] = state.run_specs(["prune-channels{ratio=0.5, reconstruct=false}"], ["pruned"], "search", "search")
+    chosen.latency_ms = 1.25
+    assert chosen.feasible and chosen.agreement < 0.98
+
+    skipped, step = search_run._distill_step(
+        state, chosen, original.path, enabled=True, deadline=time.perf_counter() + 2.0, in_sample=False
+    )
+    assert skipped is None and step.status == "skipped" and "not enough time left" in step.message
+
+    distilled, step = search_run._distill_step(
+        state, chosen, original.path, enabled=True, deadline=time.perf_counter() + 40.0, in_sample=False
+    )
+    assert step.status == "kept", step
+    assert distilled is not None and distilled.kind == "distill" and distilled.feasible
+    assert MIN_DISTILL_SECONDS <= step.time_budget <= 18  # (40 s left - 3 x build) / 2, whole seconds
+    assert distilled.spec == f"{chosen.spec},distill{{time_budget={step.time_budget:g}}}"
+    assert step.seconds > 0 and step.details["loss_after"] < step.details["loss_before"]
+    assert budget.loss(distilled) < budget.loss(chosen)
+    assert distilled.agreement > chosen.agreement  # on the 540 held-out test inputs
+    assert distilled.latency_ms == chosen.latency_ms  # the same graph: weights only
+
+    # Without torch: one skipped row with the install hint, and nothing trained.
+    import sftonnx.passes.distillation.support as support
+
+    original_check = support.torch_available
+    support.torch_available = lambda: False
+    try:
+        none, step = search_run._distill_step(
+            state, chosen, original.path, enabled=True, deadline=None, in_sample=False
+        )
+    finally:
+        support.torch_available = original_check
+    assert none is None and step.status == "skipped" and step.seconds == 0
+    assert step.message == 'distillation skipped: install with pip install "sftonnx[torch]"'
+
+
+@pytest.mark.slow
+def test_cli_auto_without_torch_says_once_that_distillation_was_skipped(tmp_path):
+    model, data = _near_ties(tmp_path)
+    output, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    code = (
+        "import sys; sys.modules['torch'] = None  # torch not installed: importing it raises\n"
+        "from sftonnx import cli\n"
+        "sys.argv = ['sftonnx', *sys.argv[1:]]\n"
+        "try:\n    cli.main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "optimize", str(model), str(output), "--preset", "auto", "--objective", "size",
+         "--calibration-data", str(data), "--min-agreement", "0.9", "--report", str(report)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    hint = 'step distill: skipped: distillation skipped: install with pip install "sftonnx[torch]"'
+    assert done.stdout.count(hint) == 1, done.stdout
+    import json
+
+    auto = json.loads(report.read_text())["auto"]
+    assert auto["chosen"]["agreement"] >= 0.9 and auto["spec"] != "lossless"  # a lossy choice, not distilled
+    assert [step["status"] for step in auto["steps"]] == ["skipped"]
+
+
+@pytest.mark.slow
+def test_cli_auto_without_distillation_keeps_torch_out_of_the_process(tmp_path):
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    code = (
+        "import sys; from sftonnx import cli\n"
+        "sys.argv = ['sftonnx', *sys.argv[1:]]\n"
+        "try:\n    cli.main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "optimize", str(model), str(tmp_path / "out.onnx"), "--preset", "auto",
+         "--max-error", "0.05", "--allow-random-verification"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "step distill: skipped" in done.stdout
+
+
+@pytest.mark.slow
+def test_auto_writes_the_distilled_model_when_distillation_lowers_the_accuracy_drop(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from sftonnx.search import techniques
+
+    # One technique with one level: half the channels of each conv pruned without refit (a lossy choice that
+    # distillation recovers; the registered levels refit on the calibration data and leave nothing to recover).
+    lossy = techniques.Technique("prune-channels", ("Conv",), ("ratio=0.5, reconstruct=false",), "struct")
+    monkeypatch.setattr(techniques, "TECHNIQUES", (lossy,))
+    output = tmp_path / "digits.auto.onnx"
+    result = api.optimize_auto(
+        DIGITS, output, evaluate=DIGITS_TEST, max_accuracy_drop=10.0, calibration_data=DIGITS_CALIB,
+        presets=["lossless"], cache_dir=tmp_path / "cache", latency_runs=10, latency_seconds=1.0, time_budget=40.0,
+    )
+    found = result.search
+    pruned = next(c for c in found.candidates if c.kind == "search")
+    [step] = found.steps
+    assert step.status == "kept" and step.candidate == "distill", step
+    assert found.chosen.kind == "distill" and found.chosen.spec.startswith(pruned.spec + ",distill{time_budget=")
+    assert result.report_json()["auto"]["spec"] == found.chosen.spec
+    assert [row.name for row in result.report.rows][-1] == "distill"  # the written model was trained too
+    written_drop = _accuracy(DIGITS) - _accuracy(output)
+    assert found.chosen.drop == pytest.approx(written_drop)  # the figures are the written model's
+    assert written_drop < pruned.drop  # distillation recovered top-1 on the held-out test set
+    assert found.chosen.latency_ms == pruned.latency_ms

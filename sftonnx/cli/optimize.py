@@ -116,11 +116,23 @@ def optimize(
     pareto_plot: Annotated[
         pathlib.Path | None, typer.Option(help="--preset auto: write a latency/size/loss PNG here.")
     ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(help="--preset auto: seconds for the search; distillation trains in what is left (at most 60 s)."),
+    ] = None,
+    distill: Annotated[
+        bool,
+        typer.Option(
+            "--distill/--no-distill",
+            help="--preset auto: distill the chosen lossy model against the original (torch, --calibration-data).",
+        ),
+    ] = True,
 ) -> None:
     """Optimize MODEL into OUTPUT, verify it against the original, and print a per-pass report.
 
     With --preset auto, search per-layer quantization, pruning and factorization within an accuracy budget
-    (--eval with --max-accuracy-drop, or --max-error) for the fastest (or smallest) model, then write it.
+    (--eval with --max-accuracy-drop, or --max-error and --min-agreement) for the fastest (or smallest) model,
+    distill it against the original when torch and --calibration-data allow, then write it.
     """
     from sftonnx import api
     from sftonnx.verify import Budget, Tolerance
@@ -132,6 +144,9 @@ def optimize(
             evaluate=eval_,
             max_accuracy_drop=max_accuracy_drop,
             max_error=max_error if max_error is not None or eval_ else 1.0 - min_cosine,
+            min_agreement=min_agreement,
+            time_budget=time_budget,
+            distill=distill,
             objective=objective,
             data=data,
             calibration_data=calibration_data,
@@ -252,6 +267,9 @@ def _optimize_auto(
     out.print(_auto_table(found))
     for note in found.notes + result.report.warnings:
         out.print(f"note: {note}", markup=False)
+    for step in found.steps:
+        took = f" ({step.seconds:.1f} s, training up to {step.time_budget:g} s)" if step.time_budget else ""
+        out.print(f"step {step.name}: {step.status}{took}: {step.message}", markup=False)
     chosen = found.chosen
     out.print(
         f"chosen: {chosen.name} ({found.budget.describe()}, objective {found.objective}; "
@@ -263,7 +281,11 @@ def _optimize_auto(
     out.print(f"reproduce: sftonnx optimize {model} {output} --passes '{chosen.spec}'{calibration}", markup=False)
     if result.verification is not None:
         worst = result.verification.worst()
-        out.print(f"verified (budget): min cosine {worst['cosine']:.6f}, max abs error {worst['max_abs']:.3g}")
+        agreement = worst.get("agreement")
+        out.print(
+            f"verified (budget): min cosine {worst['cosine']:.6f}, max abs error {worst['max_abs']:.3g}"
+            + (f", min task agreement {agreement:.4f}" if agreement is not None else "")
+        )
     for path in (report, pareto_json, pareto_plot):
         if path is not None:
             out.print(f"wrote {path}", markup=False)
@@ -298,12 +320,13 @@ def _auto_table(found: Any) -> Table:
     rows = [base] + [
         c
         for c in found.candidates
-        if c.kind == "preset" or c.name in found.pareto or c is found.chosen or c is found.best
+        if c.kind in ("preset", "distill") or c.name in found.pareto or c is found.chosen or c is found.best
     ]
     table = Table(title=f"auto: {found.budget.describe()}, objective {found.objective}")
     columns = ["candidate", "meets budget", "p50 ms", "×p50", "size", "×size"]
+    agreement = found.budget.min_agreement is not None
     columns += ["metric", "drop"] if accuracy else []
-    columns += ["1 - cosine", "spec"]
+    columns += ["1 - cosine"] + (["agreement"] if agreement else []) + ["spec"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("candidate", "spec", "meets budget") else "right",
                          overflow="fold")
@@ -320,7 +343,8 @@ def _auto_table(found: Any) -> Table:
         ]
         if accuracy:
             cells += ["-" if c.metric is None else f"{c.metric:.3f}", "-" if c.drop is None else f"{c.drop:.3f}"]
-        cells += ["-" if c.error is None else f"{c.error:.2e}", c.spec or "-"]
+        cells += ["-" if c.error is None else f"{c.error:.2e}"]
+        cells += (["-" if c.agreement is None else f"{c.agreement:.4f}"] if agreement else []) + [c.spec or "-"]
         table.add_row(*cells)
     table.caption = "★ chosen, ◆ Pareto front (latency, size, loss); ratios to the original"
     return table

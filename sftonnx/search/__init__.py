@@ -21,6 +21,10 @@ Method (issue #8):
 5. **Selection.** Every non-probe candidate that ran is timed on the target EP with
    :func:`sftonnx.benchmark.run_benchmark` (interleaved with the original, serially), the front-runners once
    more; the chosen model is the fastest (``objective=latency``) or smallest (``objective=size``) feasible one.
+6. **Distillation step.** With torch and calibration data, a lossy choice is trained against the original
+   (``distill``, within what is left of ``time_budget``) and replaced by the result only when that lowers its
+   budgeted loss; the step is reported with its time in ``SearchResult.steps`` (one skipped row, with the
+   install hint, without torch).
 
 Budgets (:class:`SearchBudget`):
 
@@ -30,9 +34,12 @@ Budgets (:class:`SearchBudget`):
   percentage point; a user metric is used in its own units.
 * without labels, ``max_error`` bounds the **output error** ``1 - min cosine`` over the model's outputs (cosine
   similarity of all samples of an output flattened together, as :func:`sftonnx.verify.compare_outputs`
-  computes it) against the original, on ``data`` or seeded random inputs. ``1 - cosine`` is scale-free
-  (logits, embeddings and regressions alike) and is the same figure the final verification checks
-  (``Budget(min_cosine=1 - max_error)``), where a max-abs bound would need a per-model scale.
+  computes it) against the original, on ``data`` or seeded random inputs, and ``min_agreement`` the task
+  metric of each output's kind (argmax, threshold or label agreement). Candidates get the verdict of the very
+  :class:`sftonnx.verify.Budget` the final verification checks
+  (``Budget(min_cosine=1 - max_error, min_agreement=min_agreement)``, :meth:`SearchBudget.output_budget`), so
+  the search never picks a model its final check refuses; a continuous score (the share of that budget used,
+  :meth:`SearchBudget.score`) ranks probes for the back-off.
 
 Candidates are cached on disk, keyed by (model hash, spec, data hashes, seed): an interrupted search resumes
 where it stopped. Candidate evaluation may run in parallel processes; latency never does (see

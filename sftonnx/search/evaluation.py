@@ -42,6 +42,12 @@ class Task:
     calibration: str | None
     threads: int
     scale: float  # metric multiplier (100 for top-1 from labels: percent)
+    budget: verification.Budget | None = None  # the output budget candidates are judged with (the final check's)
+
+    @property
+    def judged_with(self) -> str:
+        """The output budget as text: a cached record judged with another budget is measured again."""
+        return repr(self.budget)
 
 
 @dataclasses.dataclass
@@ -84,23 +90,53 @@ def _quiet_passes() -> Generator[None, None, None]:
 
 
 def measure(task: Task, path: str) -> dict[str, Any]:
-    """Output error against the original and the evaluation metric of the model at ``path``."""
+    """Output error against the original, the output budget's verdict and the evaluation metric of ``path``.
+
+    With ``task.budget`` the outputs are judged exactly as the final verification judges them
+    (:func:`sftonnx.verify.compare_outputs`): ``within_budget`` is the verdict, ``budget_failure`` its first
+    reason, ``agreement`` the worst task agreement and ``judged_error`` the worst ``1 - cosine`` over the
+    outputs judged by each.
+    """
     state = _state(task)
     session = verification.make_session(path, threads=task.threads)
     outputs = verification.run_model(session, state.feeds)
-    comparison = verification.compare_outputs(state.names, state.expected, outputs)
+    comparison = verification.compare_outputs(state.names, state.expected, outputs, budget=task.budget)
     worst = comparison.worst()
     record: dict[str, Any] = {
         "cosine": worst["cosine"],
         "error": max(0.0, 1.0 - float(worst["cosine"])) if comparison.outputs else math.inf,
         "max_abs": worst["max_abs"],
         "top1_agreement": worst["top1_agreement"],
+        "judged_with": task.judged_with,
     }
     if not all(m.shape_ok for m in comparison.outputs):
         record["error"] = math.inf
+    if task.budget is not None:
+        judged = [m.judged_by.split("+") for m in comparison.outputs]
+        agreements = [m.agreement() for m, by in zip(comparison.outputs, judged, strict=True) if "agreement" in by]
+        cosines = [m.cosine for m, by in zip(comparison.outputs, judged, strict=True) if "cosine" in by]
+        record["within_budget"] = comparison.passed
+        record["budget_failure"] = comparison.failures[0] if comparison.failures else ""
+        record["agreement"] = min((a for a in agreements if a is not None), default=None)
+        record["judged_error"] = max(0.0, 1.0 - min(cosines)) if cosines else 0.0
     if state.evaluator is not None:
         record["metric"] = float(state.evaluator(session)) * task.scale
     return record
+
+
+def _remeasure(task: Task, record: dict[str, Any]) -> dict[str, Any]:
+    """A cached record judged with another output budget: its cached model measured again (not rebuilt)."""
+    started = time.perf_counter()
+    fresh = {k: v for k, v in record.items() if k != "cached"}
+    try:
+        fresh.update(measure(task, record["model_path"]))
+    except InputError as error:
+        fresh.update(status="fatal", message=str(error))
+    except Exception as error:  # onnxruntime cannot run the candidate: it fails alone
+        fresh.update(status="failed", message=f"cannot run the model: {first_line(error)}")
+    fresh["seconds"] = float(record.get("seconds") or 0.0) + time.perf_counter() - started
+    fresh["remeasured"] = True
+    return fresh
 
 
 def evaluate_job(task: Task, job: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +168,11 @@ def evaluate_job(task: Task, job: dict[str, Any]) -> dict[str, Any]:
         return record
     lossy = [row for row in result.report.rows if row.numerics != "exact"]
     record["changed"] = any(row.changes for row in lossy) if lossy else True
+    record["rows"] = [
+        {"pass": row.name, "status": row.status, "message": row.message, "seconds": round(row.seconds, 3),
+         "changes": dict(row.changes), "skipped": dict(row.skipped), "details": row.details}
+        for row in lossy
+    ]
     record["size_bytes"] = result.report.output_size
     record["model_path"] = str(path)
     record["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -160,6 +201,7 @@ class CandidateEvaluator:
         self.total = 0
         self.evaluated = 0
         self.cached = 0
+        self.remeasured = 0  # cached models measured again under another output budget (counted in evaluated)
         self.pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def __enter__(self) -> CandidateEvaluator:
@@ -185,19 +227,34 @@ class CandidateEvaluator:
         results: dict[int, dict[str, Any]] = {}
         todo: list[int] = []
         self.total += len(jobs)
+        stale: dict[int, dict[str, Any]] = {}
         for index, job in enumerate(jobs):
             cached = read_record(folder, job["key"])
-            if cached is not None:
+            if cached is not None and (
+                cached.get("status") != "ok" or cached.get("judged_with") == self.task.judged_with
+            ):
                 results[index] = cached | {"cached": True}
                 self.cached += 1
                 self._tick(phase)
             else:
+                if cached is not None:  # built already, judged with another output budget: measure again only
+                    stale[index] = cached
                 todo.append(index)
+
+        def work(index: int) -> tuple[Callable[..., dict[str, Any]], tuple[Any, ...]]:
+            if index in stale:
+                return _remeasure, (self.task, stale[index])
+            return evaluate_job, (self.task, jobs[index])
+
         if self.pool is None:
             for index in todo:
-                results[index] = self._store(evaluate_job(self.task, jobs[index]), phase)
+                function, arguments = work(index)
+                results[index] = self._store(function(*arguments), phase)
         else:
-            futures = {self.pool.submit(evaluate_job, self.task, jobs[i]): i for i in todo}
+            futures = {}
+            for index in todo:
+                function, arguments = work(index)
+                futures[self.pool.submit(function, *arguments)] = index
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = self._store(future.result(), phase)
         return [results[i] for i in range(len(jobs))]
@@ -206,6 +263,7 @@ class CandidateEvaluator:
         if record["status"] == "fatal":
             raise InputError(record["message"])
         self.evaluated += 1
+        self.remeasured += bool(record.pop("remeasured", False))
         write_record(pathlib.Path(self.task.folder), record)
         self._tick(phase)
         return record | {"cached": False}

@@ -65,7 +65,11 @@ def write_pareto_plot(result: SearchResult, path: str | os.PathLike) -> pathlib.
         marker="o",
         edgecolors=["black" if c.name in result.pareto else "none" for c in timed],
     )
-    label = "accuracy drop" if result.budget.max_accuracy_drop is not None else "output error (1 - cosine)"
+    label = (
+        "accuracy drop"
+        if result.budget.max_accuracy_drop is not None
+        else "share of the output budget used (1: at the limit)"
+    )
     figure.colorbar(scatter, ax=axes, label=label)
     for candidate in timed:
         if candidate.name in result.pareto or candidate.kind in ("original", "preset") or candidate is result.chosen:

@@ -7,7 +7,34 @@ from typing import Any
 
 from sftonnx.search.budget import Candidate, SearchBudget, objective_key
 
-__all__ = ["SearchResult"]
+__all__ = ["SearchResult", "SearchStep"]
+
+
+@dataclasses.dataclass
+class SearchStep:
+    """An optional step after the selection (knowledge distillation of the chosen candidate).
+
+    Attributes:
+        name: The step (``distill``).
+        status: ``kept`` (its result is the choice), ``discarded`` (ran; did not help), ``skipped`` or ``failed``.
+        message: Why, with the figures before and after.
+        seconds: Wall time the step took (building and measuring its candidate).
+        time_budget: The training seconds it was given.
+        details: The pass's details (``loss_before``, ``loss_after``, ``epochs``, ``stopped``, ...).
+        candidate: The name of the candidate it made (``None`` when it did not run).
+    """
+
+    name: str
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+    time_budget: float | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    candidate: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -24,10 +51,14 @@ class SearchResult:
         objective: ``latency`` or ``size``.
         sensitivity: ``{technique: {layer: {level option: loss}}}`` from the probes.
         notes: How inputs, calibration and timing were done.
-        stats: ``evaluated`` (computed now) and ``cached`` (read from the cache) candidate counts, ``seconds``.
+        stats: ``evaluated`` (computed now) and ``cached`` (read from the cache) candidate counts; ``remeasured``
+            (of the evaluated: cached models measured again under another output budget, not rebuilt); ``seconds``.
         cache_dir: Where candidates are cached.
         calibration_data: The calibration data the specs were evaluated with (pass it along to reproduce).
         verify_data: The inputs verification and the output error used.
+        task: The evaluation task (to measure a written model the same way).
+        random_inputs: Candidates were judged on synthesized inputs (allowed explicitly).
+        steps: The optional steps after the selection (distillation), in order, with their time.
     """
 
     chosen: Candidate | None
@@ -44,8 +75,8 @@ class SearchResult:
     calibration_data: str | None
     verify_data: str | None
     task: Any = dataclasses.field(default=None, repr=False)
-    #: Candidates were judged on synthesized inputs (allowed explicitly: ``allow_random_verification``).
     random_inputs: bool = False
+    steps: list[SearchStep] = dataclasses.field(default_factory=list)
 
     @property
     def timed(self) -> list[Candidate]:
@@ -53,9 +84,10 @@ class SearchResult:
         return [c for c in [self.baseline, *self.candidates] if c.latency_ms is not None]
 
     def ranked(self) -> list[Candidate]:
-        """Feasible candidates, best first by the objective."""
-        feasible = [c for c in self.candidates if c.feasible and c.kind != "probe"]
-        return sorted(feasible, key=lambda c: objective_key(c, self.objective))
+        """Feasible candidates: ``chosen`` first (it may be a distilled one), then best first by the objective."""
+        feasible = [c for c in self.candidates if c.feasible and c.kind != "probe" and c is not self.chosen]
+        ordered = sorted(feasible, key=lambda c: objective_key(c, self.objective))
+        return [self.chosen, *ordered] if self.chosen is not None else ordered
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict; ``spec`` is the exact pass spec reproducing the chosen model without search."""
@@ -76,4 +108,5 @@ class SearchResult:
             "calibration_data": self.calibration_data,
             "verify_data": self.verify_data,
             "random_inputs": self.random_inputs,
+            "steps": [step.to_json() for step in self.steps],
         }

@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import pickle
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -32,11 +33,20 @@ from sftonnx.search.evaluation import CandidateEvaluator, Task, measure
 from sftonnx.search.ladder import drive, ladder, search_ladder
 from sftonnx.search.latency import measure_latency, timing_pool
 from sftonnx.search.pareto import pareto_front
-from sftonnx.search.result import SearchResult
+from sftonnx.search.result import SearchResult, SearchStep
 from sftonnx.search.techniques import Technique, available_techniques, target_layers, technique_extra
 from sftonnx.spec import resolve_spec
 
-__all__ = ["BASE_PRESET", "FIXED_PRESETS", "RANDOM_SAMPLES", "Sensitivity", "measure_model", "run_search"]
+__all__ = [
+    "BASE_PRESET",
+    "DISTILL_SECONDS",
+    "FIXED_PRESETS",
+    "MIN_DISTILL_SECONDS",
+    "RANDOM_SAMPLES",
+    "Sensitivity",
+    "measure_model",
+    "run_search",
+]
 
 #: Presets always evaluated as candidates (those that exist at run time).
 FIXED_PRESETS = ("lossless", "fast-cpu", "int8", "int8-dynamic", "fp16", "compact", "max")
@@ -44,6 +54,13 @@ FIXED_PRESETS = ("lossless", "fast-cpu", "int8", "int8-dynamic", "fp16", "compac
 BASE_PRESET = "lossless"
 #: Random input sets used for the output-error budget when no data is given.
 RANDOM_SAMPLES = 8
+#: Training seconds of the distillation step at most (as ``distill{time_budget=60}`` in ``compact``/``max``).
+DISTILL_SECONDS = 60.0
+#: The distillation step is not run with less training time than this left.
+MIN_DISTILL_SECONDS = 5.0
+
+#: Characters a path cannot hold to be written as a spec option value.
+_UNSAFE_PATH = re.compile(r"[,{}|;=\s]")
 
 #: ``{technique: {layer: {level option: loss}}}`` (``None``: the probe failed or changed nothing).
 Sensitivity = dict[str, dict[str, dict[str, float | None]]]
@@ -68,6 +85,8 @@ def run_search(
     latency_seconds: float = 8.0,
     progress: Callable[[float, float, str], None] | None = None,
     allow_random_verification: bool = False,
+    time_budget: float | None = None,
+    distill: bool = True,
 ) -> SearchResult:
     """Search per-layer lossy configurations for the fastest (or smallest) model within ``budget``.
 
@@ -96,6 +115,10 @@ def run_search(
         latency_seconds: Time limit of each interleaved timing round.
         progress: Called as ``progress(done, total, phase)`` after each candidate and timing round.
         allow_random_verification: Judge candidates on synthesized inputs when there is no real data.
+        time_budget: Seconds the whole search may take. The phases always run; the optional distillation step
+            gets only what is left (see :func:`_distill_step`). ``None``: distillation trains up to
+            :data:`DISTILL_SECONDS`.
+        distill: Try knowledge distillation of the chosen lossy candidate (torch and calibration data needed).
 
     Returns:
         The search result; ``chosen`` is ``None`` when nothing met the budget.
@@ -110,6 +133,8 @@ def run_search(
         raise InputError(f"--objective must be latency or size, got '{objective}'")
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise InputError(f"--time-budget must be a number of seconds > 0, got {time_budget}")
     if budget.max_accuracy_drop is not None and evaluate is None:
         raise InputError("--max-accuracy-drop needs --eval (labels.npz or module:function)")
     parse_providers(ep)
@@ -121,7 +146,7 @@ def run_search(
         original, evaluate, data, calibration_data, input_shapes, seed, notes, allow_random_verification
     )
     workers = _usable_workers(workers, inputs.evaluate, notes)
-    task, hashes = _make_task(original, inputs, workers, seed)
+    task, hashes = _make_task(original, inputs, workers, seed, budget)
     baseline = _measure_original(task, original)
 
     preset_names = [p for p in (presets if presets is not None else FIXED_PRESETS) if p in PRESETS]
@@ -131,7 +156,9 @@ def run_search(
         sensitivity, probe_of, layers = search.probes(chosen_techniques, calibrated=inputs.calibration is not None)
         search.ladders(chosen_techniques, probe_of, layers)
         search.combinations(chosen_techniques)
-        stats: dict[str, Any] = {"evaluated": evaluator.evaluated, "cached": evaluator.cached}
+        stats: dict[str, Any] = {
+            "evaluated": evaluator.evaluated, "cached": evaluator.cached, "remeasured": evaluator.remeasured
+        }
 
     candidates = search.candidates
     pareto = _time_candidates(
@@ -139,6 +166,18 @@ def run_search(
         runs=latency_runs, seconds=latency_seconds, progress=progress, notes=notes,
     )
     chosen, best = _select(candidates, budget, objective)
+    steps: list[SearchStep] = []
+    if chosen is not None:
+        with CandidateEvaluator(task, 1, progress) as evaluator:
+            search.evaluator = evaluator
+            distilled, step = _distill_step(
+                search, chosen, original.path, enabled=distill,
+                deadline=None if time_budget is None else started + time_budget,
+                in_sample=inputs.verify_data is not None and inputs.verify_data == inputs.calibration,
+            )
+        steps.append(step)
+        if distilled is not None:
+            chosen = best = distilled
     stats["seconds"] = round(time.perf_counter() - started, 2)
     stats["candidates"] = len(candidates)
     return SearchResult(
@@ -157,6 +196,7 @@ def run_search(
         verify_data=inputs.verify_data,
         task=task,
         random_inputs=inputs.random_inputs,
+        steps=steps,
     )
 
 
@@ -302,8 +342,14 @@ def _usable_workers(workers: int, evaluate: Any, notes: list[str]) -> int:
     return workers
 
 
-def _make_task(original: _Original, inputs: _Inputs, workers: int, seed: int) -> tuple[Task, dict[str, Any]]:
-    """The picklable evaluation task, and the hashes every cache key carries."""
+def _make_task(
+    original: _Original, inputs: _Inputs, workers: int, seed: int, budget: SearchBudget
+) -> tuple[Task, dict[str, Any]]:
+    """The picklable evaluation task (judging with the budget's output limits), and the hashes of cache keys.
+
+    The output budget is not part of the keys: a record judged with another budget is measured again on its
+    cached model (:class:`~sftonnx.search.evaluation.CandidateEvaluator`), not rebuilt.
+    """
     hashes = {
         "model": original.hash,
         "eval": hash_source(inputs.evaluate),
@@ -323,6 +369,7 @@ def _make_task(original: _Original, inputs: _Inputs, workers: int, seed: int) ->
         calibration=inputs.calibration,
         threads=0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers),
         scale=inputs.scale,
+        budget=budget.output_budget(),
     )
     return task, hashes
 
@@ -555,3 +602,101 @@ def _select(
     chosen = ranked[0] if ranked else None
     ok = [c for c in candidates if c.status == "ok" and c.kind != "probe"]
     return chosen, chosen or (min(ok, key=budget.loss) if ok else None)
+
+
+# ------------------------------------------------------------------------------------- distillation
+def _distill_step(
+    search: _Search,
+    chosen: Candidate,
+    original_path: pathlib.Path,
+    *,
+    enabled: bool,
+    deadline: float | None,
+    in_sample: bool,
+) -> tuple[Candidate | None, SearchStep]:
+    """Phase 7: knowledge distillation of the chosen lossy candidate against the original, when affordable.
+
+    Runs ``distill`` (its public options: ``time_budget`` and ``teacher``, the original) on the chosen
+    candidate's cached model, with the search's calibration data, and measures the result like every
+    candidate. The distilled model replaces the chosen one only when the pass kept trained weights (its own
+    held-out loss fell) *and* it meets the budget with a lower budgeted loss (:meth:`SearchBudget.loss`: the
+    accuracy drop, else the share of the output budget used) than the chosen one; its graph is the chosen
+    one's, so the chosen one's latency carries over. Its spec is the chosen spec plus
+    ``distill{time_budget=T}``.
+
+    Cost: training at most ``T`` seconds, twice (here, and when the final write rebuilds the spec), plus about
+    the chosen candidate's build time three times (this pipeline's checks and measurement, the rebuild). With a
+    deadline, ``T = min(DISTILL_SECONDS, (left - 3 * build) / 2)``; under :data:`MIN_DISTILL_SECONDS` the step
+    is skipped. Without torch, calibration data or a lossy choice, the step is one ``skipped`` row saying why
+    (torch's install hint, as ``compact``/``max`` say it); torch is imported only when training runs.
+
+    Returns:
+        The distilled candidate when kept (else ``None``), and the step's row.
+    """
+    from sftonnx.pass_infra import Numerics
+    from sftonnx.passes import PRESETS, REGISTRY
+    from sftonnx.passes.distillation.support import TORCH_HINT, torch_available, unsupported_ops
+
+    def skipped(message: str) -> tuple[None, SearchStep]:
+        return None, SearchStep("distill", "skipped", message)
+
+    names = [name for name, _, _ in resolve_spec(chosen.spec, REGISTRY, PRESETS)] if chosen.spec else []
+    if not enabled:
+        return skipped("turned off")
+    if not any(REGISTRY[name].numerics is Numerics.APPROXIMATE for name in names):
+        return skipped("the chosen model is lossless: nothing to recover")
+    if "distill" in names:
+        return skipped("the chosen spec already distills")
+    if search.evaluator.task.calibration is None:
+        return skipped("needs --calibration-data (the teacher's inputs)")
+    if not torch_available():
+        return skipped(f"distillation skipped: {TORCH_HINT}")
+    if not chosen.model_path or _UNSAFE_PATH.search(str(original_path)):
+        return skipped(f"the original's cached path cannot be written into a spec: {original_path}")
+    missing = unsupported_ops(io.load(chosen.model_path))  # decided without torch, as the pass's requires()
+    if missing:
+        listed = ", ".join(f"{op} ({count})" for op, count in sorted(missing.items()))
+        return skipped(f"the torch rendering cannot run {listed}")
+    build = max(chosen.seconds, 1.0)
+    seconds = DISTILL_SECONDS
+    if deadline is not None:
+        left = deadline - time.perf_counter()
+        seconds = min(seconds, (left - 3 * build) / 2)
+        if seconds < MIN_DISTILL_SECONDS:
+            return skipped(
+                f"not enough time left: {max(left, 0.0):.0f} s of --time-budget, it needs about "
+                f"{2 * MIN_DISTILL_SECONDS + 3 * build:.0f} s (training twice: here and in the final rebuild)"
+            )
+        seconds = math.floor(seconds)
+    spec = f"distill{{time_budget={seconds:g}}}"
+    # Trained from the chosen model's cached file, so the teacher (the original) is named explicitly.
+    from_chosen = f"distill{{time_budget={seconds:g}, teacher={original_path}}}"
+    job = {
+        "key": search.key_of(from_chosen, "chosen:" + (chosen.sha256 or chosen.model_path)),
+        "spec": from_chosen,
+        "source": chosen.model_path,
+    }
+    record = search.evaluator.run([job], "distill")[0]
+    candidate = search.make("distill", "distill", f"{chosen.spec},{spec}", record)
+    row = next((r for r in record.get("rows", []) if r.get("pass") == "distill"), {})
+    step = SearchStep(
+        "distill", "failed", candidate.message, seconds=candidate.seconds, time_budget=seconds,
+        details=dict(row.get("details") or {}), candidate=candidate.name,
+    )
+    if candidate.status != "ok":
+        return None, step
+    before, after = search.budget.loss(chosen), search.budget.loss(candidate)
+    figures = f"budgeted loss {before[0]:.4g} -> {after[0]:.4g}"
+    caveat = " (judged on the calibration data it trained on, less its held-out part: give --data)" if in_sample else ""
+    if not candidate.changed:
+        step.status, step.message = "discarded", "training did not lower its held-out loss: weights left as they were"
+    elif not candidate.feasible:
+        step.status = "discarded"
+        step.message = f"outside the budget after training ({candidate.budget_failure or figures})"
+    elif not after < before:
+        step.status, step.message = "discarded", f"no better than the chosen model: {figures}"
+    else:
+        candidate.latency_ms = chosen.latency_ms  # the same graph; only float weights moved
+        step.status, step.message = "kept", f"{figures}{caveat}"
+        return candidate, step
+    return None, step
