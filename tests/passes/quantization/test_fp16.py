@@ -36,7 +36,9 @@ def test_weights_and_compute_become_float16_io_stays_float32():
     assert [v.dtype for v in model.graph.inputs] == [ir.DataType.FLOAT]
     assert [v.dtype for v in model.graph.outputs] == [ir.DataType.FLOAT, ir.DataType.FLOAT]
     assert report.details["kept_float32"] == {"Range": 1}
-    assert report.skipped == {"kept_float32": 1}
+    assert report.skipped == {"float32_op": 1}
+    assert report.details["kept_float32_reasons"] == {"float32_op": {"Range": 1}}
+    assert [n.op_type for n in model.graph].count("Cast") == report.changes["casts_inserted"] == 2  # x in, y out
     assert report.changes["initializers_converted"] == 1 and report.changes["casts_inserted"] >= 2
     x = seeded((3, 8), seed=4)
     for e, a in zip(run_ort(original, {"x": x}), run_ort(model, {"x": x}), strict=True):
