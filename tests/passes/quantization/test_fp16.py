@@ -250,3 +250,29 @@ def test_graph_failing_strict_inference_is_refused_and_model_unchanged(monkeypat
     assert [(row.name, row.status) for row in report.rows] == [("fp16", "skipped")]
     assert "strict shape inference" in report.rows[0].message
     assert ir.to_onnx_text(model) == before
+
+
+def test_fp16_preset_runs_lossless_then_fp16_and_skips_what_fp16_refuses(tmp_path):
+    """``--preset fp16`` is "lossless,fp16{...}" (not the bare pass of the same name); on a model with an If the
+    fp16 pass is skipped with its reason, as any preset pass (exit 0, not 2)."""
+    from sftonnx import api
+    from sftonnx.passes import PRESETS
+
+    text = f"""{HEADER}
+g (float[N,5] x) => (float[N,5] z) {{
+    h = MatMul(x, w)
+    zero = Constant <value_float = 0.0> ()
+    s = ReduceSum <keepdims = 0> (h)
+    c = Greater(s, zero)
+    z = If(c) <then_branch = t () => (float[N,5] o) {{ o = Relu(h) }},
+               else_branch = e () => (float[N,5] o) {{ o = Neg(h) }}>
+}}"""
+    model = make_model(text, w=seeded((5, 5)))
+    data = {"x": seeded((4, 5), seed=7)}
+    result = api.optimize(model, tmp_path / "out.onnx", preset="fp16", data=data)
+    names = [row.name for row in result.report.rows]
+    assert names == [*(r.name for r in api.optimize(model, preset="lossless", data=data).report.rows), "fp16"]
+    assert PRESETS["fp16"].startswith("lossless,")
+    assert result.report.rows[-1].status == "skipped"
+    assert "subgraphs" in result.report.rows[-1].message
+    assert (tmp_path / "out.onnx").is_file()
