@@ -25,6 +25,10 @@ A node stays float32 (skip key in brackets) when:
 * the schema allows float16 but onnxruntime's CPU EP cannot run it in float16, not even by its own fallback
   to float32 (``no_float16_kernel``): ``ScatterElements``/``ScatterND`` with a ``reduction``
   (:data:`ORT_CPU_FLOAT32_REDUCTIONS`);
+* it reads a small float constant with a nonzero value that is 0 in float16, an epsilon guard
+  (``Add(Mul(x, x), 1e-10) -> Log``), and so do the ``Log``/``Sqrt``/``Reciprocal``/``Div``/``Pow`` nodes that
+  read its output (``float16_underflow``): in float16 the guard vanishes and log(0) = -inf turns into NaNs (a
+  TensorFlow audio model's normalized log spectrogram);
 * it is a Transpose that moves the batch axis (``perm=[1, 0, 2]``, ``[1, 2, 0]``, ``[1, 2, 0, 3]``...) and
   feeds a MatMul (``ort_fusion_crash``): onnxruntime's MatmulTransposeFusion crashes the process while creating
   the session on such float16 pairs (1.32, with a 2-D weight: the recurrent encoder lac_encoder).
@@ -40,7 +44,7 @@ Statistics: changes ``initializers_converted``, ``constants_converted`` (Constan
 fill values), ``values_converted``, ``casts_inserted``, ``casts_retargeted`` (a Cast to float32 now casts to
 float16), ``dtypes_retargeted`` (other float32 ``dtype``/``output_dtype`` attributes), ``values_clipped``;
 skipped, one per node kept in float32: ``float32_op``, ``kept_by_option``, ``no_float16_type``, ``no_schema``,
-``no_float16_kernel``, ``ort_fusion_crash``; details ``kept_float32`` (``{op type: count}``) and
+``no_float16_kernel``, ``float16_underflow``, ``ort_fusion_crash``; details ``kept_float32`` (``{op type: count}``) and
 ``kept_float32_reasons`` (``{skip key: {op type: count}}``).
 """
 
@@ -183,6 +187,43 @@ def _strict_inference_problem(model: ir.Model) -> str | None:
     return None
 
 
+#: Ops whose result goes out of range when an epsilon that guarded their input vanished (log 0, 1/0, sqrt 0 / 0).
+_GUARDED_OPS = frozenset({"Log", "Sqrt", "Reciprocal", "Div", "Pow"})
+#: Constants up to this many elements are checked for values that vanish in float16 (epsilons are scalars).
+_GUARD_ELEMENTS = 16
+
+
+def _small_constant(value: ir.Value | None) -> np.ndarray | None:
+    """The float32 array of a small initializer or Constant-node output, else ``None``."""
+    if value is None:
+        return None
+    tensor = value.const_value
+    producer = value.producer()
+    if tensor is None and producer is not None and producer.op_type == "Constant" and not producer.inputs:
+        attribute = producer.attributes.get("value")
+        if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
+            tensor = attribute.as_tensor()
+        elif (attribute := producer.attributes.get("value_float")) is not None:
+            return np.array([attribute.value], np.float32)
+    if tensor is None or tensor.dtype != _FLOAT or tensor.size > _GUARD_ELEMENTS:
+        return None
+    return tensor.numpy()
+
+
+def _reads_vanishing_constant(node: ir.Node) -> bool:
+    """Whether ``node`` reads a small float32 constant with a nonzero value that is 0 in float16.
+
+    Such constants are epsilons (``log(x^2 + 1e-10)``, ``1 / sqrt(var + 1e-12)``): in float16 the guard is gone.
+    """
+    for value in node.inputs:
+        array = _small_constant(value)
+        if array is not None:
+            nonzero = array[np.isfinite(array) & (array != 0)]
+            if nonzero.size and bool((nonzero.astype(np.float16) == 0).any()):
+                return True
+    return False
+
+
 def _formal_types(parameters, index: int) -> list[str] | None:
     """Allowed type strings of formal parameter ``index`` (the last one repeats when variadic), ``None`` if none."""
     if index < len(parameters):
@@ -295,6 +336,13 @@ class ConvertFloat16Pass(SftPass):
         graph = model.graph
         opsets = dict(model.opset_imports)
         reasons = {id(n): reason for n in graph if (reason := self._keep_reason(n, types, opsets)) is not None}
+        for node in graph:  # epsilon guards: the node that adds the epsilon and the Log/Sqrt/Div reading it
+            if id(node) not in reasons and node.domain in ("", "ai.onnx") and _reads_vanishing_constant(node):
+                reasons[id(node)] = "float16_underflow"
+                for value in node.outputs:
+                    for use in value.uses():
+                        if use.node.op_type in _GUARDED_OPS and use.node.domain in ("", "ai.onnx"):
+                            reasons.setdefault(id(use.node), "float16_underflow")
         kept = [n for n in graph if id(n) in reasons]
         fresh = NameAllocator({*types, *graph.initializers, *(n.name for n in graph if n.name)})
         released: list = []

@@ -276,3 +276,30 @@ g (float[N,5] x) => (float[N,5] z) {{
     assert result.report.rows[-1].status == "skipped"
     assert "subgraphs" in result.report.rows[-1].message
     assert (tmp_path / "out.onnx").is_file()
+
+
+def test_epsilon_guard_that_vanishes_in_float16_stays_float32():
+    """``log(x * x + 1e-10)``: 1e-10 is 0 in float16 and x * x underflows for |x| < 2.4e-4, so log gives -inf
+    (basic-pitch's normalized log spectrogram, then NaN). The Add and the Log stay float32, the Mul does not."""
+    text = f"""{HEADER}
+g (float[N,4] x) => (float[N,4] y) {{
+    h = MatMul(x, w)
+    sq = Mul(h, h)
+    eps = Constant <value_float = 1e-10> ()
+    guarded = Add(sq, eps)
+    y = Log(guarded)
+}}"""
+    model = make_model(text, w=np.eye(4, dtype=np.float32))
+    original = io.to_bytes(model)
+    report = ConvertFloat16Pass()(model)
+    check_model(model)
+    assert report.skipped == {"float16_underflow": 2}
+    assert report.details["kept_float32"] == {"Add": 1, "Log": 1}
+    add = _kept(model, "Add")
+    assert add.inputs[1].producer().op_type == "Constant"  # the epsilon itself stays float32 (no Cast pair)
+    assert add.inputs[1].producer().attributes["value_float"].value == pytest.approx(1e-10)
+    x = np.zeros((3, 4), np.float32)  # silence: the original gives log(1e-10), float16 without the guard -inf
+    x[1], x[2] = 1e-5, seeded((4,), seed=8)
+    expected, actual = run_ort(original, {"x": x})[0], run_ort(model, {"x": x})[0]
+    assert np.isfinite(actual).all()
+    assert np.abs(actual - expected).max() < 1.0  # at worst log(1e-10) for log(2e-10): finite, same scale
