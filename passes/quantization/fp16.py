@@ -7,7 +7,8 @@ inputs, initializers, Constant/ConstantOfShape/Cast outputs) stay float32 withou
 only of float32-only nodes comes out unchanged. Attributes that name float32 as an output type are switched
 (``Cast(to=FLOAT)``, ``dtype``/``output_dtype``, ``ConstantOfShape``'s value, also when it is absent and
 defaults to a float32 zero, Constant's ``value``/``value_float(s)``). With ``keep_io_types`` (default) float32
-graph inputs and outputs stay float32, with Casts right after/before them; otherwise they become float16 too.
+graph inputs and outputs stay float32, with Casts right after/before them; otherwise they become float16 too
+(except inputs that only float32 nodes read).
 Values hold ``|x| <= 65504`` in float16: initializers beyond that are clipped (counted as ``values_clipped``).
 
 A node stays float32 (skip key in brackets) when:
@@ -31,9 +32,10 @@ A node stays float32 (skip key in brackets) when:
   TensorFlow audio model's normalized log spectrogram);
 * it is a Transpose that moves the batch axis (``perm=[1, 0, 2]``, ``[1, 2, 0]``, ``[1, 2, 0, 3]``...) and
   feeds a MatMul (``ort_fusion_crash``): onnxruntime's MatmulTransposeFusion crashes the process while creating
-  the session on such float16 pairs (1.32, with a 2-D weight: the recurrent encoder lac_encoder).
+  the session on such float16 pairs (1.32, with a 2-D weight: the exported graph of the recurrent encoder
+  lac_encoder, and madmom's TCN once ``sink-transposes`` has run).
 
-Dtypes of intermediate values come from onnx shape inference (non-strict), completed by running the model
+Dtypes of intermediate values come from onnx shape inference (strict, else lenient), completed by running the model
 once in onnxruntime on random inputs when inference leaves float values untyped. Models with control flow
 (If/Loop/Scan) or local functions are refused (``PreconditionError``): outer-scope values captured by
 subgraphs would change type under them. The conversion works on a clone of the graph; when the original passes
@@ -44,8 +46,8 @@ Statistics: changes ``initializers_converted``, ``constants_converted`` (Constan
 fill values), ``values_converted``, ``casts_inserted``, ``casts_retargeted`` (a Cast to float32 now casts to
 float16), ``dtypes_retargeted`` (other float32 ``dtype``/``output_dtype`` attributes), ``values_clipped``;
 skipped, one per node kept in float32: ``float32_op``, ``kept_by_option``, ``no_float16_type``, ``no_schema``,
-``no_float16_kernel``, ``float16_underflow``, ``ort_fusion_crash``; details ``kept_float32`` (``{op type: count}``) and
-``kept_float32_reasons`` (``{skip key: {op type: count}}``).
+``no_float16_kernel``, ``float16_underflow``, ``ort_fusion_crash``; details ``kept_float32``
+(``{op type: count}``) and ``kept_float32_reasons`` (``{skip key: {op type: count}}``).
 """
 
 from __future__ import annotations
