@@ -303,3 +303,23 @@ g (float[N,4] x) => (float[N,4] y) {{
     expected, actual = run_ort(original, {"x": x})[0], run_ort(model, {"x": x})[0]
     assert np.isfinite(actual).all()
     assert np.abs(actual - expected).max() < 1.0  # at worst log(1e-10) for log(2e-10): finite, same scale
+
+
+def test_dequantize_output_dtype_follows_the_float16_scale():
+    """DequantizeLinear (opset 23) names its output type in ``output_dtype``: float32 becomes float16 with it."""
+    text = """<ir_version: 10, opset_import: ["" : 23]>
+g (float[N,4] x) => (float[N,3] y) {
+    w = DequantizeLinear <output_dtype = 1> (wq, scale, zero)
+    y = MatMul(x, w)
+}"""
+    rng = np.random.default_rng(0)
+    model = make_model(text, wq=rng.integers(-100, 100, (4, 3)).astype(np.int8),
+                       scale=np.array(0.01, np.float32), zero=np.array(0, np.int8))
+    original = io.to_bytes(model)
+    report = ConvertFloat16Pass()(model)
+    check_model(model)
+    dequantize = next(n for n in model.graph if n.op_type == "DequantizeLinear")
+    assert dequantize.attributes["output_dtype"].value == ir.DataType.FLOAT16
+    assert report.changes["dtypes_retargeted"] == 1 and not report.skipped
+    x = seeded((3, 4), seed=9)
+    assert cosine(run_ort(original, {"x": x})[0], run_ort(model, {"x": x})[0]) >= FP16_MIN_COSINE
