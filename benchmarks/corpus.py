@@ -11,10 +11,12 @@ optimized/original (interleaved A B A B with ``sftonnx.benchmark.interleaved_run
 rounds on the first verification sample, median over median), the verification inputs (recipe samples: one
 stacked .npz or a folder of one feed per file), and the outcome of each preset: the exit code of
 ``sftonnx.api.optimize(preset=P)`` (the CLI's exit codes: 0/1/2/3, run in a forked child; -1 when stopped after
-``--timeout`` seconds) and the error's first line. ``int8`` and ``compact`` get calibration samples from the
-recipe (seed 1, distinct from the verification samples, seed 0); their written models are scored on held-out
-samples (seed 2) with the task metric (``tests.corpus.harness.TASK_METRICS``: argmax agreement over the last axis for
-classifier/sequence outputs, cosine for detectors, maps and embeddings; the worst output).
+``--timeout`` seconds; 128 + signal when onnxruntime crashed the child) and the error's first line. ``int8`` and
+``compact`` get calibration samples from the recipe (seed 1, distinct from the verification samples, seed 0);
+their written models, and ``fp16``'s, are scored on held-out samples (seed 2) with the task metric
+(``tests.corpus.harness.TASK_METRICS``: argmax agreement over the last axis for classifier/sequence outputs,
+cosine for detectors, maps and embeddings; the worst output). Presets other than ``lossless`` that wrote a model
+also get their own latency ratio in the cell.
 Models are fetched into ``$SFTONNX_CORPUS`` (see tests/corpus/fetch.py).
 """
 
@@ -43,6 +45,8 @@ from tests.corpus.recipes import samples  # noqa: E402
 
 PRESETS = ("lossless", "fast-cpu", "int8", "compact")
 LOSSY = {"int8", "compact"}
+#: Presets whose written model is scored with the task metric on held-out samples (lossy, fp16 included).
+SCORED = LOSSY | {"fp16"}
 
 
 def run_forked(entry: Entry, path: pathlib.Path, preset: str, output: pathlib.Path, timeout: float, **data):
@@ -59,9 +63,21 @@ def run_forked(entry: Entry, path: pathlib.Path, preset: str, output: pathlib.Pa
     start = time.perf_counter()
     process = context.Process(target=child)
     process.start()
-    try:
-        result = queue.get(timeout=timeout)
-    except Exception:  # queue.Empty: still running
+    result = None
+    while result is None and time.perf_counter() - start < timeout:
+        try:
+            result = queue.get(timeout=1.0)
+        except Exception:  # queue.Empty: still running, or dead without an answer (onnxruntime crashed it)
+            if not process.is_alive() and queue.empty():
+                process.join()
+                return harness.Outcome(
+                    preset,
+                    128 - (process.exitcode or 0) if (process.exitcode or 0) < 0 else process.exitcode or 1,
+                    f"crashed: the process died (exit code {process.exitcode}) without a result",
+                    harness.node_count(path),
+                    seconds=time.perf_counter() - start,
+                )
+    if result is None:
         process.kill()
         process.join()
         return harness.Outcome(
@@ -121,7 +137,12 @@ def measure(entry: Entry, presets: list[str], runs: int, work: pathlib.Path, tim
                 row["latency"] = latency_ratio(path, out, verify[0], runs)
             except Exception as error:  # noqa: BLE001 - reported in the table
                 row["latency_error"] = str(error).splitlines()[0][:120]
-        if outcome.exit_code == 0 and preset in LOSSY:
+        if outcome.exit_code == 0 and preset != "lossless":
+            try:
+                text += f" (latency {latency_ratio(path, out, verify[0], runs):.2f})"
+            except Exception as error:  # noqa: BLE001 - reported in the table
+                text += f" (latency error: {str(error).splitlines()[0][:80]})"
+        if outcome.exit_code == 0 and preset in SCORED:
             held_out = samples(entry, n=8, seed=2)
             reference = harness.run_models(path, held_out)
             kinds = harness.metric_kinds(entry, reference[0])

@@ -121,7 +121,8 @@ def optimize(
             raise InputError("give a pass spec or a preset")
         if preset not in PRESETS:
             raise InputError(f"unknown preset '{preset}' (presets: {', '.join(PRESETS)})")
-        spec: str | Sequence[SftPass] = preset  # expanded by name, so its passes count as from a preset
+        # Expanded here, not by name: "fp16" is a preset and a pass, and spec resolution takes the pass.
+        spec: str | Sequence[SftPass] = PRESETS[preset]
     else:
         spec = passes
     checking = verify or verify_each
@@ -142,6 +143,8 @@ def optimize(
         if budget is not None:
             extra.update(min_cosine=budget.min_cosine, min_agreement=budget.min_agreement)
         built = build_passes(spec, REGISTRY, PRESETS, extra=extra)
+        if passes is None:  # a preset's passes are skipped, not refused, on a model they cannot handle
+            built = [(pass_, True) for pass_, _ in built]
     else:
         built = [(p, False) for p in spec]
     return optimize_model(
