@@ -521,3 +521,11 @@ def test_auto_writes_the_distilled_model_when_distillation_lowers_the_accuracy_d
     assert found.chosen.drop == pytest.approx(written_drop)  # the figures are the written model's
     assert written_drop < pruned.drop  # distillation recovered top-1 on the held-out test set
     assert found.chosen.latency_ms == pruned.latency_ms
+
+
+def test_fp16_preset_candidate_is_the_preset_not_the_bare_pass(tmp_path):
+    """'fp16' names a preset and a pass: the search's preset candidate runs the preset (lossless first)."""
+    model = _tiny_mlp(tmp_path / "mlp.onnx")
+    result = _small_search(model, tmp_path / "cache", presets=["fp16"], techniques=[])
+    candidate = next(c for c in result.candidates if c.name == "preset:fp16")
+    assert candidate.spec.startswith("lossless,") and "fp16" in candidate.spec

@@ -459,9 +459,13 @@ class _Search:
 
     def presets(self, names: Sequence[str], original_path: pathlib.Path) -> None:
         """Phase 1: the fixed presets, from the original; the ``lossless`` result becomes the base."""
-        jobs = [{"key": self.key_of(p, "original"), "spec": p, "source": str(original_path)} for p in names]
-        for name, record in zip(names, self.evaluator.run(jobs, "presets"), strict=True):
-            self.make(f"preset:{name}", "preset", name, record)
+        from sftonnx.passes import PRESETS, REGISTRY
+
+        # A preset that shares its name with a pass ("fp16") is given by its passes: the name alone is the pass.
+        specs = [PRESETS[p] if p in REGISTRY else p for p in names]
+        jobs = [{"key": self.key_of(s, "original"), "spec": s, "source": str(original_path)} for s in specs]
+        for name, spec, record in zip(names, specs, self.evaluator.run(jobs, "presets"), strict=True):
+            self.make(f"preset:{name}", "preset", spec, record)
         base = self.by_spec.get(BASE_PRESET)
         if base is not None and base.status == "ok" and base.model_path:
             self.base_path, self.prefix = base.model_path, BASE_PRESET + ","
