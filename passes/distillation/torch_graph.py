@@ -13,6 +13,13 @@ so autograd differentiates the model with respect to its initializers. It is wha
   float tensor of integer values. With ``train_quantized_weights``, an integer weight read by a
   DequantizeLinear gets a float shadow parameter (its dequantized value) that is fake-quantized with the same
   scale on every forward; :meth:`TorchGraph.write_back` requantizes it into the integer initializer.
+- LSTM/GRU/RNN run with torch's fused kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, oneDNN
+  for LSTM on CPU) when the node fits them: default activations (or Relu for RNN), no clip, no LSTM
+  peepholes or input_forget, GRU linear_before_reset=1, every sequence length >= 1 (varying lengths run as a
+  packed sequence). The parameters stay the ONNX W/R/B tensors; torch's flat weights are reordered copies
+  built on every call (LSTM gates iofc -> ifgo, GRU zrh -> rzn; Wb/Rb are b_ih/b_hh), so gradients reach the
+  ONNX tensors and write-back needs no reordering. Other nodes run the step-by-step loop, which also handles
+  clip, peepholes and input_forget; ``recurrent_paths`` says which ran and why.
 - Op semantics follow the ONNX operator specs (and onnxruntime where the spec leaves room); the converters
   onnx2torch and onnx2pytorch were read for the torch idioms. Shapes are computed at run time, so dynamic
   shapes, Shape/Gather/Concat chains and Reshape by computed shapes work.
@@ -710,33 +717,171 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _activations(node, defaults: list[str], directions: int) -> list[list[Callable]]:
+#: Per op, the ONNX gate each of torch's gates is (torch LSTM i,f,g,o from ONNX i,o,f,c; GRU r,z,n from z,r,h).
+_TORCH_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
+_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+
+def _activation_names(node, directions: int) -> list[str]:
+    defaults = _DEFAULT_ACTIVATIONS[node.op_type]
     names = _Attrs(node)("activations") or defaults * directions
     names = [n.decode() if isinstance(n, bytes) else n for n in names]
-    if len(names) == len(defaults):
-        names = names * directions
+    return names * directions if len(names) == len(defaults) else names
+
+
+def _activations(node, defaults: list[str], directions: int) -> list[list[Callable]]:
+    names = _activation_names(node, directions)
     unknown = sorted({n for n in names if n not in _ACTIVATIONS})
-    if unknown or _Attrs(node)("clip") is not None:
-        raise UnsupportedGraphError(f"torch rendering: {node.op_type} activations {unknown} or clip are not supported")
+    if unknown:
+        raise UnsupportedGraphError(f"torch rendering: {node.op_type} activations {unknown} are not supported")
     per = len(defaults)
     return [[_ACTIVATIONS[n] for n in names[d * per : (d + 1) * per]] for d in range(directions)]
 
 
-def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None):
-    """LSTM, GRU and RNN (ONNX gate orders: LSTM i,o,f,c; GRU z,r,h)."""
+def _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions: int) -> str | None:
+    """Why torch's fused kernel cannot run this LSTM/GRU/RNN (None: it can)."""
+    at = _Attrs(node)
+    op = node.op_type
+    names = _activation_names(node, directions)
+    if op == "RNN":
+        if len(set(names)) != 1 or names[0] not in ("Tanh", "Relu"):
+            return "activations"
+    elif names != _DEFAULT_ACTIVATIONS[op] * directions:
+        return "activations"
+    if at("clip") is not None:
+        return "clip"
+    if op == "LSTM" and at("input_forget", 0):
+        return "input_forget"
+    if op == "LSTM" and peepholes is not None:
+        return "peepholes"
+    if op == "GRU" and not at("linear_before_reset", 0):
+        return "linear_before_reset_0"
+    if x.dtype not in (torch.float32, torch.float64) or any(
+        t is not None and t.dtype != x.dtype for t in (w, r, b, initial_h, initial_c)
+    ):
+        return "dtype"
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return "empty"
+    if lengths is not None and bool((lengths.to(torch.int64) < 1).any()):
+        return "zero_length"
+    return None
+
+
+def _torch_gates(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """ONNX-ordered gate blocks along axis 0 in torch's order (a differentiable copy)."""
+    order = _TORCH_GATE_ORDER[op]
+    if len(order) == 1:
+        return tensor.contiguous()
+    chunks = tensor.chunk(len(order), dim=0)
+    return torch.cat([chunks[i] for i in order], dim=0)
+
+
+def _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions: int):
+    """One LSTM/GRU/RNN layer with torch's fused kernel (``torch._VF``); x is ``[T, B, I]``.
+
+    Weights stay in ONNX layout as parameters: the torch-ordered flat weights are built from them on every call,
+    so gradients flow back to W/R/B and write-back needs no reordering. ONNX's two biases Wb/Rb are torch's
+    b_ih/b_hh. Varying ``sequence_lens`` run as a packed sequence (outputs past a sequence's end are zero, Y_h
+    is its last valid state, as in ONNX).
+    """
+    op = node.op_type
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = r.shape[-1]
+    flat: list[torch.Tensor] = []
+    gates = len(_TORCH_GATE_ORDER[op])
+    for d in range(directions):
+        flat += [_torch_gates(w[d], op), _torch_gates(r[d], op)]
+        if b is not None:
+            flat += [_torch_gates(b[d, : gates * hidden], op), _torch_gates(b[d, gates * hidden :], op)]
+    h0 = initial_h if initial_h is not None else x.new_zeros(directions, batch, hidden)
+    hx: Any = h0
+    if op == "LSTM":
+        hx = (h0, initial_c if initial_c is not None else x.new_zeros(directions, batch, hidden))
+    if op == "RNN":
+        kernel = torch._VF.rnn_relu if _activation_names(node, directions)[0] == "Relu" else torch._VF.rnn_tanh
+    else:
+        kernel = torch._VF.lstm if op == "LSTM" else torch._VF.gru
+    bidirectional = directions == 2
+    lens = lengths.to(torch.int64) if lengths is not None else None
+    if lens is not None and bool((lens >= steps).all()):
+        lens = None
+    reverse = _Attrs(node)("direction", "forward") == "reverse"
+    if reverse:  # torch runs one direction forward only: reverse each sequence in time, and the outputs back
+        x = _flip_time(x, lens)
+    if lens is None:
+        result = kernel(x.contiguous(), hx, flat, b is not None, 1, 0.0, False, bidirectional, False)
+        y = result[0]
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(h.index_select(1, order) for h in hx) if op == "LSTM" else hx.index_select(1, order)
+        result = kernel(packed.data, packed.batch_sizes, hx, flat, b is not None, 1, 0.0, False, bidirectional)
+        packed_y = nn.utils.rnn.PackedSequence(result[0], packed.batch_sizes, order, unorder)
+        y = nn.utils.rnn.pad_packed_sequence(packed_y, total_length=steps)[0]
+        result = (y, *(h.index_select(1, unorder) for h in result[1:]))
+    if reverse:
+        y = _flip_time(y, lens)
+    y = y.reshape(steps, batch, directions, hidden).permute(0, 2, 1, 3)  # [T, D, B, H]
+    return (y, result[1], result[2]) if op == "LSTM" else (y, result[1])
+
+
+def _flip_time(x: torch.Tensor, lens: torch.Tensor | None) -> torch.Tensor:
+    """``x[T, B, ...]`` with each sequence's first ``lens[b]`` steps reversed (all of them when ``lens`` is None)."""
+    if lens is None:
+        return x.flip(0)
+    time = torch.arange(x.shape[0]).unsqueeze(1)  # [T, 1]
+    index = torch.where(time < lens.unsqueeze(0), lens.unsqueeze(0) - 1 - time, time)  # [T, B]
+    index = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(x.shape)
+    return torch.gather(x, 0, index)
+
+
+def _recurrent(
+    node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None, *, fused=True, paths=None
+):
+    """LSTM, GRU and RNN (ONNX gate orders: LSTM i,o,f,c; GRU z,r,h).
+
+    With ``fused``, torch's fused kernel runs the layer when it can express it (default activations, no clip,
+    no LSTM input_forget or peepholes, GRU linear_before_reset=1, float32/64, every sequence length >= 1);
+    otherwise a Python loop over the time steps does. ``paths`` (a dict) records per node "fused" or
+    "loop: <reason>".
+    """
+    at = _Attrs(node)
+    directions = 2 if at("direction", "forward") == "bidirectional" else 1
+    if at("layout", 0):
+        x = x.transpose(0, 1)
+        initial_h = initial_h.transpose(0, 1) if initial_h is not None else None
+        initial_c = initial_c.transpose(0, 1) if initial_c is not None else None
+    blocker = "disabled"
+    if fused:
+        blocker = _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions)
+    if paths is not None:
+        paths[node.name or node.op_type] = "fused" if blocker is None else f"loop: {blocker}"
+    if blocker is None:
+        outputs = _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions)
+    else:
+        outputs = _recurrent_loop(node, x, w, r, b, lengths, initial_h, initial_c, peepholes)
+    if at("layout", 0):
+        y, *states = outputs
+        outputs = (y.permute(2, 0, 1, 3), *(s.transpose(0, 1) for s in states))
+    return outputs
+
+
+def _recurrent_loop(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None):
+    """The reference rendering of LSTM/GRU/RNN (``x`` is ``[T, B, I]``): one time step at a time in Python.
+
+    It runs what the fused kernels cannot: other activations, clip, peepholes, input_forget, both GRU forms.
+    ``clip`` bounds every activation's input to [-clip, clip] except the LSTM output's h(C) (as onnxruntime);
+    ``input_forget`` couples the LSTM gates: f = 1 - i.
+    """
     at = _Attrs(node)
     op = node.op_type
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     direction = at("direction", "forward")
     directions = 2 if direction == "bidirectional" else 1
-    if at("layout", 0):
-        x = x.transpose(0, 1)
-        initial_h = initial_h.transpose(0, 1) if initial_h is not None else None
-        initial_c = initial_c.transpose(0, 1) if initial_c is not None else None
-    if op == "LSTM" and at("input_forget", 0):
-        raise UnsupportedGraphError("torch rendering: LSTM input_forget is not supported")
-    defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[op]
-    acts = _activations(node, defaults, directions)
+    acts = _activations(node, _DEFAULT_ACTIVATIONS[op], directions)
+    clip = at("clip")
+    bound = (lambda v: v.clamp(-clip, clip)) if clip is not None else (lambda v: v)
+    coupled = op == "LSTM" and bool(at("input_forget", 0))
     steps, batch = x.shape[0], x.shape[1]
     hidden = r.shape[-1]
     mask = None
@@ -746,49 +891,53 @@ def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=No
     ys, hs, cs = [], [], []
     for d in range(directions):
         reverse = direction == "reverse" or d == 1
-        wd, rd = w[d], r[d]
+        rd_t = r[d].transpose(0, 1)  # [H, gates*H]
         bias_w = b[d, : gates * hidden] if b is not None else None
         bias_r = b[d, gates * hidden :] if b is not None else None
-        projected = x @ wd.transpose(0, 1)  # [T, B, gates*H]
+        projected = x @ w[d].transpose(0, 1)  # [T, B, gates*H]
         if bias_w is not None:
+            # Rb joins Wb outside the loop, except GRU's Rbh, which the reset gate multiplies (linear_before_reset)
+            if op == "GRU":
+                zeros = bias_r.new_zeros(hidden)
+                bias_r, bias_w = bias_r[2 * hidden :], bias_w + torch.cat([bias_r[: 2 * hidden], zeros])
+            else:
+                bias_w, bias_r = bias_w + bias_r, None
             projected = projected + bias_w
         h = initial_h[d] if initial_h is not None else x.new_zeros(batch, hidden)
         c = initial_c[d] if (op == "LSTM" and initial_c is not None) else x.new_zeros(batch, hidden)
+        if peepholes is not None:
+            p_i, p_o, p_f = peepholes[d].chunk(3)
         outputs: list[torch.Tensor | None] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         for t in order:
             xt = projected[t]
             if op == "LSTM":
                 f_act, g_act, h_act = acts[d]
-                hr = h @ rd.transpose(0, 1)
-                if bias_r is not None:
-                    hr = hr + bias_r
-                i_g, o_g, f_g, c_g = (xt + hr).chunk(4, dim=-1)
+                i_g, o_g, f_g, c_g = torch.addmm(xt, h, rd_t).chunk(4, dim=-1)
                 if peepholes is not None:
-                    p_i, p_o, p_f = peepholes[d].chunk(3)
-                    i_g, f_g = i_g + p_i * c, f_g + p_f * c
-                i_t, f_t, c_t = f_act(i_g), f_act(f_g), g_act(c_g)
+                    i_g, f_g = torch.addcmul(i_g, p_i, c), torch.addcmul(f_g, p_f, c)
+                i_t, c_t = f_act(bound(i_g)), g_act(bound(c_g))
+                f_t = 1.0 - i_t if coupled else f_act(bound(f_g))
                 c_new = f_t * c + i_t * c_t
                 if peepholes is not None:
-                    o_g = o_g + p_o * c_new
-                h_new = f_act(o_g) * h_act(c_new)
+                    o_g = torch.addcmul(o_g, p_o, c_new)
+                h_new = f_act(bound(o_g)) * h_act(c_new)
             elif op == "GRU":
                 f_act, g_act = acts[d]
-                x_z, x_r, x_h = xt.chunk(3, dim=-1)
-                r_z, r_r, r_h = rd.chunk(3, dim=0)
-                b_z, b_r, b_h = bias_r.chunk(3) if bias_r is not None else (0.0, 0.0, 0.0)
-                z_t = f_act(x_z + h @ r_z.transpose(0, 1) + b_z)
-                r_t = f_act(x_r + h @ r_r.transpose(0, 1) + b_r)
+                x_zr, x_h = xt[:, : 2 * hidden], xt[:, 2 * hidden :]
+                z_t, r_t = f_act(bound(x_zr + h @ rd_t[:, : 2 * hidden])).chunk(2, dim=-1)
+                r_h = rd_t[:, 2 * hidden :]
                 if at("linear_before_reset", 0):
-                    h_tilde = g_act(x_h + r_t * (h @ r_h.transpose(0, 1) + b_h))
+                    hr_h = h @ r_h if bias_r is None else torch.addmm(bias_r, h, r_h)
+                    h_tilde = g_act(bound(x_h + r_t * hr_h))
                 else:
-                    h_tilde = g_act(x_h + (r_t * h) @ r_h.transpose(0, 1) + b_h)
+                    hr_h = (r_t * h) @ r_h
+                    h_tilde = g_act(bound(x_h + (hr_h if bias_r is None else hr_h + bias_r)))
                 h_new = (1.0 - z_t) * h_tilde + z_t * h
                 c_new = c
             else:
                 (f_act,) = acts[d]
-                hr = h @ rd.transpose(0, 1)
-                h_new = f_act(xt + hr + (bias_r if bias_r is not None else 0.0))
+                h_new = f_act(bound(torch.addmm(xt, h, rd_t)))
                 c_new = c
             if mask is not None:
                 m = mask[t]
@@ -804,9 +953,9 @@ def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=No
     y = torch.stack(ys, dim=1)  # [T, D, B, H]
     y_h = torch.stack(hs)
     y_c = torch.stack(cs)
-    if at("layout", 0):
-        y = y.permute(2, 0, 1, 3)
-        y_h, y_c = y_h.transpose(0, 1), y_c.transpose(0, 1)
+    if lengths is not None and bool((lengths == 0).any()):  # onnxruntime: an empty sequence's states are zero
+        empty = (lengths.to(torch.int64) == 0).to(x.dtype).reshape(1, batch, 1)
+        y_h, y_c = y_h * (1.0 - empty), y_c * (1.0 - empty)
     return (y, y_h, y_c) if op == "LSTM" else (y, y_h)
 
 
@@ -867,9 +1016,6 @@ _OPS: dict[str, Callable[..., Any]] = {
     "BatchNormalization": _batch_norm,
     "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
-    "LSTM": _recurrent,
-    "GRU": _recurrent,
-    "RNN": _recurrent,
     "PRelu": _prelu,
     "Einsum": _einsum,
     "Add": lambda node, a, b: a + b,
@@ -950,6 +1096,9 @@ _OPS: dict[str, Callable[..., Any]] = {
     "DequantizeLinear": _dequantize_linear,
 }
 
+#: LSTM/GRU/RNN, run by ``_recurrent`` (fused kernel or loop).
+_RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
 #: Ops whose semantics depend on the opset (called with ``opset=``).
 _OPSET_OPS: dict[str, Callable[..., Any]] = {
     "Softmax": lambda node, x, *, opset: _softmax(node, x, log=False, opset=opset),
@@ -979,22 +1128,29 @@ class TorchGraph(nn.Module):
         model: The model; it is read, not changed, until :meth:`write_back`.
         train_quantized_weights: Give integer weights read by a DequantizeLinear a float shadow parameter
             (QAT); otherwise they stay fixed.
+        fused_recurrent: Run LSTM/GRU/RNN with torch's fused kernels where they express the node (see
+            ``_recurrent``); False keeps the step-by-step loop everywhere (the reference).
 
     Attributes:
         parameter_names: ``{parameter key: initializer name}`` for every trainable tensor.
         input_names, output_names: The graph's inputs (without initializers) and outputs.
+        recurrent_paths: ``{LSTM/GRU/RNN node name: "fused" or "loop: <reason>"}`` of the last forward.
 
     Raises:
         UnsupportedGraphError: The graph holds ops the rendering cannot run (all of them named).
     """
 
-    def __init__(self, model: ir.Model, *, train_quantized_weights: bool = False) -> None:
+    def __init__(
+        self, model: ir.Model, *, train_quantized_weights: bool = False, fused_recurrent: bool = True
+    ) -> None:
         super().__init__()
         missing = unsupported_ops(model)
         if missing:
             listed = ", ".join(f"{op} ({count})" for op, count in sorted(missing.items()))
             raise UnsupportedGraphError(f"torch rendering cannot run these ops: {listed}")
         self.opset = opset_version(model)
+        self.fused_recurrent = fused_recurrent
+        self.recurrent_paths: dict[str, str] = {}
         self.graph = model.graph
         self.nodes = list(model.graph)
         self.input_names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
@@ -1099,7 +1255,9 @@ class TorchGraph(nn.Module):
             while args and args[-1] is None:
                 args.pop()
             try:
-                if node.op_type in _OPSET_OPS:
+                if node.op_type in _RECURRENT_OPS:
+                    result = _recurrent(node, *args, fused=self.fused_recurrent, paths=self.recurrent_paths)
+                elif node.op_type in _OPSET_OPS:
                     result = _OPSET_OPS[node.op_type](node, *args, opset=self.opset)
                 else:
                     result = _OPS[node.op_type](node, *args)

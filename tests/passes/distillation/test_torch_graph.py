@@ -213,3 +213,170 @@ def test_zoo_models_match_onnxruntime(name, tmp_path_factory):
     else:
         x = rng.standard_normal((2, *spec.shape)).astype(np.float32)
     assert_matches_ort(io.load(str(path)), {spec.input_name: x})
+
+
+# ------------------------------------------------------------------------ recurrent: fused kernels vs loop
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent_model(op, direction="forward", attrs="", *, layout=0, lens=True, states=True, peepholes=False,
+                    hidden=5, inputs=3, steps=6, batch=2):
+    """One LSTM/GRU/RNN node reading every optional input it is given, with seeded weights, and its feeds."""
+    dirs = 2 if direction == "bidirectional" else 1
+    gates = GATES[op]
+    time_major = (steps, batch) if layout == 0 else (batch, steps)
+    args = ["x", "w", "r", "b", "lens" if lens else "", "h0" if states else ""]
+    if op == "LSTM":
+        args += ["c0" if states else "", "p" if peepholes else ""]
+    outputs = "y, yh, yc" if op == "LSTM" else "y, yh"
+    declared = ", float[?,?,?] yc" if op == "LSTM" else ""
+    inits = {
+        "w": seeded((dirs, gates * hidden, inputs), 1, 0.5),
+        "r": seeded((dirs, gates * hidden, hidden), 2, 0.5),
+        "b": seeded((dirs, 2 * gates * hidden), 3, 0.5),
+    }
+    if states:  # the same values in either layout
+        inits["h0"] = seeded((dirs, batch, hidden), 4)
+        if op == "LSTM":
+            inits["c0"] = seeded((dirs, batch, hidden), 6)
+        if layout:
+            inits = {k: v.transpose(1, 0, 2) if k in ("h0", "c0") else v for k, v in inits.items()}
+    if peepholes:
+        inits["p"] = seeded((dirs, 3 * hidden), 8, 0.5)
+    x_decl = ",".join(map(str, (*time_major, inputs)))
+    model = make_model(
+        f"{header()}\ng (float[{x_decl}] x, int32[{batch}] lens) => (float[?,?,?,?] y, float[?,?,?] yh{declared}) "
+        f"{{ {outputs} = {op} <hidden_size={hidden}, direction=\"{direction}\", layout={layout}{attrs}> "
+        f"({', '.join(args).rstrip(', ')}) }}",
+        **inits,
+    )
+    if not lens:
+        model.graph.inputs[:] = [v for v in model.graph.inputs if v.name != "lens"]
+    feeds = {"x": seeded((steps, batch, inputs), 5)}
+    if layout:
+        feeds["x"] = np.ascontiguousarray(feeds["x"].transpose(1, 0, 2))
+    if lens:
+        feeds["lens"] = np.array([steps] + [steps - 2 - i % (steps - 2) for i in range(batch - 1)], np.int32)
+    return model, feeds
+
+
+FUSED_CASES = {
+    "lstm": ("LSTM", ""),
+    "gru": ("GRU", ", linear_before_reset=1"),
+    "rnn_tanh": ("RNN", ""),
+    "rnn_relu": ("RNN", ', activations=["Relu", "Relu"]'),
+    "lstm_default_activations": ("LSTM", ', activations=["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Tanh"]'),
+}
+
+
+def assert_close(actual, expected, atol=1e-5):
+    assert len(actual) == len(expected)
+    for act, exp in zip(actual, expected, strict=True):
+        assert act.shape == exp.shape
+        np.testing.assert_allclose(act, exp, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize(("lens", "layout"), [(False, 0), (True, 0), (True, 1)], ids=["nolens", "varying", "layout1"])
+def test_fused_recurrent_equals_loop_and_onnxruntime(case, direction, lens, layout):
+    op, attrs = FUSED_CASES[case]
+    if case == "rnn_relu" and direction != "bidirectional":
+        attrs = ', activations=["Relu"]'
+    if case == "lstm_default_activations" and direction != "bidirectional":
+        attrs = ', activations=["Sigmoid", "Tanh", "Tanh"]'
+    model, feeds = recurrent_model(op, direction, attrs, layout=layout, lens=lens)
+    fused = TorchGraph(model)
+    actual = fused.run_numpy(feeds)
+    assert list(fused.recurrent_paths.values()) == ["fused"]
+    loop = TorchGraph(model, fused_recurrent=False)
+    assert_close(actual, loop.run_numpy(feeds))
+    assert list(loop.recurrent_paths.values()) == ["loop: disabled"]
+    if layout:  # onnxruntime runs only layout 0: compare with the same node in layout 0, transposed
+        model, feeds = recurrent_model(op, direction, attrs, layout=0, lens=lens)
+        actual = [actual[0].transpose(1, 2, 0, 3), *(a.transpose(1, 0, 2) for a in actual[1:])]
+    assert_close(actual, run_ort(model, feeds))
+
+
+def test_fused_recurrent_handles_wider_batches_and_a_bigger_hidden_size():
+    model, feeds = recurrent_model("LSTM", "bidirectional", hidden=32, inputs=16, steps=12, batch=5)
+    graph = assert_matches_ort(model, feeds, atol=1e-5)
+    assert set(graph.recurrent_paths.values()) == {"fused"}
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "peepholes", "reason"),
+    [
+        ("LSTM", "", True, "peepholes"),
+        ("LSTM", ", input_forget=1", False, "input_forget"),
+        ("LSTM", ", clip=0.4", False, "clip"),
+        ("LSTM", ', activations=["Sigmoid", "Relu", "Tanh", "Sigmoid", "Relu", "Tanh"]', False, "activations"),
+        ("GRU", "", False, "linear_before_reset_0"),
+        ("GRU", ", linear_before_reset=1, clip=0.3", False, "clip"),
+        ("RNN", ', activations=["Sigmoid", "Sigmoid"]', False, "activations"),
+        ("RNN", ', activations=["Tanh", "Relu"]', False, "activations"),
+        ("RNN", ", clip=0.2", False, "clip"),
+    ],
+)
+def test_unsupported_recurrent_attributes_fall_back_to_the_loop(op, attrs, peepholes, reason):
+    model, feeds = recurrent_model(op, "bidirectional", attrs, peepholes=peepholes)
+    graph = assert_matches_ort(model, feeds, atol=1e-5)
+    assert list(graph.recurrent_paths.values()) == [f"loop: {reason}"]
+
+
+@pytest.mark.parametrize(("op", "attrs"), [("LSTM", ""), ("GRU", ", linear_before_reset=1")])
+def test_a_zero_sequence_length_falls_back_to_the_loop(op, attrs):
+    model, feeds = recurrent_model(op, "bidirectional", attrs, batch=3)
+    feeds["lens"] = np.array([6, 0, 3], np.int32)
+    graph = assert_matches_ort(model, feeds, atol=1e-5)
+    assert list(graph.recurrent_paths.values()) == ["loop: zero_length"]
+
+
+def _loss(graph: TorchGraph, feeds) -> torch.Tensor:
+    outputs = graph(feeds)
+    weights = [torch.linspace(-1.0, 1.0, outputs[n].numel()).reshape(outputs[n].shape) for n in graph.output_names]
+    pairs = zip(graph.output_names, weights, strict=True)
+    return sum((outputs[n] * k).sum() + outputs[n].square().sum() for n, k in pairs)
+
+
+@pytest.mark.parametrize(("op", "attrs"), [("LSTM", ""), ("GRU", ", linear_before_reset=1"), ("RNN", "")])
+@pytest.mark.parametrize("lens", [False, True], ids=["full", "varying"])
+def test_fused_gradients_reach_w_r_b_and_equal_the_loop_gradients(op, attrs, lens):
+    model, feeds = recurrent_model(op, "bidirectional", attrs, lens=lens)
+    grads = {}
+    for fused in (True, False):
+        graph = TorchGraph(model, fused_recurrent=fused)
+        _loss(graph, feeds).backward()
+        grads[fused] = {graph.parameter_names[k]: p.grad.numpy().copy() for k, p in graph.weights.items()}
+        assert set(graph.recurrent_paths.values()) == {"fused" if fused else "loop: disabled"}
+    assert sorted(grads[True]) == ["b", "r", "w"]
+    for name, grad in grads[True].items():
+        assert np.all(np.abs(grad).reshape(grad.shape[0], -1).sum(axis=1) > 0), name  # both directions
+        np.testing.assert_allclose(grad, grads[False][name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("op", "attrs"), [("LSTM", ""), ("GRU", ", linear_before_reset=1"), ("RNN", "")])
+def test_recurrent_weights_round_trip_exactly(op, attrs):
+    model, feeds = recurrent_model(op, "bidirectional", attrs)
+    before = {n: v.const_value.numpy().copy() for n, v in model.graph.initializers.items()}
+    graph = TorchGraph(model)
+    assert graph.write_back(model) == 3
+    for name in ("w", "r", "b"):
+        assert np.array_equal(model.graph.initializers[name].const_value.numpy(), before[name])
+    # One SGD step, fused and loop from the same start, lands on the same ONNX-ordered weights.
+    trained = {}
+    for fused in (True, False):
+        graph = TorchGraph(model, fused_recurrent=fused)
+        optimizer = torch.optim.SGD(graph.parameters(), lr=0.05)
+        _loss(graph, feeds).backward()
+        optimizer.step()
+        trained[fused] = graph
+    expected = trained[True].run_numpy(feeds)
+    assert trained[True].write_back(model) == 3
+    for key, name in trained[True].parameter_names.items():
+        written = model.graph.initializers[name].const_value.numpy()
+        assert np.array_equal(written, trained[True].weights[key].detach().numpy())
+        assert not np.array_equal(written, before[name])
+        loop_key = next(k for k, n in trained[False].parameter_names.items() if n == name)
+        np.testing.assert_allclose(written, trained[False].weights[loop_key].detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert_close(run_ort(model, feeds), expected)
