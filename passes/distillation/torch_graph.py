@@ -13,6 +13,13 @@ so autograd differentiates the model with respect to its initializers. It is wha
   float tensor of integer values. With ``train_quantized_weights``, an integer weight read by a
   DequantizeLinear gets a float shadow parameter (its dequantized value) that is fake-quantized with the same
   scale on every forward; :meth:`TorchGraph.write_back` requantizes it into the integer initializer.
+- With ``train_scales`` (LSQ-style QAT of scales), every positive float32 scale initializer read only as a
+  Q/DQ scale becomes a parameter ``log s`` (so it stays positive). Through the straight-through round, the
+  gradient of ``DQ(Q(x))`` with respect to ``s`` is LSQ's: ``round(x/s) - x/s`` inside the range, the bound
+  ``qmin - z`` / ``qmax - z`` outside. An int32 bias of Conv/ConvTranspose/Gemm whose scale is ``s_x * s_w`` (as
+  the quantizers write it, and as onnxruntime's fused integer kernels assume) keeps that scale tied to the
+  trained ``s_x`` and ``s_w`` and gets a float shadow; write-back requantizes it at the new product. A bias scale
+  that is not that product is left alone (neither tied nor trained).
 - LSTM/GRU/RNN run with torch's fused kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, oneDNN
   for LSTM on CPU) when the node fits them: default activations (or Relu for RNN), no clip, no LSTM
   peepholes or input_forget, GRU linear_before_reset=1, every sequence length >= 1 (varying lengths run as a
@@ -1128,6 +1135,8 @@ class TorchGraph(nn.Module):
         model: The model; it is read, not changed, until :meth:`write_back`.
         train_quantized_weights: Give integer weights read by a DequantizeLinear a float shadow parameter
             (QAT); otherwise they stay fixed.
+        train_scales: Train the Q/DQ scales too (in log space; see the module docstring); int32 biases at
+            ``s_x * s_w`` stay at that product.
         fused_recurrent: Run LSTM/GRU/RNN with torch's fused kernels where they express the node (see
             ``_recurrent``); False keeps the step-by-step loop everywhere (the reference).
 
@@ -1135,13 +1144,19 @@ class TorchGraph(nn.Module):
         parameter_names: ``{parameter key: initializer name}`` for every trainable tensor.
         input_names, output_names: The graph's inputs (without initializers) and outputs.
         recurrent_paths: ``{LSTM/GRU/RNN node name: "fused" or "loop: <reason>"}`` of the last forward.
+        tied_bias_scales: ``{bias scale initializer: (s_x initializer, s_w initializer)}`` (``train_scales``).
 
     Raises:
         UnsupportedGraphError: The graph holds ops the rendering cannot run (all of them named).
     """
 
     def __init__(
-        self, model: ir.Model, *, train_quantized_weights: bool = False, fused_recurrent: bool = True
+        self,
+        model: ir.Model,
+        *,
+        train_quantized_weights: bool = False,
+        train_scales: bool = False,
+        fused_recurrent: bool = True,
     ) -> None:
         super().__init__()
         missing = unsupported_ops(model)
@@ -1158,22 +1173,33 @@ class TorchGraph(nn.Module):
         self.weights = nn.ParameterDict()
         self.parameter_names: dict[str, str] = {}
         self._constants: dict[str, torch.Tensor] = {}
-        #: Shadow float weights of integer initializers: {initializer name: (key, scale, zero point, axis, dtype)}
-        self._shadows: dict[str, tuple[str, np.ndarray, np.ndarray | None, int, np.dtype]] = {}
+        #: Float shadows of integer initializers read by a DequantizeLinear: {initializer name: _Shadow}
+        self._shadows: dict[str, _Shadow] = {}
+        #: Scales trained as log(s): the names of those initializers
+        self._log_scales: set[str] = set()
+        #: Bias scales kept equal to s_x * s_w: {bias scale name: (s_x name, s_w name)}
+        self.tied_bias_scales: dict[str, tuple[str, str]] = {}
         graph_inputs = {v.name for v in model.graph.inputs}
-        trainable = self._trainable_names(train_quantized_weights)
+        trainable = self._trainable_names()
+        if train_scales:
+            self._find_scales(graph_inputs)
+        self._find_shadows(train_quantized_weights, train_scales)
         for name, value in model.graph.initializers.items():
             array = value.const_value.numpy() if value.const_value is not None else None
             if array is None:
                 continue
             if name in self._shadows:
-                key, scale, zero, axis, _ = self._shadows[name]
-                shape = [1] * array.ndim
-                if scale.size > 1:
-                    shape[axis] = scale.size
-                offset = zero.astype(np.float32).reshape(shape) if zero is not None else 0.0
-                dequantized = (array.astype(np.float32) - offset) * scale.astype(np.float32).reshape(shape)
-                self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(dequantized, np.float32)))
+                shadow = self._shadows[name]
+                scale = model.graph.initializers[shadow.scale].const_value.numpy()
+                floats = torch.from_numpy(_dequantize(array, scale, shadow.zero, shadow.axis))
+                if shadow.key is None:
+                    shadow.fixed = floats
+                else:
+                    self.weights[shadow.key] = nn.Parameter(floats)
+                    self.parameter_names[shadow.key] = name
+            elif name in self._log_scales:
+                key = f"s{sum(1 for k in self.weights if k.startswith('s'))}"
+                self.weights[key] = nn.Parameter(torch.log(to_tensor(array).to(torch.float64)).float())
                 self.parameter_names[key] = name
             elif name in trainable and name not in graph_inputs:
                 key = f"w{len(self.weights)}"
@@ -1182,9 +1208,8 @@ class TorchGraph(nn.Module):
             else:
                 self._constants[name] = to_tensor(array)
         self._key_of = {name: key for key, name in self.parameter_names.items()}
-        self._dtypes = {
-            name: model.graph.initializers[name].const_value.numpy().dtype for name in self.parameter_names.values()
-        }
+        self._dtypes = {name: value.const_value.numpy().dtype for name, value in model.graph.initializers.items()
+                        if value.const_value is not None}
         for node in self.nodes:
             if node.op_type == "Constant":
                 array = constant_array(node.outputs[0])
@@ -1192,7 +1217,7 @@ class TorchGraph(nn.Module):
                     raise UnsupportedGraphError(f"torch rendering: Constant '{node.name}' cannot be read")
                 self._constants[node.outputs[0].name] = to_tensor(array)
 
-    def _trainable_names(self, quantized: bool) -> set[str]:
+    def _trainable_names(self) -> set[str]:
         names: set[str] = set()
         for node in self.nodes:
             positions = TRAINABLE_INPUTS.get(node.op_type, ())
@@ -1203,17 +1228,52 @@ class TorchGraph(nn.Module):
                     continue
                 if value.const_value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                     names.add(value.name)
-            if quantized and node.op_type == "DequantizeLinear" and self._qat_site(node):
-                weight, scale, zero = node.inputs[0], node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
-                key = f"q{len(self._shadows)}"
-                self._shadows[weight.name] = (
-                    key,
-                    scale.const_value.numpy(),
-                    zero.const_value.numpy() if zero is not None else None,
-                    _Attrs(node)("axis", 1),
-                    weight.const_value.numpy().dtype,
-                )
         return names
+
+    def _find_scales(self, graph_inputs: set[str]) -> None:
+        """Scales to train (positive float initializers read only as Q/DQ scales) and bias scales to tie."""
+        for node in self.nodes:
+            if node.op_type != "DequantizeLinear":
+                continue
+            tied = _tied_bias_scale(node)
+            if tied is not None:
+                self.tied_bias_scales[node.inputs[1].name] = tied
+        for node in self.nodes:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.inputs) < 2:
+                continue
+            scale = node.inputs[1]
+            if scale is None or not scale.is_initializer() or scale.const_value is None:
+                continue
+            if scale.name in graph_inputs or scale.name in self.tied_bias_scales:
+                continue
+            data = node.inputs[0]
+            if node.op_type == "DequantizeLinear" and (data is None or data.dtype == ir.DataType.INT32):
+                continue  # an untied int32 bias keeps its scale: kernels read it as s_x * s_w
+            array = scale.const_value.numpy()
+            if array.dtype != np.float32 or not np.all(array > 0):
+                continue
+            if all(user.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 1
+                   for user, index in scale.uses()):
+                self._log_scales.add(scale.name)
+
+    def _find_shadows(self, quantized: bool, train_scales: bool) -> None:
+        for node in self.nodes:
+            if node.op_type != "DequantizeLinear" or not self._qat_site(node):
+                continue
+            weight, scale = node.inputs[0], node.inputs[1]
+            zero = node.inputs[2] if len(node.inputs) > 2 else None
+            is_bias = weight.const_value.dtype == ir.DataType.INT32
+            if is_bias and not (train_scales and scale.name in self.tied_bias_scales):
+                continue  # an int32 bias needs a float shadow only when its (tied) scale moves
+            if not is_bias and not quantized:
+                continue
+            self._shadows[weight.name] = _Shadow(
+                key=f"q{len(self._shadows)}" if quantized else None,
+                scale=scale.name,
+                zero=zero.const_value.numpy() if zero is not None else None,
+                axis=_Attrs(node)("axis", 1),
+                dtype=weight.const_value.numpy().dtype,
+            )
 
     @staticmethod
     def _qat_site(node: ir.Node) -> bool:
@@ -1224,27 +1284,36 @@ class TorchGraph(nn.Module):
             return False
         if scale.const_value is None or (zero is not None and zero.const_value is None):
             return False
-        return weight.const_value.dtype in (ir.DataType.INT8, ir.DataType.UINT8) and len(weight.uses()) == 1
+        kinds = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT32)
+        return weight.const_value.dtype in kinds and len(weight.uses()) == 1
 
     # ------------------------------------------------------------------------------------- running
+    def _weights_env(self) -> dict[str, torch.Tensor]:
+        """Initializer values as the graph reads them: parameters, scales, tied bias scales, fake-quantized shadows."""
+        env: dict[str, torch.Tensor] = {}
+        for key, param in self.weights.items():
+            name = self.parameter_names[key]
+            if name in self._log_scales:
+                env[name] = torch.exp(param)
+            elif name not in self._shadows:
+                env[name] = param
+        for name, (input_scale, weight_scale) in self.tied_bias_scales.items():
+            s_x = env[input_scale] if input_scale in env else self._constants[input_scale]
+            s_w = env[weight_scale] if weight_scale in env else self._constants[weight_scale]
+            env[name] = s_x.reshape(()) * s_w.reshape(-1) if s_w.numel() > 1 else (s_x * s_w).reshape(())
+        for name, shadow in self._shadows.items():
+            floats = shadow.fixed if shadow.key is None else self.weights[shadow.key]
+            scale = env[shadow.scale] if shadow.scale in env else self._constants[shadow.scale]
+            zero = torch.from_numpy(shadow.zero) if shadow.zero is not None else None
+            env[name] = fake_quantize(floats, scale, zero, shadow.axis, _NUMPY_TO_TORCH[np.dtype(shadow.dtype)])
+        return env
+
     def forward(
         self, feeds: Mapping[str, torch.Tensor | np.ndarray], keep: Iterable[str] = ()
     ) -> dict[str, torch.Tensor]:
         """Run the graph: ``{output name: tensor}`` plus the intermediate tensors named in ``keep``."""
         env: dict[str, torch.Tensor] = dict(self._constants)
-        for key, param in self.weights.items():
-            name = self.parameter_names[key]
-            if name in self._shadows:
-                _, scale, zero, axis, dtype = self._shadows[name]
-                env[name] = fake_quantize(
-                    param,
-                    torch.from_numpy(scale),
-                    torch.from_numpy(zero) if zero is not None else None,
-                    axis,
-                    _NUMPY_TO_TORCH[np.dtype(dtype)],
-                )
-            else:
-                env[name] = param
+        env.update(self._weights_env())
         for name in self.input_names:
             value = feeds[name]
             env[name] = value if isinstance(value, torch.Tensor) else to_tensor(value)
@@ -1284,23 +1353,72 @@ class TorchGraph(nn.Module):
     def write_back(self, model: ir.Model) -> int:
         """Put the trained values into the model's initializers (same names, shapes, dtypes); returns the count.
 
-        Shadow weights of quantized initializers are requantized with their fixed scale and zero point.
+        Trained scales are written as ``exp(log s)`` (positive), tied bias scales as ``s_x * s_w``, and shadow
+        weights are requantized with their scale and zero point as written (int32 biases at ``s_x * s_w``).
         """
-        written = 0
-        for key, name in self.parameter_names.items():
-            value = model.graph.initializers[name]
-            param = self.weights[key].detach()
-            if name in self._shadows:
-                _, scale, zero, axis, dtype = self._shadows[name]
-                array = fake_quantize(
-                    param,
-                    torch.from_numpy(scale),
-                    torch.from_numpy(zero) if zero is not None else None,
-                    axis,
-                    _NUMPY_TO_TORCH[np.dtype(dtype)],
-                ).numpy().astype(dtype)
-            else:
-                array = param.numpy().astype(self._dtypes[name])
-            value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
-            written += 1
-        return written
+        with torch.no_grad():
+            env = self._weights_env()
+        names = [*self.parameter_names.values(), *self.tied_bias_scales, *self._shadows]
+        for name in dict.fromkeys(names):
+            array = env[name].detach().numpy().astype(self._dtypes[name]).reshape(self._shape(model, name))
+            if name in self._log_scales or name in self.tied_bias_scales:
+                array = np.maximum(array, np.finfo(array.dtype).tiny)  # exp(log s) can underflow; a scale stays > 0
+            model.graph.initializers[name].const_value = ir.tensor(np.array(array, order="C"), name=name)
+        return len(dict.fromkeys(names))
+
+    @staticmethod
+    def _shape(model: ir.Model, name: str) -> tuple[int, ...]:
+        return tuple(model.graph.initializers[name].const_value.shape.numpy())
+
+
+class _Shadow:
+    """A float stand-in for an integer initializer read by a DequantizeLinear (fake-quantized on every read)."""
+
+    def __init__(self, *, key: str | None, scale: str, zero: np.ndarray | None, axis: int, dtype: np.dtype) -> None:
+        self.key = key  # the parameter key; None: a fixed float tensor (`fixed`)
+        self.scale = scale  # the scale initializer's name
+        self.zero = zero
+        self.axis = axis
+        self.dtype = dtype
+        self.fixed: torch.Tensor | None = None
+
+
+def _dequantize(array: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int) -> np.ndarray:
+    shape = [1] * array.ndim
+    if scale.size > 1:
+        shape[_axis(axis, array.ndim)] = scale.size
+    offset = zero.astype(np.float64).reshape(shape) if zero is not None else 0.0
+    return ((array.astype(np.float64) - offset) * scale.astype(np.float64).reshape(shape)).astype(np.float32)
+
+
+def _dq_scale(value: ir.Value | None) -> ir.Value | None:
+    """The constant scale of the DequantizeLinear that produces ``value`` (None otherwise)."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "DequantizeLinear" or len(producer.inputs) < 2:
+        return None
+    scale = producer.inputs[1]
+    return scale if scale is not None and scale.is_initializer() and scale.const_value is not None else None
+
+
+def _tied_bias_scale(dq: ir.Node) -> tuple[str, str] | None:
+    """``(s_x, s_w)`` names when ``dq`` dequantizes an int32 bias of Conv/ConvTranspose/Gemm at ``s_x * s_w``.
+
+    The integer kernels onnxruntime fuses a QDQ group into add the int32 bias to the ``s_x * s_w`` accumulator,
+    so a bias scale equal to that product (as the quantizers write it) must stay equal when the scales train.
+    """
+    data, scale = dq.inputs[0], dq.inputs[1] if len(dq.inputs) > 1 else None
+    if data is None or data.dtype != ir.DataType.INT32 or scale is None or scale.const_value is None:
+        return None
+    uses = dq.outputs[0].uses()
+    if len(uses) != 1 or len(scale.uses()) != 1:
+        return None
+    user, index = uses[0]
+    if user.op_type not in ("Conv", "ConvTranspose", "Gemm") or index != 2:
+        return None
+    s_x, s_w = _dq_scale(user.inputs[0]), _dq_scale(user.inputs[1])
+    if s_x is None or s_w is None or s_x.const_value.size != 1:
+        return None
+    s_b, x_arr, w_arr = (v.const_value.numpy().reshape(-1) for v in (scale, s_x, s_w))
+    if w_arr.size != s_b.size or not np.allclose(s_b, x_arr[0] * w_arr, rtol=1e-6, atol=0):
+        return None
+    return s_x.name, s_w.name
