@@ -14,7 +14,8 @@ so autograd differentiates the model with respect to its initializers. It is wha
   DequantizeLinear gets a float shadow parameter (its dequantized value) that is fake-quantized with the same
   scale on every forward; :meth:`TorchGraph.write_back` requantizes it into the integer initializer.
 - With ``train_scales`` (LSQ-style QAT of scales), every positive float32 scale initializer read only as a
-  Q/DQ scale becomes a parameter ``log s`` (so it stays positive). Through the straight-through round, the
+  Q/DQ scale is trained in log space, ``s = s0 * exp(u)`` with the parameter ``u`` starting at 0 (so it stays
+  positive, and an untrained scale is written back bit for bit). Through the straight-through round, the
   gradient of ``DQ(Q(x))`` with respect to ``s`` is LSQ's: ``round(x/s) - x/s`` inside the range, the bound
   ``qmin - z`` / ``qmax - z`` outside. An int32 bias of Conv/ConvTranspose/Gemm whose scale is ``s_x * s_w`` (as
   the quantizers write it, and as onnxruntime's fused integer kernels assume) keeps that scale tied to the
@@ -1175,10 +1176,11 @@ class TorchGraph(nn.Module):
         self._constants: dict[str, torch.Tensor] = {}
         #: Float shadows of integer initializers read by a DequantizeLinear: {initializer name: _Shadow}
         self._shadows: dict[str, _Shadow] = {}
-        #: Scales trained as log(s): the names of those initializers
-        self._log_scales: set[str] = set()
-        #: Bias scales kept equal to s_x * s_w: {bias scale name: (s_x name, s_w name)}
+        #: Scales trained in log space, s = s0 * exp(u) with the parameter u = 0 at the start: {name: s0}
+        self._log_scales: dict[str, torch.Tensor] = {}
+        #: Bias scales kept equal to s_x * s_w: {bias scale name: (s_x name, s_w name)}, and their shapes
         self.tied_bias_scales: dict[str, tuple[str, str]] = {}
+        self._tied_shapes: dict[str, tuple[int, ...]] = {}
         graph_inputs = {v.name for v in model.graph.inputs}
         trainable = self._trainable_names()
         if train_scales:
@@ -1199,7 +1201,8 @@ class TorchGraph(nn.Module):
                     self.parameter_names[shadow.key] = name
             elif name in self._log_scales:
                 key = f"s{sum(1 for k in self.weights if k.startswith('s'))}"
-                self.weights[key] = nn.Parameter(torch.log(to_tensor(array).to(torch.float64)).float())
+                self._log_scales[name] = to_tensor(array)
+                self.weights[key] = nn.Parameter(torch.zeros(array.shape, dtype=torch.float32))
                 self.parameter_names[key] = name
             elif name in trainable and name not in graph_inputs:
                 key = f"w{len(self.weights)}"
@@ -1238,6 +1241,7 @@ class TorchGraph(nn.Module):
             tied = _tied_bias_scale(node)
             if tied is not None:
                 self.tied_bias_scales[node.inputs[1].name] = tied
+                self._tied_shapes[node.inputs[1].name] = tuple(node.inputs[1].const_value.numpy().shape)
         for node in self.nodes:
             if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.inputs) < 2:
                 continue
@@ -1254,7 +1258,7 @@ class TorchGraph(nn.Module):
                 continue
             if all(user.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 1
                    for user, index in scale.uses()):
-                self._log_scales.add(scale.name)
+                self._log_scales[scale.name] = torch.ones(())  # s0 is read with the initializers
 
     def _find_shadows(self, quantized: bool, train_scales: bool) -> None:
         for node in self.nodes:
@@ -1294,13 +1298,14 @@ class TorchGraph(nn.Module):
         for key, param in self.weights.items():
             name = self.parameter_names[key]
             if name in self._log_scales:
-                env[name] = torch.exp(param)
+                env[name] = self._log_scales[name] * torch.exp(param)
             elif name not in self._shadows:
                 env[name] = param
         for name, (input_scale, weight_scale) in self.tied_bias_scales.items():
             s_x = env[input_scale] if input_scale in env else self._constants[input_scale]
             s_w = env[weight_scale] if weight_scale in env else self._constants[weight_scale]
-            env[name] = s_x.reshape(()) * s_w.reshape(-1) if s_w.numel() > 1 else (s_x * s_w).reshape(())
+            product, shape = s_x.reshape(()) * s_w.reshape(-1), self._tied_shapes[name]
+            env[name] = product.expand(shape) if shape else product.reshape(())
         for name, shadow in self._shadows.items():
             floats = shadow.fixed if shadow.key is None else self.weights[shadow.key]
             scale = env[shadow.scale] if shadow.scale in env else self._constants[shadow.scale]
@@ -1362,7 +1367,7 @@ class TorchGraph(nn.Module):
         for name in dict.fromkeys(names):
             array = env[name].detach().numpy().astype(self._dtypes[name]).reshape(self._shape(model, name))
             if name in self._log_scales or name in self.tied_bias_scales:
-                array = np.maximum(array, np.finfo(array.dtype).tiny)  # exp(log s) can underflow; a scale stays > 0
+                array = np.maximum(array, np.finfo(array.dtype).tiny)  # s0 * exp(u) can underflow; a scale stays > 0
             model.graph.initializers[name].const_value = ir.tensor(np.array(array, order="C"), name=name)
         return len(dict.fromkeys(names))
 
@@ -1419,6 +1424,6 @@ def _tied_bias_scale(dq: ir.Node) -> tuple[str, str] | None:
     if s_x is None or s_w is None or s_x.const_value.size != 1:
         return None
     s_b, x_arr, w_arr = (v.const_value.numpy().reshape(-1) for v in (scale, s_x, s_w))
-    if w_arr.size != s_b.size or not np.allclose(s_b, x_arr[0] * w_arr, rtol=1e-6, atol=0):
+    if w_arr.size not in (1, s_b.size) or not np.allclose(s_b, x_arr[0] * w_arr, rtol=1e-6, atol=0):
         return None
     return s_x.name, s_w.name

@@ -509,3 +509,23 @@ def test_a_bias_scale_other_than_sx_times_sw_is_neither_tied_nor_trained():
     graph.write_back(model)
     assert np.array_equal(model.graph.initializers["bq"].const_value.numpy(), bias_before)
     np.testing.assert_array_equal(model.graph.initializers["sb"].const_value.numpy(), np.full(4, 1e-3, np.float32))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_quantized_digits_cnn_with_trainable_scales_matches_onnxruntime_and_round_trips_bit_for_bit(per_channel):
+    from sftonnx.api import optimize
+    from sftonnx.verify import Budget
+
+    spec = f"quantize{{method=minmax, per_channel={str(per_channel).lower()}}}"
+    model = optimize(str(MODELS / "digits_cnn.onnx"), passes=spec, calibration_data=str(MODELS / "digits_calib.npz"),
+                     budget=Budget(min_cosine=0.5, min_agreement=0.5)).model
+    feeds = {"input": np.load(MODELS / "digits_test.npz")["input"][:32]}
+    graph = TorchGraph(model, train_quantized_weights=True, train_scales=True)
+    np.testing.assert_array_equal(graph.run_numpy(feeds)[0], run_ort(model, feeds)[0])
+    biases = [n for n in model.graph if n.op_type == "DequantizeLinear" and n.inputs[0].dtype == ir.DataType.INT32]
+    assert len(graph.tied_bias_scales) == len(biases) == 3  # per-tensor s_w: broadcast to the per-channel bias scale
+    before = {name: value.const_value.numpy().copy() for name, value in model.graph.initializers.items()}
+    graph.write_back(model)
+    for name, value in model.graph.initializers.items():
+        array = value.const_value.numpy()
+        assert array.dtype == before[name].dtype and np.array_equal(array, before[name]), name
