@@ -850,8 +850,9 @@ def _recurrent(
 
     With ``fused``, torch's fused kernel runs the layer when it can express it (default activations, no clip,
     no LSTM input_forget or peepholes, GRU linear_before_reset=1, float32/64, every sequence length >= 1);
-    otherwise a Python loop over the time steps does. ``paths`` (a dict) records per node "fused" or
-    "loop: <reason>".
+    otherwise a Python loop over the time steps does. An LSTM that only peepholes keep from the fused kernel
+    runs a loop with a hand-written backward (:class:`_PeepholeLSTM`, no autograd graph per step). ``paths`` (a
+    dict) records per node "fused", "peephole BPTT" or "loop: <reason>".
     """
     at = _Attrs(node)
     directions = 2 if at("direction", "forward") == "bidirectional" else 1
@@ -862,16 +863,137 @@ def _recurrent(
     blocker = "disabled"
     if fused:
         blocker = _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions)
+    bptt = blocker == "peepholes" and (
+        _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, None, directions) is None
+        and peepholes.dtype == x.dtype
+    )
     if paths is not None:
-        paths[node.name or node.op_type] = "fused" if blocker is None else f"loop: {blocker}"
+        paths[node.name or node.op_type] = (
+            "fused" if blocker is None else "peephole BPTT" if bptt else f"loop: {blocker}"
+        )
     if blocker is None:
         outputs = _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions)
+    elif bptt:
+        outputs = _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions)
     else:
         outputs = _recurrent_loop(node, x, w, r, b, lengths, initial_h, initial_c, peepholes)
     if at("layout", 0):
         y, *states = outputs
         outputs = (y.permute(2, 0, 1, 3), *(s.transpose(0, 1) for s in states))
     return outputs
+
+
+def _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions: int):
+    """An LSTM with peepholes and default activations, as :func:`_recurrent_loop` computes it.
+
+    The input projection runs through autograd, the recurrence through :class:`_PeepholeLSTM`.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = r.shape[-1]
+    mask = None
+    if lengths is not None and bool((lengths.to(torch.int64) < steps).any()):
+        lens = lengths.to(torch.int64)
+        mask = (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
+    reverse_only = _Attrs(node)("direction", "forward") == "reverse"
+    ys, hs, cs = [], [], []
+    for d in range(directions):
+        projected = x @ w[d].transpose(0, 1)  # [T, B, 4H]
+        if b is not None:
+            projected = projected + (b[d, : 4 * hidden] + b[d, 4 * hidden :])
+        h0 = initial_h[d] if initial_h is not None else x.new_zeros(batch, hidden)
+        c0 = initial_c[d] if initial_c is not None else x.new_zeros(batch, hidden)
+        y, h, c = _PeepholeLSTM.apply(projected, r[d].transpose(0, 1), peepholes[d], h0, c0, mask,
+                                      reverse_only or d == 1)
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)
+
+
+class _PeepholeLSTM(torch.autograd.Function):
+    """The recurrence of one LSTM direction with peepholes, forward and backward through time by hand.
+
+    Inputs: ``gates_x [T, B, 4H]`` (x W^T + Wb + Rb, ONNX gate order i, o, f, c), ``r_t [H, 4H]`` (R^T),
+    ``p [3H]`` (P_i, P_o, P_f), ``h0``/``c0 [B, H]``, ``mask [T, B, 1]`` or None (1 inside a sequence), and
+    whether to run from the last step. Per step, with default activations::
+
+        g = gates_x[t] + h r_t;  i = sig(g_i + P_i c);  f = sig(g_f + P_f c);  u = tanh(g_c)
+        c' = f c + i u;  o = sig(g_o + P_o c');  h' = o tanh(c')
+
+    and past a sequence's end (mask 0) the state is carried unchanged and the output is 0. Returns
+    ``(y [T, B, H], h_last, c_last)``. The backward pass runs the same steps in reverse with the chain rule
+    written out, so autograd records one node for the whole sequence instead of ~20 per step.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x, r_t, p, h0, c0, mask, reverse):  # noqa: D102
+        steps, hidden = gates_x.shape[0], r_t.shape[0]
+        p_i, p_o, p_f = p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]
+        h, c = h0, c0
+        saved = {k: [None] * steps for k in ("h", "c", "i", "f", "o", "u", "cn", "tc")}
+        y = gates_x.new_empty(steps, *h0.shape)
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            g = torch.addmm(gates_x[t], h, r_t)
+            i = torch.sigmoid(torch.addcmul(g[:, :hidden], p_i, c))
+            f = torch.sigmoid(torch.addcmul(g[:, 2 * hidden : 3 * hidden], p_f, c))
+            u = torch.tanh(g[:, 3 * hidden :])
+            cn = torch.addcmul(f * c, i, u)
+            o = torch.sigmoid(torch.addcmul(g[:, hidden : 2 * hidden], p_o, cn))
+            tc = torch.tanh(cn)
+            hn = o * tc
+            for key, value in (("h", h), ("c", c), ("i", i), ("f", f), ("o", o), ("u", u), ("cn", cn), ("tc", tc)):
+                saved[key][t] = value
+            if mask is None:
+                h, c, y[t] = hn, cn, hn
+            else:
+                m = mask[t]
+                h, c, y[t] = torch.lerp(h, hn, m), torch.lerp(c, cn, m), m * hn
+        h_s, c_s, i_s, f_s, o_s, u_s, cn_s, tc_s = (torch.stack(saved[k]) for k in saved)
+        # the backward's per-step factors, computed once for all steps
+        factors = (
+            tc_s * o_s * (1 - o_s),  # d g_o / d h'
+            o_s * (1 - tc_s * tc_s),  # d c' / d h' (through tanh)
+            u_s * i_s * (1 - i_s),  # d g_i / d c'
+            c_s * f_s * (1 - f_s),  # d g_f / d c'
+            i_s * (1 - u_s * u_s),  # d g_c / d c'
+            f_s,  # d c / d c'
+        )
+        ctx.save_for_backward(r_t, p, mask if mask is not None else torch.empty(0), h_s, c_s, cn_s, *factors)
+        ctx.reverse, ctx.masked = reverse, mask is not None
+        return y, h, c
+
+    @staticmethod
+    def backward(ctx, dy, dh_last, dc_last):  # noqa: D102
+        r_t, p, mask, hs, cs, cn_s, a_o, b_c, a_i, a_f, a_u, f_s = ctx.saved_tensors
+        steps, hidden = hs.shape[0], r_t.shape[0]
+        p_i, p_o, p_f = p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]
+        dh = dh_last if dh_last is not None else hs.new_zeros(hs.shape[1:])
+        dc = dc_last if dc_last is not None else hs.new_zeros(hs.shape[1:])
+        dy = dy if dy is not None else hs.new_zeros(hs.shape)
+        dgates = hs.new_empty(steps, hs.shape[1], 4 * hidden)
+        r = r_t.transpose(0, 1)
+        for t in range(steps) if ctx.reverse else range(steps - 1, -1, -1):
+            if ctx.masked:
+                m = mask[t]
+                dhn, dcn, dh_keep, dc_keep = m * (dh + dy[t]), m * dc, (1 - m) * dh, (1 - m) * dc
+            else:
+                dhn, dcn, dh_keep, dc_keep = dh + dy[t], dc, None, None
+            dgo = dhn * a_o[t]
+            dcn = torch.addcmul(torch.addcmul(dcn, dhn, b_c[t]), dgo, p_o)
+            dgi, dgf = dcn * a_i[t], dcn * a_f[t]
+            dgates[t] = torch.cat([dgi, dgo, dgf, dcn * a_u[t]], dim=1)
+            dc = torch.addcmul(torch.addcmul(dcn * f_s[t], dgi, p_i), dgf, p_f)
+            dh = dgates[t] @ r
+            if dh_keep is not None:
+                dh, dc = dh + dh_keep, dc + dc_keep
+        flat = dgates.reshape(-1, 4 * hidden)
+        d_r_t = hs.reshape(-1, hidden).transpose(0, 1) @ flat
+        d_p = torch.cat([
+            (dgates[..., :hidden] * cs).sum((0, 1)),
+            (dgates[..., hidden : 2 * hidden] * cn_s).sum((0, 1)),
+            (dgates[..., 2 * hidden : 3 * hidden] * cs).sum((0, 1)),
+        ])
+        return dgates, d_r_t, d_p, dh, dc, None, None
 
 
 def _recurrent_loop(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None):

@@ -311,7 +311,7 @@ def test_fused_recurrent_handles_wider_batches_and_a_bigger_hidden_size():
 @pytest.mark.parametrize(
     ("op", "attrs", "peepholes", "reason"),
     [
-        ("LSTM", "", True, "peepholes"),
+        ("LSTM", ", clip=0.4", True, "clip"),
         ("LSTM", ", input_forget=1", False, "input_forget"),
         ("LSTM", ", clip=0.4", False, "clip"),
         ("LSTM", ', activations=["Sigmoid", "Relu", "Tanh", "Sigmoid", "Relu", "Tanh"]', False, "activations"),
@@ -326,6 +326,41 @@ def test_unsupported_recurrent_attributes_fall_back_to_the_loop(op, attrs, peeph
     model, feeds = recurrent_model(op, "bidirectional", attrs, peepholes=peepholes)
     graph = assert_matches_ort(model, feeds, atol=1e-5)
     assert list(graph.recurrent_paths.values()) == [f"loop: {reason}"]
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("lens", [False, True], ids=["full", "varying"])
+def test_peephole_lstm_runs_the_hand_written_bptt_equal_to_the_loop_and_onnxruntime(direction, lens):
+    model, feeds = recurrent_model("LSTM", direction, peepholes=True, lens=lens, batch=3)
+    graph = assert_matches_ort(model, feeds, atol=1e-5)
+    assert list(graph.recurrent_paths.values()) == ["peephole BPTT"]
+    loop = TorchGraph(model, fused_recurrent=False)
+    assert_close(graph.run_numpy(feeds), loop.run_numpy(feeds))
+    _loss(graph, feeds).backward()
+    _loss(loop, feeds).backward()
+    assert sorted(graph.parameter_names.values()) == ["b", "p", "r", "w"]
+    for key, param in graph.weights.items():
+        assert float(param.grad.abs().sum()) > 0
+        np.testing.assert_allclose(param.grad.numpy(), loop.weights[key].grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("masked", "reverse"), [(False, False), (False, True), (True, False), (True, True)])
+def test_peephole_bptt_passes_gradcheck(masked, reverse):
+    from sftonnx.passes.distillation.torch_graph import _PeepholeLSTM
+
+    steps, batch, hidden = 5, 3, 4
+    generator = torch.Generator().manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).requires_grad_()
+
+    inputs = (rand(steps, batch, 4 * hidden), rand(hidden, 4 * hidden, scale=0.5), rand(3 * hidden, scale=0.5),
+              rand(batch, hidden), rand(batch, hidden))
+    mask = None
+    if masked:
+        lens = torch.tensor([5, 3, 1])
+        mask = (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).double().unsqueeze(-1)
+    assert torch.autograd.gradcheck(lambda *a: _PeepholeLSTM.apply(*a, mask, reverse), inputs)
 
 
 @pytest.mark.parametrize(("op", "attrs"), [("LSTM", ""), ("GRU", ", linear_before_reset=1")])
