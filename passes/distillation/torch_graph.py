@@ -809,7 +809,8 @@ def _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions
         kernel = torch._VF.rnn_relu if _activation_names(node, directions)[0] == "Relu" else torch._VF.rnn_tanh
     else:
         kernel = torch._VF.lstm if op == "LSTM" else torch._VF.gru
-    bidirectional = directions == 2
+    # (has_biases, num_layers, dropout, train, bidirectional): train only picks oneDNN's training propagation
+    options = (b is not None, 1, 0.0, torch.is_grad_enabled(), directions == 2)
     lens = lengths.to(torch.int64) if lengths is not None else None
     if lens is not None and bool((lens >= steps).all()):
         lens = None
@@ -817,13 +818,13 @@ def _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions
     if reverse:  # torch runs one direction forward only: reverse each sequence in time, and the outputs back
         x = _flip_time(x, lens)
     if lens is None:
-        result = kernel(x.contiguous(), hx, flat, b is not None, 1, 0.0, False, bidirectional, False)
+        result = kernel(x.contiguous(), hx, flat, *options, False)  # batch_first=False
         y = result[0]
     else:
         packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), enforce_sorted=False)
         order, unorder = packed.sorted_indices, packed.unsorted_indices
         hx = tuple(h.index_select(1, order) for h in hx) if op == "LSTM" else hx.index_select(1, order)
-        result = kernel(packed.data, packed.batch_sizes, hx, flat, b is not None, 1, 0.0, False, bidirectional)
+        result = kernel(packed.data, packed.batch_sizes, hx, flat, *options)
         packed_y = nn.utils.rnn.PackedSequence(result[0], packed.batch_sizes, order, unorder)
         y = nn.utils.rnn.pad_packed_sequence(packed_y, total_length=steps)[0]
         result = (y, *(h.index_select(1, unorder) for h in result[1:]))
