@@ -564,3 +564,45 @@ def test_quantized_digits_cnn_with_trainable_scales_matches_onnxruntime_and_roun
     for name, value in model.graph.initializers.items():
         array = value.const_value.numpy()
         assert array.dtype == before[name].dtype and np.array_equal(array, before[name]), name
+
+
+#: Recurrent models of the public corpus, and how their LSTM/GRU/RNN nodes run.
+RECURRENT_CORPUS = {
+    "ddddocr_common": "fused",  # CNN + bidirectional LSTM (H=512)
+    "lac_encoder": "fused",  # bidirectional GRUs
+    "madmom_beats_blstm": "peephole BPTT",  # LSTMs with peepholes
+    "madmom_downbeats_bgru": "fused",  # GRUs (linear_before_reset=1)
+    "madmom_notes_brnn": "fused",  # simple RNNs
+    "madmom_onsets_rnn": "fused",
+    "piper_tashkeel": "fused",  # bidirectional GRUs with sequence_lens
+}
+
+
+@pytest.mark.corpus
+@pytest.mark.parametrize(
+    "entry_id",
+    [pytest.param(e, marks=[pytest.mark.slow] if e == "ddddocr_common" else []) for e in sorted(RECURRENT_CORPUS)],
+)
+def test_recurrent_corpus_models_match_onnxruntime_and_train_every_recurrent_weight(entry_id):
+    from tests.corpus.conftest import fetch_or_skip, recipe_samples
+    from tests.corpus.manifest import BY_ID
+
+    entry = BY_ID[entry_id]
+    model = io.load(str(fetch_or_skip(entry)))
+    feeds = recipe_samples(entry, 2, 0)
+    graph = TorchGraph(model)
+    for feed in feeds:
+        for expected, actual in zip(run_ort(model, feed), graph.run_numpy(feed), strict=True):
+            assert expected.shape == actual.shape
+            if expected.dtype.kind == "f":
+                assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()  # measured <= 1.9e-5
+            else:
+                np.testing.assert_array_equal(actual, expected)
+    assert set(graph.recurrent_paths.values()) == {RECURRENT_CORPUS[entry_id]}
+    outputs = graph(feeds[0])
+    sum(outputs[n].square().mean() for n in graph.output_names if outputs[n].dtype.is_floating_point).backward()
+    recurrent = {v.name for node in model.graph if node.op_type in ("LSTM", "GRU", "RNN") for v in node.inputs[1:4]}
+    keys = {name: key for key, name in graph.parameter_names.items()}
+    assert recurrent and recurrent <= set(keys)
+    for name in recurrent:
+        assert float(graph.weights[keys[name]].grad.abs().sum()) > 0, name
