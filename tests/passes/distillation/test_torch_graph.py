@@ -302,6 +302,23 @@ def test_fused_recurrent_equals_loop_and_onnxruntime(case, direction, lens, layo
     assert_close(actual, run_ort(model, feeds))
 
 
+@pytest.mark.parametrize(
+    ("op", "attrs", "peepholes", "path"),
+    [
+        ("LSTM", "", False, "fused"),
+        ("LSTM", "", True, "peephole BPTT"),
+        ("GRU", ", linear_before_reset=1", False, "fused"),
+        ("RNN", "", False, "fused"),
+    ],
+)
+def test_recurrent_nodes_without_bias_or_initial_states_match_onnxruntime(op, attrs, peepholes, path):
+    model, feeds = recurrent_model(op, "bidirectional", attrs, states=False, peepholes=peepholes)
+    next(iter(model.graph)).replace_input_with(3, None)  # no B
+    graph = assert_matches_ort(model, feeds, atol=1e-5)
+    assert list(graph.recurrent_paths.values()) == [path]
+    assert sorted(graph.parameter_names.values()) == (["p", "r", "w"] if peepholes else ["r", "w"])
+
+
 def test_fused_recurrent_handles_wider_batches_and_a_bigger_hidden_size():
     model, feeds = recurrent_model("LSTM", "bidirectional", hidden=32, inputs=16, steps=12, batch=5)
     graph = assert_matches_ort(model, feeds, atol=1e-5)
