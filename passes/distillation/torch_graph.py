@@ -13,6 +13,21 @@ so autograd differentiates the model with respect to its initializers. It is wha
   float tensor of integer values. With ``train_quantized_weights``, an integer weight read by a
   DequantizeLinear gets a float shadow parameter (its dequantized value) that is fake-quantized with the same
   scale on every forward; :meth:`TorchGraph.write_back` requantizes it into the integer initializer.
+- With ``train_scales`` (LSQ-style QAT of scales), every positive float32 scale initializer read only as a
+  Q/DQ scale is trained in log space, ``s = s0 * exp(u)`` with the parameter ``u`` starting at 0 (so it stays
+  positive, and an untrained scale is written back bit for bit). Through the straight-through round, the
+  gradient of ``DQ(Q(x))`` with respect to ``s`` is LSQ's: ``round(x/s) - x/s`` inside the range, the bound
+  ``qmin - z`` / ``qmax - z`` outside. An int32 bias of Conv/ConvTranspose/Gemm whose scale is ``s_x * s_w`` (as
+  the quantizers write it, and as onnxruntime's fused integer kernels assume) keeps that scale tied to the
+  trained ``s_x`` and ``s_w`` and gets a float shadow; write-back requantizes it at the new product. A bias scale
+  that is not that product is left alone (neither tied nor trained).
+- LSTM/GRU/RNN run with torch's fused kernels (``torch._VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, oneDNN
+  for LSTM on CPU) when the node fits them: default activations (or Relu for RNN), no clip, no LSTM
+  peepholes or input_forget, GRU linear_before_reset=1, every sequence length >= 1 (varying lengths run as a
+  packed sequence). The parameters stay the ONNX W/R/B tensors; torch's flat weights are reordered copies
+  built on every call (LSTM gates iofc -> ifgo, GRU zrh -> rzn; Wb/Rb are b_ih/b_hh), so gradients reach the
+  ONNX tensors and write-back needs no reordering. Other nodes run the step-by-step loop, which also handles
+  clip, peepholes and input_forget; ``recurrent_paths`` says which ran and why.
 - Op semantics follow the ONNX operator specs (and onnxruntime where the spec leaves room); the converters
   onnx2torch and onnx2pytorch were read for the torch idioms. Shapes are computed at run time, so dynamic
   shapes, Shape/Gather/Concat chains and Reshape by computed shapes work.
@@ -710,33 +725,294 @@ _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _activations(node, defaults: list[str], directions: int) -> list[list[Callable]]:
+#: Per op, the ONNX gate each of torch's gates is (torch LSTM i,f,g,o from ONNX i,o,f,c; GRU r,z,n from z,r,h).
+_TORCH_GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
+_DEFAULT_ACTIVATIONS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
+
+
+def _activation_names(node, directions: int) -> list[str]:
+    defaults = _DEFAULT_ACTIVATIONS[node.op_type]
     names = _Attrs(node)("activations") or defaults * directions
     names = [n.decode() if isinstance(n, bytes) else n for n in names]
-    if len(names) == len(defaults):
-        names = names * directions
+    return names * directions if len(names) == len(defaults) else names
+
+
+def _activations(node, defaults: list[str], directions: int) -> list[list[Callable]]:
+    names = _activation_names(node, directions)
     unknown = sorted({n for n in names if n not in _ACTIVATIONS})
-    if unknown or _Attrs(node)("clip") is not None:
-        raise UnsupportedGraphError(f"torch rendering: {node.op_type} activations {unknown} or clip are not supported")
+    if unknown:
+        raise UnsupportedGraphError(f"torch rendering: {node.op_type} activations {unknown} are not supported")
     per = len(defaults)
     return [[_ACTIVATIONS[n] for n in names[d * per : (d + 1) * per]] for d in range(directions)]
 
 
-def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None):
-    """LSTM, GRU and RNN (ONNX gate orders: LSTM i,o,f,c; GRU z,r,h)."""
+def _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions: int) -> str | None:
+    """Why torch's fused kernel cannot run this LSTM/GRU/RNN (None: it can)."""
+    at = _Attrs(node)
+    op = node.op_type
+    names = _activation_names(node, directions)
+    if op == "RNN":
+        if len(set(names)) != 1 or names[0] not in ("Tanh", "Relu"):
+            return "activations"
+    elif names != _DEFAULT_ACTIVATIONS[op] * directions:
+        return "activations"
+    if at("clip") is not None:
+        return "clip"
+    if op == "LSTM" and at("input_forget", 0):
+        return "input_forget"
+    if op == "LSTM" and peepholes is not None:
+        return "peepholes"
+    if op == "GRU" and not at("linear_before_reset", 0):
+        return "linear_before_reset_0"
+    if x.dtype not in (torch.float32, torch.float64) or any(
+        t is not None and t.dtype != x.dtype for t in (w, r, b, initial_h, initial_c)
+    ):
+        return "dtype"
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return "empty"
+    if lengths is not None and bool((lengths.to(torch.int64) < 1).any()):
+        return "zero_length"
+    return None
+
+
+def _torch_gates(tensor: torch.Tensor, op: str) -> torch.Tensor:
+    """ONNX-ordered gate blocks along axis 0 in torch's order (a differentiable copy)."""
+    order = _TORCH_GATE_ORDER[op]
+    if len(order) == 1:
+        return tensor.contiguous()
+    chunks = tensor.chunk(len(order), dim=0)
+    return torch.cat([chunks[i] for i in order], dim=0)
+
+
+def _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions: int):
+    """One LSTM/GRU/RNN layer with torch's fused kernel (``torch._VF``); x is ``[T, B, I]``.
+
+    Weights stay in ONNX layout as parameters: the torch-ordered flat weights are built from them on every call,
+    so gradients flow back to W/R/B and write-back needs no reordering. ONNX's two biases Wb/Rb are torch's
+    b_ih/b_hh. Varying ``sequence_lens`` run as a packed sequence (outputs past a sequence's end are zero, Y_h
+    is its last valid state, as in ONNX).
+    """
+    op = node.op_type
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = r.shape[-1]
+    flat: list[torch.Tensor] = []
+    gates = len(_TORCH_GATE_ORDER[op])
+    for d in range(directions):
+        flat += [_torch_gates(w[d], op), _torch_gates(r[d], op)]
+        if b is not None:
+            flat += [_torch_gates(b[d, : gates * hidden], op), _torch_gates(b[d, gates * hidden :], op)]
+    h0 = initial_h if initial_h is not None else x.new_zeros(directions, batch, hidden)
+    hx: Any = h0
+    if op == "LSTM":
+        hx = (h0, initial_c if initial_c is not None else x.new_zeros(directions, batch, hidden))
+    if op == "RNN":
+        kernel = torch._VF.rnn_relu if _activation_names(node, directions)[0] == "Relu" else torch._VF.rnn_tanh
+    else:
+        kernel = torch._VF.lstm if op == "LSTM" else torch._VF.gru
+    # (has_biases, num_layers, dropout, train, bidirectional): train only picks oneDNN's training propagation
+    options = (b is not None, 1, 0.0, torch.is_grad_enabled(), directions == 2)
+    lens = lengths.to(torch.int64) if lengths is not None else None
+    if lens is not None and bool((lens >= steps).all()):
+        lens = None
+    reverse = _Attrs(node)("direction", "forward") == "reverse"
+    if reverse:  # torch runs one direction forward only: reverse each sequence in time, and the outputs back
+        x = _flip_time(x, lens)
+    if lens is None:
+        result = kernel(x.contiguous(), hx, flat, *options, False)  # batch_first=False
+        y = result[0]
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lens.cpu(), enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(h.index_select(1, order) for h in hx) if op == "LSTM" else hx.index_select(1, order)
+        result = kernel(packed.data, packed.batch_sizes, hx, flat, *options)
+        packed_y = nn.utils.rnn.PackedSequence(result[0], packed.batch_sizes, order, unorder)
+        y = nn.utils.rnn.pad_packed_sequence(packed_y, total_length=steps)[0]
+        result = (y, *(h.index_select(1, unorder) for h in result[1:]))
+    if reverse:
+        y = _flip_time(y, lens)
+    y = y.reshape(steps, batch, directions, hidden).permute(0, 2, 1, 3)  # [T, D, B, H]
+    return (y, result[1], result[2]) if op == "LSTM" else (y, result[1])
+
+
+def _flip_time(x: torch.Tensor, lens: torch.Tensor | None) -> torch.Tensor:
+    """``x[T, B, ...]`` with each sequence's first ``lens[b]`` steps reversed (all of them when ``lens`` is None)."""
+    if lens is None:
+        return x.flip(0)
+    time = torch.arange(x.shape[0]).unsqueeze(1)  # [T, 1]
+    index = torch.where(time < lens.unsqueeze(0), lens.unsqueeze(0) - 1 - time, time)  # [T, B]
+    index = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(x.shape)
+    return torch.gather(x, 0, index)
+
+
+def _recurrent(
+    node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None, *, fused=True, paths=None
+):
+    """LSTM, GRU and RNN (ONNX gate orders: LSTM i,o,f,c; GRU z,r,h).
+
+    With ``fused``, torch's fused kernel runs the layer when it can express it (default activations, no clip,
+    no LSTM input_forget or peepholes, GRU linear_before_reset=1, float32/64, every sequence length >= 1);
+    otherwise a Python loop over the time steps does. An LSTM that only peepholes keep from the fused kernel
+    runs a loop with a hand-written backward (:class:`_PeepholeLSTM`, no autograd graph per step). ``paths`` (a
+    dict) records per node "fused", "peephole BPTT" or "loop: <reason>".
+    """
+    at = _Attrs(node)
+    directions = 2 if at("direction", "forward") == "bidirectional" else 1
+    if at("layout", 0):
+        x = x.transpose(0, 1)
+        initial_h = initial_h.transpose(0, 1) if initial_h is not None else None
+        initial_c = initial_c.transpose(0, 1) if initial_c is not None else None
+    blocker = "disabled"
+    if fused:
+        blocker = _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions)
+    bptt = blocker == "peepholes" and (
+        _fused_blocker(node, x, w, r, b, lengths, initial_h, initial_c, None, directions) is None
+        and peepholes.dtype == x.dtype
+    )
+    if paths is not None:
+        paths[node.name or node.op_type] = (
+            "fused" if blocker is None else "peephole BPTT" if bptt else f"loop: {blocker}"
+        )
+    if blocker is None:
+        outputs = _recurrent_fused(node, x, w, r, b, lengths, initial_h, initial_c, directions)
+    elif bptt:
+        outputs = _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions)
+    else:
+        outputs = _recurrent_loop(node, x, w, r, b, lengths, initial_h, initial_c, peepholes)
+    if at("layout", 0):
+        y, *states = outputs
+        outputs = (y.permute(2, 0, 1, 3), *(s.transpose(0, 1) for s in states))
+    return outputs
+
+
+def _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions: int):
+    """An LSTM with peepholes and default activations, as :func:`_recurrent_loop` computes it.
+
+    The input projection runs through autograd, the recurrence through :class:`_PeepholeLSTM`.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    hidden = r.shape[-1]
+    mask = None
+    if lengths is not None and bool((lengths.to(torch.int64) < steps).any()):
+        lens = lengths.to(torch.int64)
+        mask = (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
+    reverse_only = _Attrs(node)("direction", "forward") == "reverse"
+    ys, hs, cs = [], [], []
+    for d in range(directions):
+        projected = x @ w[d].transpose(0, 1)  # [T, B, 4H]
+        if b is not None:
+            projected = projected + (b[d, : 4 * hidden] + b[d, 4 * hidden :])
+        h0 = initial_h[d] if initial_h is not None else x.new_zeros(batch, hidden)
+        c0 = initial_c[d] if initial_c is not None else x.new_zeros(batch, hidden)
+        y, h, c = _PeepholeLSTM.apply(projected, r[d].transpose(0, 1), peepholes[d], h0, c0, mask,
+                                      reverse_only or d == 1)
+        ys.append(y)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, dim=1), torch.stack(hs), torch.stack(cs)
+
+
+class _PeepholeLSTM(torch.autograd.Function):
+    """The recurrence of one LSTM direction with peepholes, forward and backward through time by hand.
+
+    Inputs: ``gates_x [T, B, 4H]`` (x W^T + Wb + Rb, ONNX gate order i, o, f, c), ``r_t [H, 4H]`` (R^T),
+    ``p [3H]`` (P_i, P_o, P_f), ``h0``/``c0 [B, H]``, ``mask [T, B, 1]`` or None (1 inside a sequence), and
+    whether to run from the last step. Per step, with default activations::
+
+        g = gates_x[t] + h r_t;  i = sig(g_i + P_i c);  f = sig(g_f + P_f c);  u = tanh(g_c)
+        c' = f c + i u;  o = sig(g_o + P_o c');  h' = o tanh(c')
+
+    and past a sequence's end (mask 0) the state is carried unchanged and the output is 0. Returns
+    ``(y [T, B, H], h_last, c_last)``. The backward pass runs the same steps in reverse with the chain rule
+    written out, so autograd records one node for the whole sequence instead of ~20 per step.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_x, r_t, p, h0, c0, mask, reverse):  # noqa: D102
+        steps, hidden = gates_x.shape[0], r_t.shape[0]
+        p_i, p_o, p_f = p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]
+        h, c = h0, c0
+        saved = {k: [None] * steps for k in ("h", "c", "i", "f", "o", "u", "cn", "tc")}
+        y = gates_x.new_empty(steps, *h0.shape)
+        for t in range(steps - 1, -1, -1) if reverse else range(steps):
+            g = torch.addmm(gates_x[t], h, r_t)
+            i = torch.sigmoid(torch.addcmul(g[:, :hidden], p_i, c))
+            f = torch.sigmoid(torch.addcmul(g[:, 2 * hidden : 3 * hidden], p_f, c))
+            u = torch.tanh(g[:, 3 * hidden :])
+            cn = torch.addcmul(f * c, i, u)
+            o = torch.sigmoid(torch.addcmul(g[:, hidden : 2 * hidden], p_o, cn))
+            tc = torch.tanh(cn)
+            hn = o * tc
+            for key, value in (("h", h), ("c", c), ("i", i), ("f", f), ("o", o), ("u", u), ("cn", cn), ("tc", tc)):
+                saved[key][t] = value
+            if mask is None:
+                h, c, y[t] = hn, cn, hn
+            else:
+                m = mask[t]
+                h, c, y[t] = torch.lerp(h, hn, m), torch.lerp(c, cn, m), m * hn
+        h_s, c_s, i_s, f_s, o_s, u_s, cn_s, tc_s = (torch.stack(saved[k]) for k in saved)
+        # the backward's per-step factors, computed once for all steps
+        factors = (
+            tc_s * o_s * (1 - o_s),  # d g_o / d h'
+            o_s * (1 - tc_s * tc_s),  # d c' / d h' (through tanh)
+            u_s * i_s * (1 - i_s),  # d g_i / d c'
+            c_s * f_s * (1 - f_s),  # d g_f / d c'
+            i_s * (1 - u_s * u_s),  # d g_c / d c'
+            f_s,  # d c / d c'
+        )
+        ctx.save_for_backward(r_t, p, mask if mask is not None else torch.empty(0), h_s, c_s, cn_s, *factors)
+        ctx.reverse, ctx.masked = reverse, mask is not None
+        return y, h, c
+
+    @staticmethod
+    def backward(ctx, dy, dh_last, dc_last):  # noqa: D102
+        r_t, p, mask, hs, cs, cn_s, a_o, b_c, a_i, a_f, a_u, f_s = ctx.saved_tensors
+        steps, hidden = hs.shape[0], r_t.shape[0]
+        p_i, p_o, p_f = p[:hidden], p[hidden : 2 * hidden], p[2 * hidden :]
+        dh = dh_last if dh_last is not None else hs.new_zeros(hs.shape[1:])
+        dc = dc_last if dc_last is not None else hs.new_zeros(hs.shape[1:])
+        dy = dy if dy is not None else hs.new_zeros(hs.shape)
+        dgates = hs.new_empty(steps, hs.shape[1], 4 * hidden)
+        r = r_t.transpose(0, 1)
+        for t in range(steps) if ctx.reverse else range(steps - 1, -1, -1):
+            if ctx.masked:
+                m = mask[t]
+                dhn, dcn, dh_keep, dc_keep = m * (dh + dy[t]), m * dc, (1 - m) * dh, (1 - m) * dc
+            else:
+                dhn, dcn, dh_keep, dc_keep = dh + dy[t], dc, None, None
+            dgo = dhn * a_o[t]
+            dcn = torch.addcmul(torch.addcmul(dcn, dhn, b_c[t]), dgo, p_o)
+            dgi, dgf = dcn * a_i[t], dcn * a_f[t]
+            dgates[t] = torch.cat([dgi, dgo, dgf, dcn * a_u[t]], dim=1)
+            dc = torch.addcmul(torch.addcmul(dcn * f_s[t], dgi, p_i), dgf, p_f)
+            dh = dgates[t] @ r
+            if dh_keep is not None:
+                dh, dc = dh + dh_keep, dc + dc_keep
+        flat = dgates.reshape(-1, 4 * hidden)
+        d_r_t = hs.reshape(-1, hidden).transpose(0, 1) @ flat
+        d_p = torch.cat([
+            (dgates[..., :hidden] * cs).sum((0, 1)),
+            (dgates[..., hidden : 2 * hidden] * cn_s).sum((0, 1)),
+            (dgates[..., 2 * hidden : 3 * hidden] * cs).sum((0, 1)),
+        ])
+        return dgates, d_r_t, d_p, dh, dc, None, None
+
+
+def _recurrent_loop(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=None, peepholes=None):
+    """The reference rendering of LSTM/GRU/RNN (``x`` is ``[T, B, I]``): one time step at a time in Python.
+
+    It runs what the fused kernels cannot: other activations, clip, peepholes, input_forget, both GRU forms.
+    ``clip`` bounds every activation's input to [-clip, clip] except the LSTM output's h(C) (as onnxruntime);
+    ``input_forget`` couples the LSTM gates: f = 1 - i.
+    """
     at = _Attrs(node)
     op = node.op_type
     gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
     direction = at("direction", "forward")
     directions = 2 if direction == "bidirectional" else 1
-    if at("layout", 0):
-        x = x.transpose(0, 1)
-        initial_h = initial_h.transpose(0, 1) if initial_h is not None else None
-        initial_c = initial_c.transpose(0, 1) if initial_c is not None else None
-    if op == "LSTM" and at("input_forget", 0):
-        raise UnsupportedGraphError("torch rendering: LSTM input_forget is not supported")
-    defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[op]
-    acts = _activations(node, defaults, directions)
+    acts = _activations(node, _DEFAULT_ACTIVATIONS[op], directions)
+    clip = at("clip")
+    bound = (lambda v: v.clamp(-clip, clip)) if clip is not None else (lambda v: v)
+    coupled = op == "LSTM" and bool(at("input_forget", 0))
     steps, batch = x.shape[0], x.shape[1]
     hidden = r.shape[-1]
     mask = None
@@ -746,49 +1022,53 @@ def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=No
     ys, hs, cs = [], [], []
     for d in range(directions):
         reverse = direction == "reverse" or d == 1
-        wd, rd = w[d], r[d]
+        rd_t = r[d].transpose(0, 1)  # [H, gates*H]
         bias_w = b[d, : gates * hidden] if b is not None else None
         bias_r = b[d, gates * hidden :] if b is not None else None
-        projected = x @ wd.transpose(0, 1)  # [T, B, gates*H]
+        projected = x @ w[d].transpose(0, 1)  # [T, B, gates*H]
         if bias_w is not None:
+            # Rb joins Wb outside the loop, except GRU's Rbh, which the reset gate multiplies (linear_before_reset)
+            if op == "GRU":
+                zeros = bias_r.new_zeros(hidden)
+                bias_r, bias_w = bias_r[2 * hidden :], bias_w + torch.cat([bias_r[: 2 * hidden], zeros])
+            else:
+                bias_w, bias_r = bias_w + bias_r, None
             projected = projected + bias_w
         h = initial_h[d] if initial_h is not None else x.new_zeros(batch, hidden)
         c = initial_c[d] if (op == "LSTM" and initial_c is not None) else x.new_zeros(batch, hidden)
+        if peepholes is not None:
+            p_i, p_o, p_f = peepholes[d].chunk(3)
         outputs: list[torch.Tensor | None] = [None] * steps
         order = range(steps - 1, -1, -1) if reverse else range(steps)
         for t in order:
             xt = projected[t]
             if op == "LSTM":
                 f_act, g_act, h_act = acts[d]
-                hr = h @ rd.transpose(0, 1)
-                if bias_r is not None:
-                    hr = hr + bias_r
-                i_g, o_g, f_g, c_g = (xt + hr).chunk(4, dim=-1)
+                i_g, o_g, f_g, c_g = torch.addmm(xt, h, rd_t).chunk(4, dim=-1)
                 if peepholes is not None:
-                    p_i, p_o, p_f = peepholes[d].chunk(3)
-                    i_g, f_g = i_g + p_i * c, f_g + p_f * c
-                i_t, f_t, c_t = f_act(i_g), f_act(f_g), g_act(c_g)
+                    i_g, f_g = torch.addcmul(i_g, p_i, c), torch.addcmul(f_g, p_f, c)
+                i_t, c_t = f_act(bound(i_g)), g_act(bound(c_g))
+                f_t = 1.0 - i_t if coupled else f_act(bound(f_g))
                 c_new = f_t * c + i_t * c_t
                 if peepholes is not None:
-                    o_g = o_g + p_o * c_new
-                h_new = f_act(o_g) * h_act(c_new)
+                    o_g = torch.addcmul(o_g, p_o, c_new)
+                h_new = f_act(bound(o_g)) * h_act(c_new)
             elif op == "GRU":
                 f_act, g_act = acts[d]
-                x_z, x_r, x_h = xt.chunk(3, dim=-1)
-                r_z, r_r, r_h = rd.chunk(3, dim=0)
-                b_z, b_r, b_h = bias_r.chunk(3) if bias_r is not None else (0.0, 0.0, 0.0)
-                z_t = f_act(x_z + h @ r_z.transpose(0, 1) + b_z)
-                r_t = f_act(x_r + h @ r_r.transpose(0, 1) + b_r)
+                x_zr, x_h = xt[:, : 2 * hidden], xt[:, 2 * hidden :]
+                z_t, r_t = f_act(bound(x_zr + h @ rd_t[:, : 2 * hidden])).chunk(2, dim=-1)
+                r_h = rd_t[:, 2 * hidden :]
                 if at("linear_before_reset", 0):
-                    h_tilde = g_act(x_h + r_t * (h @ r_h.transpose(0, 1) + b_h))
+                    hr_h = h @ r_h if bias_r is None else torch.addmm(bias_r, h, r_h)
+                    h_tilde = g_act(bound(x_h + r_t * hr_h))
                 else:
-                    h_tilde = g_act(x_h + (r_t * h) @ r_h.transpose(0, 1) + b_h)
+                    hr_h = (r_t * h) @ r_h
+                    h_tilde = g_act(bound(x_h + (hr_h if bias_r is None else hr_h + bias_r)))
                 h_new = (1.0 - z_t) * h_tilde + z_t * h
                 c_new = c
             else:
                 (f_act,) = acts[d]
-                hr = h @ rd.transpose(0, 1)
-                h_new = f_act(xt + hr + (bias_r if bias_r is not None else 0.0))
+                h_new = f_act(bound(torch.addmm(xt, h, rd_t)))
                 c_new = c
             if mask is not None:
                 m = mask[t]
@@ -804,9 +1084,9 @@ def _recurrent(node, x, w, r, b=None, lengths=None, initial_h=None, initial_c=No
     y = torch.stack(ys, dim=1)  # [T, D, B, H]
     y_h = torch.stack(hs)
     y_c = torch.stack(cs)
-    if at("layout", 0):
-        y = y.permute(2, 0, 1, 3)
-        y_h, y_c = y_h.transpose(0, 1), y_c.transpose(0, 1)
+    if lengths is not None and bool((lengths == 0).any()):  # onnxruntime: an empty sequence's states are zero
+        empty = (lengths.to(torch.int64) == 0).to(x.dtype).reshape(1, batch, 1)
+        y_h, y_c = y_h * (1.0 - empty), y_c * (1.0 - empty)
     return (y, y_h, y_c) if op == "LSTM" else (y, y_h)
 
 
@@ -867,9 +1147,6 @@ _OPS: dict[str, Callable[..., Any]] = {
     "BatchNormalization": _batch_norm,
     "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
-    "LSTM": _recurrent,
-    "GRU": _recurrent,
-    "RNN": _recurrent,
     "PRelu": _prelu,
     "Einsum": _einsum,
     "Add": lambda node, a, b: a + b,
@@ -950,6 +1227,9 @@ _OPS: dict[str, Callable[..., Any]] = {
     "DequantizeLinear": _dequantize_linear,
 }
 
+#: LSTM/GRU/RNN, run by ``_recurrent`` (fused kernel or loop).
+_RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
 #: Ops whose semantics depend on the opset (called with ``opset=``).
 _OPSET_OPS: dict[str, Callable[..., Any]] = {
     "Softmax": lambda node, x, *, opset: _softmax(node, x, log=False, opset=opset),
@@ -979,22 +1259,37 @@ class TorchGraph(nn.Module):
         model: The model; it is read, not changed, until :meth:`write_back`.
         train_quantized_weights: Give integer weights read by a DequantizeLinear a float shadow parameter
             (QAT); otherwise they stay fixed.
+        train_scales: Train the Q/DQ scales too (in log space; see the module docstring); int32 biases at
+            ``s_x * s_w`` stay at that product.
+        fused_recurrent: Run LSTM/GRU/RNN with torch's fused kernels where they express the node (see
+            ``_recurrent``); False keeps the step-by-step loop everywhere (the reference).
 
     Attributes:
         parameter_names: ``{parameter key: initializer name}`` for every trainable tensor.
         input_names, output_names: The graph's inputs (without initializers) and outputs.
+        recurrent_paths: ``{LSTM/GRU/RNN node name: "fused" or "loop: <reason>"}`` of the last forward.
+        tied_bias_scales: ``{bias scale initializer: (s_x initializer, s_w initializer)}`` (``train_scales``).
 
     Raises:
         UnsupportedGraphError: The graph holds ops the rendering cannot run (all of them named).
     """
 
-    def __init__(self, model: ir.Model, *, train_quantized_weights: bool = False) -> None:
+    def __init__(
+        self,
+        model: ir.Model,
+        *,
+        train_quantized_weights: bool = False,
+        train_scales: bool = False,
+        fused_recurrent: bool = True,
+    ) -> None:
         super().__init__()
         missing = unsupported_ops(model)
         if missing:
             listed = ", ".join(f"{op} ({count})" for op, count in sorted(missing.items()))
             raise UnsupportedGraphError(f"torch rendering cannot run these ops: {listed}")
         self.opset = opset_version(model)
+        self.fused_recurrent = fused_recurrent
+        self.recurrent_paths: dict[str, str] = {}
         self.graph = model.graph
         self.nodes = list(model.graph)
         self.input_names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
@@ -1002,22 +1297,35 @@ class TorchGraph(nn.Module):
         self.weights = nn.ParameterDict()
         self.parameter_names: dict[str, str] = {}
         self._constants: dict[str, torch.Tensor] = {}
-        #: Shadow float weights of integer initializers: {initializer name: (key, scale, zero point, axis, dtype)}
-        self._shadows: dict[str, tuple[str, np.ndarray, np.ndarray | None, int, np.dtype]] = {}
+        #: Float shadows of integer initializers read by a DequantizeLinear: {initializer name: _Shadow}
+        self._shadows: dict[str, _Shadow] = {}
+        #: Scales trained in log space, s = s0 * exp(u) with the parameter u = 0 at the start: {name: s0}
+        self._log_scales: dict[str, torch.Tensor] = {}
+        #: Bias scales kept equal to s_x * s_w: {bias scale name: (s_x name, s_w name)}, and their shapes
+        self.tied_bias_scales: dict[str, tuple[str, str]] = {}
+        self._tied_shapes: dict[str, tuple[int, ...]] = {}
         graph_inputs = {v.name for v in model.graph.inputs}
-        trainable = self._trainable_names(train_quantized_weights)
+        trainable = self._trainable_names()
+        if train_scales:
+            self._find_scales(graph_inputs)
+        self._find_shadows(train_quantized_weights, train_scales)
         for name, value in model.graph.initializers.items():
             array = value.const_value.numpy() if value.const_value is not None else None
             if array is None:
                 continue
             if name in self._shadows:
-                key, scale, zero, axis, _ = self._shadows[name]
-                shape = [1] * array.ndim
-                if scale.size > 1:
-                    shape[axis] = scale.size
-                offset = zero.astype(np.float32).reshape(shape) if zero is not None else 0.0
-                dequantized = (array.astype(np.float32) - offset) * scale.astype(np.float32).reshape(shape)
-                self.weights[key] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(dequantized, np.float32)))
+                shadow = self._shadows[name]
+                scale = model.graph.initializers[shadow.scale].const_value.numpy()
+                floats = torch.from_numpy(_dequantize(array, scale, shadow.zero, shadow.axis))
+                if shadow.key is None:
+                    shadow.fixed = floats
+                else:
+                    self.weights[shadow.key] = nn.Parameter(floats)
+                    self.parameter_names[shadow.key] = name
+            elif name in self._log_scales:
+                key = f"s{sum(1 for k in self.weights if k.startswith('s'))}"
+                self._log_scales[name] = to_tensor(array)
+                self.weights[key] = nn.Parameter(torch.zeros(array.shape, dtype=torch.float32))
                 self.parameter_names[key] = name
             elif name in trainable and name not in graph_inputs:
                 key = f"w{len(self.weights)}"
@@ -1026,9 +1334,8 @@ class TorchGraph(nn.Module):
             else:
                 self._constants[name] = to_tensor(array)
         self._key_of = {name: key for key, name in self.parameter_names.items()}
-        self._dtypes = {
-            name: model.graph.initializers[name].const_value.numpy().dtype for name in self.parameter_names.values()
-        }
+        self._dtypes = {name: value.const_value.numpy().dtype for name, value in model.graph.initializers.items()
+                        if value.const_value is not None}
         for node in self.nodes:
             if node.op_type == "Constant":
                 array = constant_array(node.outputs[0])
@@ -1036,7 +1343,7 @@ class TorchGraph(nn.Module):
                     raise UnsupportedGraphError(f"torch rendering: Constant '{node.name}' cannot be read")
                 self._constants[node.outputs[0].name] = to_tensor(array)
 
-    def _trainable_names(self, quantized: bool) -> set[str]:
+    def _trainable_names(self) -> set[str]:
         names: set[str] = set()
         for node in self.nodes:
             positions = TRAINABLE_INPUTS.get(node.op_type, ())
@@ -1047,17 +1354,53 @@ class TorchGraph(nn.Module):
                     continue
                 if value.const_value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                     names.add(value.name)
-            if quantized and node.op_type == "DequantizeLinear" and self._qat_site(node):
-                weight, scale, zero = node.inputs[0], node.inputs[1], node.inputs[2] if len(node.inputs) > 2 else None
-                key = f"q{len(self._shadows)}"
-                self._shadows[weight.name] = (
-                    key,
-                    scale.const_value.numpy(),
-                    zero.const_value.numpy() if zero is not None else None,
-                    _Attrs(node)("axis", 1),
-                    weight.const_value.numpy().dtype,
-                )
         return names
+
+    def _find_scales(self, graph_inputs: set[str]) -> None:
+        """Scales to train (positive float initializers read only as Q/DQ scales) and bias scales to tie."""
+        for node in self.nodes:
+            if node.op_type != "DequantizeLinear":
+                continue
+            tied = _tied_bias_scale(node)
+            if tied is not None:
+                self.tied_bias_scales[node.inputs[1].name] = tied
+                self._tied_shapes[node.inputs[1].name] = tuple(node.inputs[1].const_value.numpy().shape)
+        for node in self.nodes:
+            if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.inputs) < 2:
+                continue
+            scale = node.inputs[1]
+            if scale is None or not scale.is_initializer() or scale.const_value is None:
+                continue
+            if scale.name in graph_inputs or scale.name in self.tied_bias_scales:
+                continue
+            data = node.inputs[0]
+            if node.op_type == "DequantizeLinear" and (data is None or data.dtype == ir.DataType.INT32):
+                continue  # an untied int32 bias keeps its scale: kernels read it as s_x * s_w
+            array = scale.const_value.numpy()
+            if array.dtype != np.float32 or not np.all(array > 0):
+                continue
+            if all(user.op_type in ("QuantizeLinear", "DequantizeLinear") and index == 1
+                   for user, index in scale.uses()):
+                self._log_scales[scale.name] = torch.ones(())  # s0 is read with the initializers
+
+    def _find_shadows(self, quantized: bool, train_scales: bool) -> None:
+        for node in self.nodes:
+            if node.op_type != "DequantizeLinear" or not self._qat_site(node):
+                continue
+            weight, scale = node.inputs[0], node.inputs[1]
+            zero = node.inputs[2] if len(node.inputs) > 2 else None
+            is_bias = weight.const_value.dtype == ir.DataType.INT32
+            if is_bias and not (train_scales and scale.name in self.tied_bias_scales):
+                continue  # an int32 bias needs a float shadow only when its (tied) scale moves
+            if not is_bias and not quantized:
+                continue
+            self._shadows[weight.name] = _Shadow(
+                key=f"q{len(self._shadows)}" if quantized else None,
+                scale=scale.name,
+                zero=zero.const_value.numpy() if zero is not None else None,
+                axis=_Attrs(node)("axis", 1),
+                dtype=weight.const_value.numpy().dtype,
+            )
 
     @staticmethod
     def _qat_site(node: ir.Node) -> bool:
@@ -1068,27 +1411,37 @@ class TorchGraph(nn.Module):
             return False
         if scale.const_value is None or (zero is not None and zero.const_value is None):
             return False
-        return weight.const_value.dtype in (ir.DataType.INT8, ir.DataType.UINT8) and len(weight.uses()) == 1
+        kinds = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT32)
+        return weight.const_value.dtype in kinds and len(weight.uses()) == 1
 
     # ------------------------------------------------------------------------------------- running
+    def _weights_env(self) -> dict[str, torch.Tensor]:
+        """Initializer values as the graph reads them: parameters, scales, tied bias scales, fake-quantized shadows."""
+        env: dict[str, torch.Tensor] = {}
+        for key, param in self.weights.items():
+            name = self.parameter_names[key]
+            if name in self._log_scales:
+                env[name] = self._log_scales[name] * torch.exp(param)
+            elif name not in self._shadows:
+                env[name] = param
+        for name, (input_scale, weight_scale) in self.tied_bias_scales.items():
+            s_x = env[input_scale] if input_scale in env else self._constants[input_scale]
+            s_w = env[weight_scale] if weight_scale in env else self._constants[weight_scale]
+            product, shape = s_x.reshape(()) * s_w.reshape(-1), self._tied_shapes[name]
+            env[name] = product.expand(shape) if shape else product.reshape(())
+        for name, shadow in self._shadows.items():
+            floats = shadow.fixed if shadow.key is None else self.weights[shadow.key]
+            scale = env[shadow.scale] if shadow.scale in env else self._constants[shadow.scale]
+            zero = torch.from_numpy(shadow.zero) if shadow.zero is not None else None
+            env[name] = fake_quantize(floats, scale, zero, shadow.axis, _NUMPY_TO_TORCH[np.dtype(shadow.dtype)])
+        return env
+
     def forward(
         self, feeds: Mapping[str, torch.Tensor | np.ndarray], keep: Iterable[str] = ()
     ) -> dict[str, torch.Tensor]:
         """Run the graph: ``{output name: tensor}`` plus the intermediate tensors named in ``keep``."""
         env: dict[str, torch.Tensor] = dict(self._constants)
-        for key, param in self.weights.items():
-            name = self.parameter_names[key]
-            if name in self._shadows:
-                _, scale, zero, axis, dtype = self._shadows[name]
-                env[name] = fake_quantize(
-                    param,
-                    torch.from_numpy(scale),
-                    torch.from_numpy(zero) if zero is not None else None,
-                    axis,
-                    _NUMPY_TO_TORCH[np.dtype(dtype)],
-                )
-            else:
-                env[name] = param
+        env.update(self._weights_env())
         for name in self.input_names:
             value = feeds[name]
             env[name] = value if isinstance(value, torch.Tensor) else to_tensor(value)
@@ -1099,7 +1452,9 @@ class TorchGraph(nn.Module):
             while args and args[-1] is None:
                 args.pop()
             try:
-                if node.op_type in _OPSET_OPS:
+                if node.op_type in _RECURRENT_OPS:
+                    result = _recurrent(node, *args, fused=self.fused_recurrent, paths=self.recurrent_paths)
+                elif node.op_type in _OPSET_OPS:
                     result = _OPSET_OPS[node.op_type](node, *args, opset=self.opset)
                 else:
                     result = _OPS[node.op_type](node, *args)
@@ -1126,23 +1481,72 @@ class TorchGraph(nn.Module):
     def write_back(self, model: ir.Model) -> int:
         """Put the trained values into the model's initializers (same names, shapes, dtypes); returns the count.
 
-        Shadow weights of quantized initializers are requantized with their fixed scale and zero point.
+        Trained scales are written as ``exp(log s)`` (positive), tied bias scales as ``s_x * s_w``, and shadow
+        weights are requantized with their scale and zero point as written (int32 biases at ``s_x * s_w``).
         """
-        written = 0
-        for key, name in self.parameter_names.items():
-            value = model.graph.initializers[name]
-            param = self.weights[key].detach()
-            if name in self._shadows:
-                _, scale, zero, axis, dtype = self._shadows[name]
-                array = fake_quantize(
-                    param,
-                    torch.from_numpy(scale),
-                    torch.from_numpy(zero) if zero is not None else None,
-                    axis,
-                    _NUMPY_TO_TORCH[np.dtype(dtype)],
-                ).numpy().astype(dtype)
-            else:
-                array = param.numpy().astype(self._dtypes[name])
-            value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
-            written += 1
-        return written
+        with torch.no_grad():
+            env = self._weights_env()
+        names = [*self.parameter_names.values(), *self.tied_bias_scales, *self._shadows]
+        for name in dict.fromkeys(names):
+            array = env[name].detach().numpy().astype(self._dtypes[name]).reshape(self._shape(model, name))
+            if name in self._log_scales or name in self.tied_bias_scales:
+                array = np.maximum(array, np.finfo(array.dtype).tiny)  # s0 * exp(u) can underflow; a scale stays > 0
+            model.graph.initializers[name].const_value = ir.tensor(np.array(array, order="C"), name=name)
+        return len(dict.fromkeys(names))
+
+    @staticmethod
+    def _shape(model: ir.Model, name: str) -> tuple[int, ...]:
+        return tuple(model.graph.initializers[name].const_value.shape.numpy())
+
+
+class _Shadow:
+    """A float stand-in for an integer initializer read by a DequantizeLinear (fake-quantized on every read)."""
+
+    def __init__(self, *, key: str | None, scale: str, zero: np.ndarray | None, axis: int, dtype: np.dtype) -> None:
+        self.key = key  # the parameter key; None: a fixed float tensor (`fixed`)
+        self.scale = scale  # the scale initializer's name
+        self.zero = zero
+        self.axis = axis
+        self.dtype = dtype
+        self.fixed: torch.Tensor | None = None
+
+
+def _dequantize(array: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, axis: int) -> np.ndarray:
+    shape = [1] * array.ndim
+    if scale.size > 1:
+        shape[_axis(axis, array.ndim)] = scale.size
+    offset = zero.astype(np.float64).reshape(shape) if zero is not None else 0.0
+    return ((array.astype(np.float64) - offset) * scale.astype(np.float64).reshape(shape)).astype(np.float32)
+
+
+def _dq_scale(value: ir.Value | None) -> ir.Value | None:
+    """The constant scale of the DequantizeLinear that produces ``value`` (None otherwise)."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "DequantizeLinear" or len(producer.inputs) < 2:
+        return None
+    scale = producer.inputs[1]
+    return scale if scale is not None and scale.is_initializer() and scale.const_value is not None else None
+
+
+def _tied_bias_scale(dq: ir.Node) -> tuple[str, str] | None:
+    """``(s_x, s_w)`` names when ``dq`` dequantizes an int32 bias of Conv/ConvTranspose/Gemm at ``s_x * s_w``.
+
+    The integer kernels onnxruntime fuses a QDQ group into add the int32 bias to the ``s_x * s_w`` accumulator,
+    so a bias scale equal to that product (as the quantizers write it) must stay equal when the scales train.
+    """
+    data, scale = dq.inputs[0], dq.inputs[1] if len(dq.inputs) > 1 else None
+    if data is None or data.dtype != ir.DataType.INT32 or scale is None or scale.const_value is None:
+        return None
+    uses = dq.outputs[0].uses()
+    if len(uses) != 1 or len(scale.uses()) != 1:
+        return None
+    user, index = uses[0]
+    if user.op_type not in ("Conv", "ConvTranspose", "Gemm") or index != 2:
+        return None
+    s_x, s_w = _dq_scale(user.inputs[0]), _dq_scale(user.inputs[1])
+    if s_x is None or s_w is None or s_x.const_value.size != 1:
+        return None
+    s_b, x_arr, w_arr = (v.const_value.numpy().reshape(-1) for v in (scale, s_x, s_w))
+    if w_arr.size not in (1, s_b.size) or not np.allclose(s_b, x_arr[0] * w_arr, rtol=1e-6, atol=0):
+        return None
+    return s_x.name, s_w.name
