@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import onnx_ir as ir
@@ -79,7 +80,7 @@ class DistillPass(SftPass):
         self,
         *,
         epochs: int = 150,
-        lr: float = 1e-4,
+        lr: float | None = None,
         batch_size: int = 32,
         temperature: float = 1.0,
         time_budget: float = 60.0,
@@ -95,7 +96,7 @@ class DistillPass(SftPass):
     ) -> None:
         checks = [
             (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
-            (lr > 0, f"lr must be > 0, got {lr}"),
+            (lr is None or lr > 0, f"lr must be > 0, got {lr}"),
             (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
             (temperature > 0, f"temperature must be > 0, got {temperature}"),
             (time_budget > 0, f"time_budget must be > 0 seconds, got {time_budget}"),
@@ -111,7 +112,7 @@ class DistillPass(SftPass):
         if teacher is not None and not os.path.isfile(teacher):
             raise PassConfigError(f"distill: teacher model not found: {teacher}")
         self.epochs = int(epochs)
-        self.lr = float(lr)
+        self.lr = None if lr is None else float(lr)
         self.batch_size = int(batch_size)
         self.temperature = float(temperature)
         self.time_budget = float(time_budget)
@@ -126,6 +127,8 @@ class DistillPass(SftPass):
         self.calibration_data = calibration_data
         #: The model the pipeline started from (bytes or a path), handed over by the Pipeline for the call.
         self.original: bytes | str | None = None
+        #: Called as ``progress(seconds, time_budget, text)`` after each lr probe and epoch (set by the caller).
+        self.progress: Callable[[float, float, str], None] | None = None
 
     def requires(self, model: ir.Model) -> None:
         """Decline when torch is missing, without data or teacher, or when the graph holds ops torch cannot run."""
@@ -163,6 +166,7 @@ class DistillPass(SftPass):
             feature_weight=self.feature_weight,
             augment=self.augment,
             seed=self.seed,
+            progress=self.progress,
         )
         teacher = self.teacher if self.teacher is not None else self.original
         assert teacher is not None  # requires() checked
