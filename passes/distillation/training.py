@@ -471,6 +471,7 @@ class _Run:
         smallest lr is chosen and training restarts from the starting weights.
         """
         start_state = self.state()
+        probe_start = self.elapsed()
         budget = _PROBE_SHARE * self.options.time_budget
         limit = _PROBE_STEPS
         table: list[dict[str, float]] = []
@@ -480,13 +481,18 @@ class _Run:
             self.norm_mean = None
             optimizer = torch.optim.Adam(self.params, lr=lr)
             rng = np.random.default_rng(rng_seed)
-            deadline = (index + 1) * budget / len(LR_CANDIDATES)
+            # each candidate's share of the time counts from its first step (torch's first optimizer step in a
+            # process imports for seconds)
+            share = (budget - (self.elapsed() - probe_start)) / (len(LR_CANDIDATES) - index)
+            deadline = float("inf")
             done = 0
             warmup = max(1, limit // 4)
             while done < limit and self.elapsed() < deadline:
                 for items in self.batches.epoch(rng):
                     self.step(optimizer, items, lr * min(1.0, (done + 1) / warmup))
                     done += 1
+                    if done == 1:
+                        deadline = self.elapsed() + share
                     if done >= limit or self.elapsed() >= deadline:
                         break
             limit = done if index == 0 else limit  # every candidate gets the steps the first one had time for

@@ -18,6 +18,7 @@ from sftonnx.verify import Budget, make_session
 from tests.helpers import make_model, run_ort, seeded
 
 pytest.importorskip("torch")
+training = pytest.importorskip("sftonnx.passes.distillation.training")
 
 pytestmark = pytest.mark.torch
 
@@ -232,3 +233,68 @@ def test_feature_matching_uses_tensors_both_graphs_name_alike():
     assert result.details["features_matched"] == 1  # 'h', the Gemm output (the graph output 'y' is not a feature)
     assert result.changes == {"initializers_trained": 3}
     assert result.details["loss_after"] < 0.5 * result.details["loss_before"]
+
+
+def test_lr_probe_chooses_the_best_candidate_that_did_not_diverge(monkeypatch):
+    # a huge candidate lr wrecks the weights: the probe must flag it and choose among the others
+    monkeypatch.setattr(training, "LR_CANDIDATES", (1e-4, 1e-2, 50.0))
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=40, batch_size=8, time_budget=60)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    probe = result.details["lr_probe"]
+    assert [row["lr"] for row in probe] == [1e-4, 1e-2, 50.0]
+    assert [row["steps"] for row in probe] == [30, 30, 30]  # equal steps: the time budget did not bite
+    assert probe[2]["diverged"] and not probe[0]["diverged"] and not probe[1]["diverged"]
+    assert probe[1]["held_out"] < probe[0]["held_out"]
+    assert result.details["lr"] == 1e-2
+    assert result.changes == {"initializers_trained": 3}
+    assert result.details["loss_after"] <= probe[1]["held_out"] < result.details["loss_before"]
+
+
+def test_explicit_lr_is_used_without_a_probe():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=10, batch_size=8, lr=0.02, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert result.details["lr"] == 0.02 and result.details["lr_probe"] is None
+    assert result.details["loss_after"] < result.details["loss_before"]
+
+
+def test_too_large_explicit_lr_backs_off_and_keeps_the_best_weights():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=12, batch_size=8, lr=30.0, time_budget=30, patience=12)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    details = result.details
+    assert details["lr_backoffs"] >= 1 and details["clipped_steps"] >= 1
+    assert details["loss_after"] <= details["loss_before"]  # never worse than the start: the best weights are kept
+    assert np.isfinite(student.graph.initializers["w1"].const_value.numpy()).all()
+
+
+def test_progress_hook_gets_the_probe_and_every_epoch():
+    calls = []
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=6, batch_size=8, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    pass_.progress = lambda done, total, text: calls.append((done, total, text))
+    result = pass_(mlp(noise=0.3))
+    texts = [text for _, _, text in calls]
+    assert [t.split(":")[0] for t in texts[:4]] == [f"lr probe {lr:g}" for lr in training.LR_CANDIDATES]
+    assert len([t for t in texts if t.startswith("epoch ")]) == result.details["epochs"] == 6
+    assert "held-out" in texts[-1] and all(total == 30 for _, total, _ in calls)
+    seconds = [done for done, _, _ in calls]
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= 30
+
+
+def test_mixup_crops_samples_of_different_lengths_to_a_common_shape():
+    rng = np.random.default_rng(0)
+    a = {"x": np.arange(15, dtype=np.float32).reshape(5, 3), "state": np.zeros(4, np.float32)}
+    b = {"x": 100 + np.arange(21, dtype=np.float32).reshape(7, 3), "state": np.ones(4, np.float32)}
+    mixed = training._mix_pair(a, b, 0.25, rng)
+    assert mixed["x"].shape == (5, 3) and mixed["x"].dtype == np.float32
+    np.testing.assert_allclose(mixed["state"], 0.75)
+    # a (5 rows) is whole; b contributes 5 consecutive rows
+    rows_of_b = (mixed["x"] - 0.25 * a["x"]) / 0.75
+    start = int(round((rows_of_b[0, 0] - 100) / 3))
+    np.testing.assert_allclose(rows_of_b, b["x"][start : start + 5], atol=1e-4)
+    assert training._mix_pair(a, {"x": b["x"]}, 0.5, rng) is None  # other inputs: no blend
