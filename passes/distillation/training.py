@@ -51,7 +51,8 @@ _PROBE_SHARE = 0.25
 _PROBE_STEPS = 30
 #: Gradients are clipped to this many times the running mean of their (clipped) norm.
 _CLIP = 4.0
-#: An epoch that loses this share of the held-out gain so far (or is not finite) restores the best weights at half lr.
+#: An epoch whose held-out loss exceeds the best by this share of the gain so far (of the best loss when that is
+#: larger), or is not finite, restores the best weights at half the lr.
 _DIVERGED = 0.5
 #: Share of the training samples that ``mixup`` replaces by blends of two samples.
 _MIX_SHARE = 0.5
@@ -486,7 +487,7 @@ class _Run:
             share = (budget - (self.elapsed() - probe_start)) / (len(LR_CANDIDATES) - index)
             deadline = float("inf")
             done = 0
-            warmup = max(1, limit // 4)
+            warmup = _PROBE_STEPS // 4  # the same ramp whatever the time allows: one step is never at full lr
             while done < limit and self.elapsed() < deadline:
                 for items in self.batches.epoch(rng):
                     self.step(optimizer, items, lr * min(1.0, (done + 1) / warmup))
@@ -556,12 +557,13 @@ class _Run:
             train = float(np.mean(losses)) if losses else float("nan")
             self.report(f"epoch {self.epochs}/{options.epochs} lr {lr * scale:.2g}: loss {train:.5f}, "
                         f"held-out {current:.5f} (best {best:.5f})")
-            if current < best - 1e-9:
+            improved = current < best - 1e-9
+            if improved:
                 best, stale = current, 0
                 best_state = self.state()
-            else:
+            if not improved:
                 stale += 1
-                if not current < best + _DIVERGED * (loss_before - best):
+                if not current < best + _DIVERGED * max(loss_before - best, best):
                     # a too-large step wrecked the weights: back to the best ones, at half the learning rate
                     self.graph.weights.load_state_dict(best_state)
                     optimizer = torch.optim.Adam(self.params, lr=lr)

@@ -147,24 +147,28 @@ def _top1(model: ir.Model) -> float:
 
 @pytest.mark.slow
 def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
-    """Measured (2 cores, torch 2.13 CPU): fp32 0.9815; prune 50% without refit 0.9648; + distill 0.9759 (seed 0;
-    0.9741-0.9778 over seeds and schedules). With refit (the default when data is given) pruning alone keeps 0.9815.
+    """Measured (2 shared cores, torch 2.13 CPU, automatic lr): fp32 0.9815; prune 50% without refit 0.9648;
+    + distill 0.9759 (seed 0; 0.9741-0.9778 over seeds 0-2 and loss variants: 0.4-0.7 points below fp32, 99.3-99.6%
+    top-1 agreement with fp32). With refit (the default when data is given) pruning alone keeps 0.9815.
     """
     fp32 = _top1(io.load(DIGITS))
     pruned = optimize(DIGITS, passes="prune-channels{ratio=0.5, reconstruct=false}", calibration_data=DIGITS_CALIB,
                       budget=LOOSE)
-    # From a badly damaged student (no refit: loss ~0.5) a larger lr than the default 1e-4 recovers in time.
-    spec = "prune-channels{ratio=0.5, reconstruct=false},distill{time_budget=60, lr=0.003}"
-    distilled = optimize(DIGITS, passes=spec,
-                         calibration_data=DIGITS_CALIB, budget=LOOSE)
+    spec = "prune-channels{ratio=0.5, reconstruct=false},distill{time_budget=60}"
+    distilled = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE)
     row = distilled.report.rows[-1]
     assert row.name == "distill" and row.changes == {"initializers_trained": 6}
     assert row.details["loss_after"] < 0.05 * row.details["loss_before"]
     assert row.details["train_samples"] + row.details["holdout_samples"] == 150  # 50 held out for verification
+    # the probe: every candidate from the same start, the chosen one the best that did not diverge
+    probe = row.details["lr_probe"]
+    assert [p["lr"] for p in probe] == list(training.LR_CANDIDATES)
+    kept = [p for p in probe if not p["diverged"]]
+    assert row.details["lr"] == min(kept, key=lambda p: p["held_out"])["lr"] >= 1e-3  # 1e-4 is far too slow here
     before, after = _top1(pruned.model), _top1(distilled.model)
     assert fp32 > 0.975
     assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
-    assert after >= fp32 - 0.008  # ... distillation wins most of it back (measured: 0.56 points below fp32)
+    assert after >= fp32 - 0.008  # ... distillation wins most of it back (measured: 0.37-0.74 points below fp32)
     assert after >= before + 0.009
     assert [n.op_type for n in distilled.model.graph] == [n.op_type for n in pruned.model.graph]
 
@@ -205,7 +209,7 @@ def test_qat_after_quantize_keeps_a_standard_qdq_model_and_lowers_the_loss():
     spec = "prune-channels{ratio=0.5, reconstruct=false},quantize{method=minmax}"
     quantized = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE).model
     assert any(n.op_type == "DequantizeLinear" for n in quantized.graph)
-    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60, lr=0.003}", calibration_data=DIGITS_CALIB,
+    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60}", calibration_data=DIGITS_CALIB,
                    budget=LOOSE)
     row = qat.report.rows[-1]
     assert row.name == "distill" and row.status == "ok"
