@@ -47,7 +47,7 @@ N_CAL, N_VERIFY, N_HELD = 32, 4, 16
 def _loose():
     from sftonnx.verify import Budget
 
-    return Budget(min_cosine=0.0, min_agreement=0.0)
+    return Budget(min_cosine=1e-3, min_agreement=1e-3)
 
 
 def _without_distill(spec: str) -> str:
@@ -116,7 +116,10 @@ def step(kind: str, name: str, work: pathlib.Path, budget: float) -> dict:
     else:
         teacher, calibration, verification = _corpus_data(name, work)
         spec = _without_distill(PRESETS["compact"])
-    common = dict(data=verification, calibration_data=calibration, budget=_loose(), overwrite=True)
+    # the final check must not stop a run whose metric this table reports; max keeps the default budget, which its
+    # int8 step also uses to choose a scheme
+    budget_ = None if name == "digits_max" else _loose()
+    common = dict(data=verification, calibration_data=calibration, budget=budget_, overwrite=True)
     if kind == "before":
         api.optimize(teacher, before, passes=_without_distill(spec), **common)
         return {"seconds": time.perf_counter() - start}

@@ -6,6 +6,7 @@ torch unless a distillation pass actually runs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -164,7 +165,10 @@ class DistillPass(SftPass):
         from sftonnx.verify import calibration_feeds, input_specs
 
         specs = input_specs(model)
-        units = list(calibration_feeds(self.calibration_data, specs, batch_size=1, max_samples=self.max_samples))
+        # max_samples counts units (feeds of one sample), not rows: calibration_feeds counts the rows of axis 0,
+        # which for an input without a batch axis ([T, F] frames) are time steps
+        feeds = calibration_feeds(self.calibration_data, specs, batch_size=1)
+        units = list(itertools.islice(feeds, self.max_samples))
         if len(units) < 2:
             raise ir.passes.PreconditionError(f"distill: needs at least 2 calibration samples, got {len(units)}")
         fixed_batch = any(spec.shape and isinstance(spec.shape[0], int) for spec in specs)
