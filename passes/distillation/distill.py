@@ -49,22 +49,22 @@ class DistillPass(SftPass):
 
     Learning rate: given (``lr``), or chosen by a probe: each of ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3,
     3e-3) trains from the same start for the same few steps (30, or fewer when 25% of the time budget does not
-    allow them), and training continues from the candidate with the lowest held-out loss among those that ended
-    below the starting loss (none: the smallest lr, from the start), finishing the probe's warm-up. Then cosine
-    decay to the end of the epochs or the time budget; gradients are clipped to 4x their running norm, and an
-    epoch whose held-out loss jumps back (half the gain so far lost, or not finite) restores the best weights at
-    half the lr. Training samples: with ``augment=mixup``, half of them are blends of two calibration samples
-    (cropped to a common shape when they differ, e.g. sequences of other lengths) plus a little Gaussian noise,
-    labelled by the teacher. Progress: ``progress(seconds, time_budget, text)`` (the attribute, set by the
-    caller) after each probe and epoch, and the same lines as INFO logs (``sftonnx -v``).
+    allow them; the larger candidates are skipped when one step each already overran that share), and training
+    continues from the candidate with the lowest held-out loss among those that ended below the starting loss
+    (none: the smallest lr, from the start), finishing the probe's warm-up. Then cosine decay to the end of the
+    epochs or the time budget; gradients are clipped to 4x their running norm, and an epoch whose held-out loss
+    jumps back (half the gain so far lost, or not finite) restores the best weights at half the lr. Training
+    samples: with ``augment=mixup``, half of them are blends of two calibration samples (cropped to a common
+    shape when they differ, e.g. sequences of other lengths) plus a little Gaussian noise, labelled by the
+    teacher. Progress: ``progress(seconds, time_budget, text)`` (the attribute, set by the caller) after each
+    probe and epoch, and the same lines as INFO logs (``sftonnx -v``).
 
     Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
     not lower the held-out loss). ``details``: ``loss_before``, ``loss_after`` (held-out), ``epochs``,
     ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget), ``lr`` (used), ``lr_probe`` (per
-    candidate: ``lr``, ``held_out``, ``steps``, ``diverged``; ``None`` when ``lr`` was given), ``lr_backoffs``,
-    ``clipped_steps``, ``output_kinds``,
-    ``features_matched``, ``train_samples``, ``holdout_samples``, ``stacked_batches``, ``augment``,
-    ``sparse_tensors_kept``.
+    candidate: ``lr``, ``held_out``, ``steps``, ``diverged``, ``skipped``; ``None`` when ``lr`` was given),
+    ``lr_backoffs``, ``clipped_steps``, ``output_kinds``, ``features_matched``, ``train_samples``,
+    ``holdout_samples``, ``stacked_batches``, ``augment``, ``sparse_tensors_kept``.
 
     Numerics: APPROXIMATE (it moves the current model toward the original; verified like every lossy pass).
 

@@ -480,6 +480,10 @@ class _Run:
         table: list[dict[str, float]] = []
         best: tuple[float, float, Any] | None = None
         for index, lr in enumerate(LR_CANDIDATES):
+            if index and self.elapsed() - probe_start > budget:
+                # steps so slow that a step per candidate overran the probe's share: choose among those tried
+                table.append({"lr": lr, "held_out": None, "steps": 0, "diverged": False, "skipped": True})
+                continue
             self.graph.weights.load_state_dict(start_state)
             self.norm_mean = None
             optimizer = torch.optim.Adam(self.params, lr=lr)
@@ -502,7 +506,7 @@ class _Run:
             loss = self.evaluate()
             diverged = not loss < loss_before
             table.append({"lr": lr, "held_out": round(loss, 6) if np.isfinite(loss) else None, "steps": done,
-                          "diverged": diverged})
+                          "diverged": diverged, "skipped": False})
             note = " (diverged)" if diverged else ""
             self.report(f"lr probe {lr:g}: held-out {loss:.5f} after {done} steps{note}")
             if not diverged and (best is None or loss < best[1]):
