@@ -60,11 +60,13 @@ class DistillPass(SftPass):
     probe and epoch, and the same lines as INFO logs (``sftonnx -v``).
 
     Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
-    not lower the held-out loss). ``details``: ``loss_before``, ``loss_after`` (held-out), ``epochs``,
-    ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget), ``lr`` (used), ``lr_probe`` (per
-    candidate: ``lr``, ``held_out``, ``steps``, ``diverged``, ``skipped``; ``None`` when ``lr`` was given),
-    ``lr_backoffs``, ``clipped_steps``, ``output_kinds``, ``features_matched``, ``train_samples``,
-    ``holdout_samples``, ``stacked_batches``, ``augment``, ``sparse_tensors_kept``.
+    not lower the held-out loss by 1%), ``agreement_fell`` (nothing written: the held-out top-1 agreement with
+    the teacher on probability/score outputs fell, whatever the loss). ``details``: ``loss_before``,
+    ``loss_after`` (held-out), ``epochs``, ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget),
+    ``lr`` (used), ``lr_probe`` (per candidate: ``lr``, ``held_out``, ``steps``, ``diverged``, ``skipped``;
+    ``None`` when ``lr`` was given), ``lr_backoffs``, ``clipped_steps``, ``agreement_before``,
+    ``agreement_after``, ``output_kinds``, ``features_matched``, ``train_samples``, ``holdout_samples``,
+    ``stacked_batches``, ``augment``, ``sparse_tensors_kept``.
 
     Numerics: APPROXIMATE (it moves the current model toward the original; verified like every lossy pass).
 
@@ -197,6 +199,11 @@ class DistillPass(SftPass):
             train_quantized_weights=self.train_quantized,
         )
         report.details.update(training.describe(result))
+        before, after = result.agreement_before, result.agreement_after
+        if before is not None and after is not None and after < before:
+            report.skipped["agreement_fell"] += 1
+            logger.info("distill: held-out top-1 agreement fell (%.4f -> %.4f); weights left alone", before, after)
+            return
         if not result.improved:
             report.skipped["no_improvement"] += 1
             logger.info("distill: held-out loss did not improve (%.5f); weights left as they were", result.loss_before)

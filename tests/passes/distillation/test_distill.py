@@ -313,3 +313,27 @@ def test_max_samples_counts_samples_not_rows_of_unbatched_inputs():
     result = pass_(mlp(noise=0.3))
     assert result.details["train_samples"] + result.details["holdout_samples"] == 8
     assert not result.details["stacked_batches"] and result.details["augment"] == "mixup"
+
+
+def test_weights_whose_held_out_agreement_fell_are_not_written(monkeypatch):
+    # the loss falls (as on the perturbed MLP) but top-1 agreement is made to fall: nothing is written
+    values = iter([1.0, 0.9])
+    monkeypatch.setattr(training._Run, "agreement", lambda self: next(values))
+    student = mlp(noise=0.3)
+    before = student.graph.initializers["w1"].const_value.numpy().copy()
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=20, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert not result.modified and result.skipped == {"agreement_fell": 1}
+    assert result.details["loss_after"] < result.details["loss_before"]
+    assert (result.details["agreement_before"], result.details["agreement_after"]) == (1.0, 0.9)
+    np.testing.assert_array_equal(student.graph.initializers["w1"].const_value.numpy(), before)
+
+
+def test_agreement_is_reported_for_score_outputs():
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=20, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(mlp(noise=0.3))
+    details = result.details
+    assert 0 <= details["agreement_before"] <= details["agreement_after"] <= 1
+    assert result.changes == {"initializers_trained": 3}
