@@ -206,7 +206,7 @@ def measure(name: str, work: pathlib.Path, runs: int) -> dict:
 def _row(name: str, rec: dict) -> str:
     d = rec.get("distill", {})
     details = d.get("details", {})
-    probe = details.get("lr_probe") or []
+    probe = [row for row in details.get("lr_probe") or [] if not row.get("skipped")]
     chosen = details.get("lr")
     outcome = d.get("status", "?") + (f" ({d.get('message')})" if d.get("message") else "")
     if d.get("skipped"):
