@@ -337,3 +337,19 @@ def test_agreement_is_reported_for_score_outputs():
     details = result.details
     assert 0 <= details["agreement_before"] <= details["agreement_after"] <= 1
     assert result.changes == {"initializers_trained": 3}
+
+
+def test_epsilons_and_divisors_are_not_trained():
+    # log(x * x + eps) / d: a trained eps can cross zero (basic_pitch's in-graph CQT went to inf within 3 steps)
+    from sftonnx.passes.distillation.torch_graph import TorchGraph
+
+    model = make_model("""<ir_version: 8, opset_import: ["" : 18]>
+g (float[N,6] x) => (float[N,6] y) {
+    s = Mul (x, x)
+    h = Add (s, eps)
+    l = Log (h)
+    t = Mul (l, scale)
+    y = Div (t, d)
+}""", eps=np.array(1e-10, np.float32), scale=seeded((6,), 3), d=np.array(2.0, np.float32))
+    graph = TorchGraph(model)
+    assert sorted(graph.parameter_names.values()) == ["scale"]
