@@ -6,8 +6,10 @@ torch unless a distillation pass actually runs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import onnx_ir as ir
@@ -45,17 +47,32 @@ class DistillPass(SftPass):
     (``distillation skipped: install with pip install "sftonnx[torch]"``), no calibration data, ops the torch
     rendering cannot run (named), no teacher.
 
+    Learning rate: given (``lr``), or chosen by a probe: each of ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3,
+    3e-3) trains from the same start for the same few steps (30, or fewer when 25% of the time budget does not
+    allow them; the larger candidates are skipped when one step each already overran that share), and training
+    continues from the candidate with the lowest held-out loss among those that ended below the starting loss
+    (none: the smallest lr, from the start), finishing the probe's warm-up. Then cosine decay to the end of the
+    epochs or the time budget; gradients are clipped to 4x their running norm, and an epoch whose held-out loss
+    jumps back (half the gain so far lost, or not finite) restores the best weights at half the lr. Training
+    samples: with ``augment=mixup``, half of them are blends of two calibration samples (cropped to a common
+    shape when they differ, e.g. sequences of other lengths) plus a little Gaussian noise, labelled by the
+    teacher. Progress: ``progress(seconds, time_budget, text)`` (the attribute, set by the caller) after each
+    probe and epoch, and the same lines as INFO logs (``sftonnx -v``).
+
     Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
-    not lower the held-out loss). ``details``: ``loss_before``, ``loss_after`` (held-out), ``epochs``,
-    ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget), ``output_kinds``,
-    ``features_matched``, ``train_samples``, ``holdout_samples``, ``stacked_batches``, ``augment``,
-    ``sparse_tensors_kept``.
+    not lower the held-out loss by 1%), ``agreement_fell`` (nothing written: the held-out top-1 agreement with
+    the teacher on probability/score outputs fell, whatever the loss). ``details``: ``loss_before``,
+    ``loss_after`` (held-out), ``epochs``, ``steps``, ``seconds``, ``stopped`` (epochs|early_stop|time_budget),
+    ``lr`` (used), ``lr_probe`` (per candidate: ``lr``, ``held_out``, ``steps``, ``diverged``, ``skipped``;
+    ``None`` when ``lr`` was given), ``lr_backoffs``, ``clipped_steps``, ``agreement_before``,
+    ``agreement_after``, ``output_kinds``, ``features_matched``, ``train_samples``, ``holdout_samples``,
+    ``stacked_batches``, ``augment``, ``sparse_tensors_kept``.
 
     Numerics: APPROXIMATE (it moves the current model toward the original; verified like every lossy pass).
 
     Args:
         epochs: Passes over the training samples at most.
-        lr: Adam learning rate.
+        lr: Adam learning rate; ``None``: chosen by the probe above.
         batch_size: Samples per optimizer step (at most 4 when samples cannot be stacked into one batch).
         temperature: Softmax temperature of the KL terms.
         time_budget: Seconds of training at most (teacher runs included); the best weights so far are kept.
@@ -79,7 +96,7 @@ class DistillPass(SftPass):
         self,
         *,
         epochs: int = 150,
-        lr: float = 1e-4,
+        lr: float | None = None,
         batch_size: int = 32,
         temperature: float = 1.0,
         time_budget: float = 60.0,
@@ -95,7 +112,7 @@ class DistillPass(SftPass):
     ) -> None:
         checks = [
             (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
-            (lr > 0, f"lr must be > 0, got {lr}"),
+            (lr is None or lr > 0, f"lr must be > 0, got {lr}"),
             (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
             (temperature > 0, f"temperature must be > 0, got {temperature}"),
             (time_budget > 0, f"time_budget must be > 0 seconds, got {time_budget}"),
@@ -111,7 +128,7 @@ class DistillPass(SftPass):
         if teacher is not None and not os.path.isfile(teacher):
             raise PassConfigError(f"distill: teacher model not found: {teacher}")
         self.epochs = int(epochs)
-        self.lr = float(lr)
+        self.lr = None if lr is None else float(lr)
         self.batch_size = int(batch_size)
         self.temperature = float(temperature)
         self.time_budget = float(time_budget)
@@ -126,6 +143,8 @@ class DistillPass(SftPass):
         self.calibration_data = calibration_data
         #: The model the pipeline started from (bytes or a path), handed over by the Pipeline for the call.
         self.original: bytes | str | None = None
+        #: Called as ``progress(seconds, time_budget, text)`` after each lr probe and epoch (set by the caller).
+        self.progress: Callable[[float, float, str], None] | None = None
 
     def requires(self, model: ir.Model) -> None:
         """Decline when torch is missing, without data or teacher, or when the graph holds ops torch cannot run."""
@@ -148,7 +167,10 @@ class DistillPass(SftPass):
         from sftonnx.verify import calibration_feeds, input_specs
 
         specs = input_specs(model)
-        units = list(calibration_feeds(self.calibration_data, specs, batch_size=1, max_samples=self.max_samples))
+        # max_samples counts units (feeds of one sample), not rows: calibration_feeds counts the rows of axis 0,
+        # which for an input without a batch axis ([T, F] frames) are time steps
+        feeds = calibration_feeds(self.calibration_data, specs, batch_size=1)
+        units = list(itertools.islice(feeds, self.max_samples))
         if len(units) < 2:
             raise ir.passes.PreconditionError(f"distill: needs at least 2 calibration samples, got {len(units)}")
         fixed_batch = any(spec.shape and isinstance(spec.shape[0], int) for spec in specs)
@@ -163,6 +185,7 @@ class DistillPass(SftPass):
             feature_weight=self.feature_weight,
             augment=self.augment,
             seed=self.seed,
+            progress=self.progress,
         )
         teacher = self.teacher if self.teacher is not None else self.original
         assert teacher is not None  # requires() checked
@@ -176,6 +199,11 @@ class DistillPass(SftPass):
             train_quantized_weights=self.train_quantized,
         )
         report.details.update(training.describe(result))
+        before, after = result.agreement_before, result.agreement_after
+        if before is not None and after is not None and after < before:
+            report.skipped["agreement_fell"] += 1
+            logger.info("distill: held-out top-1 agreement fell (%.4f -> %.4f); weights left alone", before, after)
+            return
         if not result.improved:
             report.skipped["no_improvement"] += 1
             logger.info("distill: held-out loss did not improve (%.5f); weights left as they were", result.loss_before)

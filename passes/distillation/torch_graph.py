@@ -5,7 +5,8 @@ so autograd differentiates the model with respect to its initializers. It is wha
 
 - Float initializers read by weight-bearing ops (Conv/ConvTranspose weight and bias, Gemm/MatMul constant
   operands, BatchNormalization/InstanceNormalization/LayerNormalization scale and bias, PRelu slope,
-  LSTM/GRU/RNN W/R/B, float constants of Add/Sub/Mul/Div) become ``nn.Parameter``; ``parameter_names`` maps
+  LSTM/GRU/RNN W/R/B, float constants of Add/Sub/Mul/Div except divisors and those whose result feeds
+  Log/Sqrt/Reciprocal/Pow or a divisor) become ``nn.Parameter``; ``parameter_names`` maps
   each parameter key back to its initializer. Other constants are buffers. :meth:`TorchGraph.write_back` puts
   the trained values into the initializers (same shape and dtype; the graph is not changed).
 - QuantizeLinear/DequantizeLinear run as fake quantization: ``q = clip(round(x / s) + z)`` with a
@@ -1252,6 +1253,19 @@ _OPSET_OPS: dict[str, Callable[..., Any]] = {
 
 
 # -------------------------------------------------------------------------------------------- module
+#: Ops defined only on part of the reals: an elementwise constant feeding them (log(x + 1e-10)) is not trained.
+_RESTRICTED_DOMAIN = frozenset({"Log", "Sqrt", "Reciprocal", "Pow"})
+
+
+def _feeds_restricted_domain(node: ir.Node) -> bool:
+    """Whether an output of ``node`` feeds Log/Sqrt/Reciprocal/Pow or a divisor (a trained epsilon can cross 0)."""
+    return any(
+        use.node.op_type in _RESTRICTED_DOMAIN or (use.node.op_type == "Div" and use.idx == 1)
+        for output in node.outputs
+        for use in output.uses()
+    )
+
+
 class TorchGraph(nn.Module):
     """The main graph of an ONNX model as a torch module (see the module docstring).
 
@@ -1351,6 +1365,8 @@ class TorchGraph(nn.Module):
                 if value is None or not value.is_initializer() or value.const_value is None:
                     continue
                 if positions is not None and index not in positions:
+                    continue
+                if positions is None and (_feeds_restricted_domain(node) or (node.op_type == "Div" and index == 1)):
                     continue
                 if value.const_value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
                     names.add(value.name)

@@ -18,6 +18,7 @@ from sftonnx.verify import Budget, make_session
 from tests.helpers import make_model, run_ort, seeded
 
 pytest.importorskip("torch")
+training = pytest.importorskip("sftonnx.passes.distillation.training")
 
 pytestmark = pytest.mark.torch
 
@@ -146,24 +147,28 @@ def _top1(model: ir.Model) -> float:
 
 @pytest.mark.slow
 def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
-    """Measured (2 cores, torch 2.13 CPU): fp32 0.9815; prune 50% without refit 0.9648; + distill 0.9759 (seed 0;
-    0.9741-0.9778 over seeds and schedules). With refit (the default when data is given) pruning alone keeps 0.9815.
+    """Measured (2 shared cores, torch 2.13 CPU, automatic lr): fp32 0.9815; prune 50% without refit 0.9648;
+    + distill 0.9759 (seed 0; 0.9741-0.9778 over seeds 0-2 and loss variants: 0.4-0.7 points below fp32, 99.3-99.6%
+    top-1 agreement with fp32). With refit (the default when data is given) pruning alone keeps 0.9815.
     """
     fp32 = _top1(io.load(DIGITS))
     pruned = optimize(DIGITS, passes="prune-channels{ratio=0.5, reconstruct=false}", calibration_data=DIGITS_CALIB,
                       budget=LOOSE)
-    # From a badly damaged student (no refit: loss ~0.5) a larger lr than the default 1e-4 recovers in time.
-    spec = "prune-channels{ratio=0.5, reconstruct=false},distill{time_budget=60, lr=0.003}"
-    distilled = optimize(DIGITS, passes=spec,
-                         calibration_data=DIGITS_CALIB, budget=LOOSE)
+    spec = "prune-channels{ratio=0.5, reconstruct=false},distill{time_budget=60}"
+    distilled = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE)
     row = distilled.report.rows[-1]
     assert row.name == "distill" and row.changes == {"initializers_trained": 6}
     assert row.details["loss_after"] < 0.05 * row.details["loss_before"]
     assert row.details["train_samples"] + row.details["holdout_samples"] == 150  # 50 held out for verification
+    # the probe: every candidate from the same start, the chosen one the best that did not diverge
+    probe = row.details["lr_probe"]
+    assert [p["lr"] for p in probe] == list(training.LR_CANDIDATES)
+    kept = [p for p in probe if not p["diverged"]]
+    assert row.details["lr"] == min(kept, key=lambda p: p["held_out"])["lr"] >= 1e-3  # 1e-4 is far too slow here
     before, after = _top1(pruned.model), _top1(distilled.model)
     assert fp32 > 0.975
     assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
-    assert after >= fp32 - 0.008  # ... distillation wins most of it back (measured: 0.56 points below fp32)
+    assert after >= fp32 - 0.008  # ... distillation wins most of it back (measured: 0.37-0.74 points below fp32)
     assert after >= before + 0.009
     assert [n.op_type for n in distilled.model.graph] == [n.op_type for n in pruned.model.graph]
 
@@ -204,7 +209,7 @@ def test_qat_after_quantize_keeps_a_standard_qdq_model_and_lowers_the_loss():
     spec = "prune-channels{ratio=0.5, reconstruct=false},quantize{method=minmax}"
     quantized = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE).model
     assert any(n.op_type == "DequantizeLinear" for n in quantized.graph)
-    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60, lr=0.003}", calibration_data=DIGITS_CALIB,
+    qat = optimize(DIGITS, passes=spec + ",distill{epochs=60, time_budget=60}", calibration_data=DIGITS_CALIB,
                    budget=LOOSE)
     row = qat.report.rows[-1]
     assert row.name == "distill" and row.status == "ok"
@@ -232,3 +237,119 @@ def test_feature_matching_uses_tensors_both_graphs_name_alike():
     assert result.details["features_matched"] == 1  # 'h', the Gemm output (the graph output 'y' is not a feature)
     assert result.changes == {"initializers_trained": 3}
     assert result.details["loss_after"] < 0.5 * result.details["loss_before"]
+
+
+def test_lr_probe_chooses_the_best_candidate_that_did_not_diverge(monkeypatch):
+    # a huge candidate lr wrecks the weights: the probe must flag it and choose among the others
+    monkeypatch.setattr(training, "LR_CANDIDATES", (1e-4, 1e-2, 50.0))
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=40, batch_size=8, time_budget=60)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    probe = result.details["lr_probe"]
+    assert [row["lr"] for row in probe] == [1e-4, 1e-2, 50.0]
+    assert [row["steps"] for row in probe] == [30, 30, 30]  # equal steps: the time budget did not bite
+    assert probe[2]["diverged"] and not probe[0]["diverged"] and not probe[1]["diverged"]
+    assert probe[1]["held_out"] < probe[0]["held_out"]
+    assert result.details["lr"] == 1e-2
+    assert result.changes == {"initializers_trained": 3}
+    assert result.details["loss_after"] <= probe[1]["held_out"] < result.details["loss_before"]
+
+
+def test_explicit_lr_is_used_without_a_probe():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=10, batch_size=8, lr=0.02, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert result.details["lr"] == 0.02 and result.details["lr_probe"] is None
+    assert result.details["loss_after"] < result.details["loss_before"]
+
+
+def test_too_large_explicit_lr_backs_off_and_keeps_the_best_weights():
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=12, batch_size=8, lr=30.0, time_budget=30, patience=12)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    details = result.details
+    assert details["lr_backoffs"] >= 1 and details["clipped_steps"] >= 1
+    assert details["loss_after"] <= details["loss_before"]  # never worse than the start: the best weights are kept
+    assert np.isfinite(student.graph.initializers["w1"].const_value.numpy()).all()
+
+
+def test_progress_hook_gets_the_probe_and_every_epoch():
+    calls = []
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=6, batch_size=8, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    pass_.progress = lambda done, total, text: calls.append((done, total, text))
+    result = pass_(mlp(noise=0.3))
+    texts = [text for _, _, text in calls]
+    probes = len(training.LR_CANDIDATES)
+    assert [t.split(":")[0] for t in texts[:probes]] == [f"lr probe {lr:g}" for lr in training.LR_CANDIDATES]
+    assert len([t for t in texts if t.startswith("epoch ")]) == result.details["epochs"] == 6
+    assert "held-out" in texts[-1] and all(total == 30 for _, total, _ in calls)
+    seconds = [done for done, _, _ in calls]
+    assert seconds == sorted(seconds) and 0 < seconds[-1] <= 30
+
+
+def test_mixup_crops_samples_of_different_lengths_to_a_common_shape():
+    rng = np.random.default_rng(0)
+    a = {"x": np.arange(15, dtype=np.float32).reshape(5, 3), "state": np.zeros(4, np.float32)}
+    b = {"x": 100 + np.arange(21, dtype=np.float32).reshape(7, 3), "state": np.ones(4, np.float32)}
+    mixed = training._mix_pair(a, b, 0.25, rng)
+    assert mixed["x"].shape == (5, 3) and mixed["x"].dtype == np.float32
+    np.testing.assert_allclose(mixed["state"], 0.75)
+    # a (5 rows) is whole; b contributes 5 consecutive rows
+    rows_of_b = (mixed["x"] - 0.25 * a["x"]) / 0.75
+    start = int(round((rows_of_b[0, 0] - 100) / 3))
+    np.testing.assert_allclose(rows_of_b, b["x"][start : start + 5], atol=1e-4)
+    assert training._mix_pair(a, {"x": b["x"]}, 0.5, rng) is None  # other inputs: no blend
+
+
+def test_max_samples_counts_samples_not_rows_of_unbatched_inputs():
+    # [T, 6] sequences without a batch axis: 12 samples of 5 rows; max_samples=8 keeps 8 samples (not 8 rows)
+    data = [{"x": seeded((5, 6), 40 + i)} for i in range(12)]
+    pass_ = DistillPass(calibration_data=data, epochs=2, max_samples=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(mlp(noise=0.3))
+    assert result.details["train_samples"] + result.details["holdout_samples"] == 8
+    assert not result.details["stacked_batches"] and result.details["augment"] == "mixup"
+
+
+def test_weights_whose_held_out_agreement_fell_are_not_written(monkeypatch):
+    # the loss falls (as on the perturbed MLP) but top-1 agreement is made to fall: nothing is written
+    values = iter([1.0, 0.9])
+    monkeypatch.setattr(training._Run, "agreement", lambda self: next(values))
+    student = mlp(noise=0.3)
+    before = student.graph.initializers["w1"].const_value.numpy().copy()
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=20, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    assert not result.modified and result.skipped == {"agreement_fell": 1}
+    assert result.details["loss_after"] < result.details["loss_before"]
+    assert (result.details["agreement_before"], result.details["agreement_after"]) == (1.0, 0.9)
+    np.testing.assert_array_equal(student.graph.initializers["w1"].const_value.numpy(), before)
+
+
+def test_agreement_is_reported_for_score_outputs():
+    pass_ = DistillPass(calibration_data=feeds(32), epochs=20, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(mlp(noise=0.3))
+    details = result.details
+    assert 0 <= details["agreement_before"] <= details["agreement_after"] <= 1
+    assert result.changes == {"initializers_trained": 3}
+
+
+def test_epsilons_and_divisors_are_not_trained():
+    # log(x * x + eps) / d: a trained eps can cross zero (basic_pitch's in-graph CQT went to inf within 3 steps)
+    from sftonnx.passes.distillation.torch_graph import TorchGraph
+
+    model = make_model("""<ir_version: 8, opset_import: ["" : 18]>
+g (float[N,6] x) => (float[N,6] y) {
+    s = Mul (x, x)
+    h = Add (s, eps)
+    l = Log (h)
+    t = Mul (l, scale)
+    y = Div (t, d)
+}""", eps=np.array(1e-10, np.float32), scale=seeded((6,), 3), d=np.array(2.0, np.float32))
+    graph = TorchGraph(model)
+    assert sorted(graph.parameter_names.values()) == ["scale"]
