@@ -60,6 +60,7 @@ def optimize(
     calibration_data: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
     allow_random_verification: bool = False,
+    pass_progress: Callable[[str, float, float, str], None] | None = None,
 ) -> OptimizeResult:
     """Optimize a model with a pass spec or preset, verify it against the original, and optionally save it.
 
@@ -85,6 +86,8 @@ def optimize(
         progress: Called as ``progress(index, total, pass_name)`` before each pass.
         allow_random_verification: Verify lossy passes on synthesized inputs when no real data is given
             (recorded in the report: ``random_verification`` and a note) instead of refusing.
+        pass_progress: Called as ``pass_progress(pass_name, done, total, text)`` from inside passes that report
+            progress during their run (``distill``: seconds of its time budget and the held-out loss).
 
     Returns:
         The optimized model, its report and the final verification.
@@ -163,6 +166,7 @@ def optimize(
         progress=progress,
         allow_random_verification=allow_random_verification,
         data_notes=data_notes,
+        pass_progress=pass_progress,
     )
 
 

@@ -108,6 +108,10 @@ class SftPass(ir.passes.InPlacePass):
     #: keeps the model from before the pass (re-running only the passes after it) and records the refusal in the
     #: report instead of failing. Lossy passes without such an alternative keep the exit-3 refusal.
     revert_on_failure: ClassVar[bool] = False
+    #: Whether the pass reports progress during its run (``distill``'s epochs and loss): when the caller gives the
+    #: pipeline a ``pass_progress`` callback, the Pipeline sets the instance attribute ``progress`` for the call
+    #: only, called as ``progress(done, total, text)``.
+    reports_progress: ClassVar[bool] = False
 
     @final
     def call(self, model: ir.Model) -> PassReport:

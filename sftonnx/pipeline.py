@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -209,6 +210,8 @@ class Pipeline:
         dump_dir: On a failing pass, write the model from just before it plus a reproducer command here.
         input_shapes: Concrete input shapes for MAC counts.
         progress: Called as ``progress(index, total, pass_name)`` before each pass.
+        pass_progress: Called as ``pass_progress(pass_name, done, total, text)`` from inside passes that report
+            progress during their run (``reports_progress``: ``distill`` after each epoch, with its loss).
 
     Passes that declare ``revert_on_failure`` (leaving the model as it came is one of their own outcomes) are
     undone rather than failed when verification refuses their result: with ``verify_each`` right after the pass,
@@ -225,6 +228,7 @@ class Pipeline:
         dump_dir: str | os.PathLike | None = None,
         input_shapes: Mapping[str, tuple[int, ...]] | None = None,
         progress: Callable[[int, int, str], None] | None = None,
+        pass_progress: Callable[[str, float, float, str], None] | None = None,
     ) -> None:
         self.passes = [(p, False) if isinstance(p, SftPass) else p for p in passes]
         self.verifier = verifier
@@ -232,6 +236,7 @@ class Pipeline:
         self.dump_dir = pathlib.Path(dump_dir) if dump_dir else None
         self.input_shapes = dict(input_shapes or {})
         self.progress = progress
+        self.pass_progress = pass_progress
         self.report = PipelineReport(spec=",".join(p.spec() for p, _ in self.passes))
         self._scope = contextlib.ExitStack()  # temporary files a run holds (closed when it ends)
         self._revert_point: _RevertPoint | None = None
@@ -268,6 +273,9 @@ class Pipeline:
                 pass_.original = original  # type: ignore[attr-defined]
             if pass_.uses_verification:
                 pass_.verification = self._verification_data()  # type: ignore[attr-defined]
+            inner_progress = pass_.reports_progress and self.pass_progress is not None
+            if inner_progress:
+                pass_.progress = functools.partial(self.pass_progress, pass_.name)  # type: ignore[attr-defined]
             try:
                 result = pass_(model)
             except ir.passes.PreconditionError as error:
@@ -291,6 +299,8 @@ class Pipeline:
                     pass_.original = None  # type: ignore[attr-defined]
                 if pass_.uses_verification:
                     pass_.verification = None  # type: ignore[attr-defined]
+                if inner_progress:
+                    pass_.progress = None  # type: ignore[attr-defined]
             report = result if isinstance(result, PassReport) else PassReport(model, result.modified)
             io.release_mapped(model)  # weights the pass read are unmapped: only one pass's reads count at a time
             problem = None
@@ -350,7 +360,8 @@ class Pipeline:
         later = self.report.rows[point.index + 1 :]
         if any(r.status == "ok" and any(v > 0 for v in r.changes.values()) for r in later):
             again = Pipeline(self.passes[point.index + 1 :], verifier=self.verifier, dump_dir=self.dump_dir,
-                             input_shapes=self.input_shapes, progress=self.progress)
+                             input_shapes=self.input_shapes, progress=self.progress,
+                             pass_progress=self.pass_progress)
             again.run(model)
             self.report.rows[point.index + 1 :] = again.report.rows
             self.report.final = again.report.final
@@ -560,6 +571,7 @@ def optimize_model(
     progress: Callable[[int, int, str], None] | None = None,
     allow_random_verification: bool = False,
     data_notes: Sequence[str] = (),
+    pass_progress: Callable[[str, float, float, str], None] | None = None,
 ) -> OptimizeResult:
     """Load, run the built passes, verify against the original, and save atomically (the optimize core).
 
@@ -615,6 +627,7 @@ def optimize_model(
         dump_dir=dump_dir,
         input_shapes=stat_shapes,
         progress=progress,
+        pass_progress=pass_progress,
     )
     report = pipeline.report
     report.input_notes.extend([*data_notes, *notes])

@@ -409,3 +409,23 @@ def test_passes_that_ask_get_the_final_checks_feeds_expected_outputs_and_budget(
     SeeVerification.seen = []
     api.optimize(two_layers(), None, passes=[SeeVerification()], verify=False)
     assert SeeVerification.seen == [None]  # nothing verified: nothing handed over
+
+
+class Reporting(LossyScale):
+    name = "reporting"
+    reports_progress = True
+
+    def rewrite(self, model: ir.Model, report: PassReport) -> None:
+        self.progress(1.0, 4.0, "epoch 1 loss 0.5")  # type: ignore[attr-defined]
+        self.progress(4.0, 4.0, "epoch 2 loss 0.25")  # type: ignore[attr-defined]
+        super().rewrite(model, report)
+
+
+def test_passes_that_report_progress_reach_the_callers_pass_progress_for_the_call_only():
+    calls: list[tuple] = []
+    step, quiet_step = Reporting(), LossyScale()
+    quiet_step.progress = "untouched"  # a pass that does not report progress keeps its attribute
+    api.optimize(two_layers(), None, passes=[quiet_step, step], data=DATA,
+                 pass_progress=lambda *args: calls.append(args))
+    assert calls == [("reporting", 1.0, 4.0, "epoch 1 loss 0.5"), ("reporting", 4.0, 4.0, "epoch 2 loss 0.25")]
+    assert step.progress is None and quiet_step.progress == "untouched"

@@ -91,6 +91,7 @@ class DistillPass(SftPass):
     numerics = Numerics.APPROXIMATE
     uses_calibration = True
     uses_original: ClassVar[bool] = True
+    reports_progress: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -143,7 +144,8 @@ class DistillPass(SftPass):
         self.calibration_data = calibration_data
         #: The model the pipeline started from (bytes or a path), handed over by the Pipeline for the call.
         self.original: bytes | str | None = None
-        #: Called as ``progress(seconds, time_budget, text)`` after each lr probe and epoch (set by the caller).
+        #: Called as ``progress(seconds, time_budget, text)`` after each lr probe and epoch (set by the caller, or
+        #: by the Pipeline for the call when it was given ``pass_progress``).
         self.progress: Callable[[float, float, str], None] | None = None
 
     def requires(self, model: ir.Model) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Annotated, Any
 
@@ -164,31 +165,34 @@ def optimize(
             allow_random_verification=allow_random_verification,
         )
         return
-    progress = None
+    progress = pass_progress = None
+    bar = contextlib.nullcontext()
     if not quiet and err.is_terminal:
-        progress = lambda i, n, name: err.print(f"[{i + 1}/{n}] {name}", style="dim")  # noqa: E731
+        progress, pass_progress, bar = _pass_progress_bar()
     if target not in ("standard", "ort"):
         from sftonnx.errors import InputError
 
         raise InputError(f"--target must be standard or ort, got '{target}'")
-    result = api.optimize(
-        model,
-        output,
-        passes=passes,
-        preset=preset or ("fast-cpu" if target == "ort" else "lossless"),
-        data=data,
-        verify=not no_verify,
-        input_shapes=input_shape,
-        tolerance=Tolerance(atol=atol, rtol=rtol),
-        budget=Budget(min_cosine=min_cosine, min_agreement=min_agreement),
-        verify_each=verify_each,
-        dump_dir=dump_dir,
-        overwrite=overwrite,
-        external_data=external_data,
-        calibration_data=calibration_data,
-        progress=progress,
-        allow_random_verification=allow_random_verification,
-    )
+    with bar:
+        result = api.optimize(
+            model,
+            output,
+            passes=passes,
+            preset=preset or ("fast-cpu" if target == "ort" else "lossless"),
+            data=data,
+            verify=not no_verify,
+            input_shapes=input_shape,
+            tolerance=Tolerance(atol=atol, rtol=rtol),
+            budget=Budget(min_cosine=min_cosine, min_agreement=min_agreement),
+            verify_each=verify_each,
+            dump_dir=dump_dir,
+            overwrite=overwrite,
+            external_data=external_data,
+            calibration_data=calibration_data,
+            progress=progress,
+            allow_random_verification=allow_random_verification,
+            pass_progress=pass_progress,
+        )
     rep = result.report
     write_json(report, rep.to_json())
     if quiet:
@@ -219,6 +223,27 @@ def optimize(
     out.print(f"wrote {output}", markup=False)
 
 
+def _pass_progress_bar() -> tuple[Any, Any, Any]:
+    """``(progress, pass_progress, bar)`` for a terminal run of ``optimize``.
+
+    A line per pass, and a transient bar with the text of passes that report progress during their run
+    (``distill``: its time budget and held-out loss).
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=err, transient=True)
+    task = bar.add_task("", total=None, visible=False)
+
+    def progress(index: int, total: int, name: str) -> None:
+        bar.console.print(f"[{index + 1}/{total}] {name}", style="dim", markup=False)
+        bar.update(task, visible=False, completed=0, total=None)
+
+    def pass_progress(name: str, done: float, total: float, text: str) -> None:
+        bar.update(task, visible=True, completed=done, total=total, description=f"{name}: {text}")
+
+    return progress, pass_progress, bar
+
+
 def _optimize_auto(
     model: pathlib.Path,
     output: pathlib.Path,
@@ -231,8 +256,6 @@ def _optimize_auto(
     **options: Any,
 ) -> None:
     """``optimize --preset auto``: run the search with a progress bar, print the front, write the chosen model."""
-    import contextlib
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sftonnx import api, search
