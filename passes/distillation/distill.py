@@ -41,7 +41,9 @@ class DistillPass(SftPass):
     With a QDQ model (after ``quantize``), QuantizeLinear/DequantizeLinear run as fake quantization with a
     straight-through estimator, so the float weights learn under int8 rounding (quantization-aware
     fine-tuning); ``train_quantized=true`` also fine-tunes int8 weights through a float shadow copy and
-    requantizes them with their existing scales.
+    requantizes them with their existing scales; ``train_scales=true`` trains the Q/DQ scales too (LSQ-style, in
+    log space so they stay positive; int32 biases at ``s_x * s_w`` stay tied to that product and are
+    requantized), written back as a standard QDQ model with the new scales.
 
     Declines (``requires``, a skip row inside presets, exit 2 when asked for explicitly): torch not installed
     (``distillation skipped: install with pip install "sftonnx[torch]"``), no calibration data, ops the torch
@@ -81,6 +83,7 @@ class DistillPass(SftPass):
         feature_weight: Weight of feature matching at shared tensor names (0: off).
         augment: ``mixup`` blends pairs of float samples (the teacher labels them too); ``none``.
         train_quantized: Also fine-tune int8 weights of a QDQ model (requantized with their scales).
+        train_scales: Also train the Q/DQ scales of a QDQ model (tied int32 biases requantized).
         max_samples: Calibration samples used at most.
         seed: Seed of torch and of the sample order.
         teacher: Path of the teacher model; default: the model the pipeline started from.
@@ -106,6 +109,7 @@ class DistillPass(SftPass):
         feature_weight: float = 0.0,
         augment: Literal["mixup", "none"] = "mixup",
         train_quantized: bool = True,
+        train_scales: bool = False,
         max_samples: int = 2048,
         seed: int = 0,
         teacher: str | None = None,
@@ -138,6 +142,7 @@ class DistillPass(SftPass):
         self.feature_weight = float(feature_weight)
         self.augment = augment
         self.train_quantized = bool(train_quantized)
+        self.train_scales = bool(train_scales)
         self.max_samples = int(max_samples)
         self.seed = int(seed)
         self.teacher = teacher
@@ -199,6 +204,7 @@ class DistillPass(SftPass):
             options,
             fixed_batch=fixed_batch,
             train_quantized_weights=self.train_quantized,
+            train_scales=self.train_scales,
         )
         report.details.update(training.describe(result))
         before, after = result.agreement_before, result.agreement_after

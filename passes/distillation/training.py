@@ -261,6 +261,7 @@ def distill(
     *,
     fixed_batch: bool,
     train_quantized_weights: bool,
+    train_scales: bool = False,
 ) -> tuple[DistillResult, TorchGraph]:
     """Train the student's float weights against the teacher; returns the result and the trained module.
 
@@ -271,7 +272,7 @@ def distill(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _Run(student, teacher_source, units, options, fixed_batch, train_quantized_weights).run()
+        return _Run(student, teacher_source, units, options, fixed_batch, train_quantized_weights, train_scales).run()
     finally:
         torch.set_num_threads(threads)
 
@@ -392,11 +393,11 @@ class _Run:
     """One distillation: the optional learning-rate probe, then training with decay, clipping and back-off."""
 
     def __init__(self, student, teacher_source, units, options: Options, fixed_batch: bool,
-                 train_quantized_weights: bool) -> None:
+                 train_quantized_weights: bool, train_scales: bool = False) -> None:
         self.start = time.perf_counter()
         self.options = options
         torch.manual_seed(options.seed)
-        self.graph = TorchGraph(student, train_quantized_weights=train_quantized_weights)
+        self.graph = TorchGraph(student, train_quantized_weights=train_quantized_weights, train_scales=train_scales)
         self.features = shared_features(student, teacher_source) if options.feature_weight > 0 else []
         teacher = _Teacher(teacher_source, self.features)
         held = max(1, int(round(len(units) * options.holdout))) if len(units) > 1 else 0

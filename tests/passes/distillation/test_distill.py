@@ -353,3 +353,23 @@ g (float[N,6] x) => (float[N,6] y) {
 }""", eps=np.array(1e-10, np.float32), scale=seeded((6,), 3), d=np.array(2.0, np.float32))
     graph = TorchGraph(model)
     assert sorted(graph.parameter_names.values()) == ["scale"]
+
+
+@pytest.mark.slow
+def test_qat_with_train_scales_writes_new_positive_scales_into_a_standard_qdq_model():
+    """``train_scales=true``: the Q/DQ scales are trained too and written back; graph and dtypes unchanged."""
+    spec = "prune-channels{ratio=0.5, reconstruct=false},quantize{method=minmax}"
+    quantized = optimize(DIGITS, passes=spec, calibration_data=DIGITS_CALIB, budget=LOOSE).model
+    qat = optimize(DIGITS, passes=spec + ",distill{epochs=40, time_budget=40, train_scales=true}",
+                   calibration_data=DIGITS_CALIB, budget=LOOSE)
+    row = qat.report.rows[-1]
+    assert row.name == "distill" and row.status == "ok" and row.details["loss_after"] < row.details["loss_before"]
+    model = qat.model
+    assert [n.op_type for n in model.graph] == [n.op_type for n in quantized.graph]
+    assert _qdq_state(model) == _qdq_state(quantized)
+    scales = {n.inputs[1].name for n in model.graph if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    new = {name: model.graph.initializers[name].const_value.numpy() for name in scales}
+    assert all(np.all(v > 0) for v in new.values())
+    assert any(not np.array_equal(new[name], quantized.graph.initializers[name].const_value.numpy())
+               for name in scales)
+    assert _top1(model) >= _top1(quantized) - 0.002
