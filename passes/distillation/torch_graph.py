@@ -885,6 +885,14 @@ def _recurrent(
     return outputs
 
 
+def _length_mask(lengths, steps: int, dtype):
+    """``[T, B, 1]`` of 1 where a time step is within its sequence's length; ``None`` when every one is full."""
+    if lengths is None or not bool((lengths.to(torch.int64) < steps).any()):
+        return None
+    lens = lengths.to(torch.int64)
+    return (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).to(dtype).unsqueeze(-1)
+
+
 def _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, directions: int):
     """An LSTM with peepholes and default activations, as :func:`_recurrent_loop` computes it.
 
@@ -892,10 +900,7 @@ def _peephole_lstm(node, x, w, r, b, lengths, initial_h, initial_c, peepholes, d
     """
     steps, batch = x.shape[0], x.shape[1]
     hidden = r.shape[-1]
-    mask = None
-    if lengths is not None and bool((lengths.to(torch.int64) < steps).any()):
-        lens = lengths.to(torch.int64)
-        mask = (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
+    mask = _length_mask(lengths, steps, x.dtype)
     reverse_only = _Attrs(node)("direction", "forward") == "reverse"
     ys, hs, cs = [], [], []
     for d in range(directions):
@@ -1016,10 +1021,7 @@ def _recurrent_loop(node, x, w, r, b=None, lengths=None, initial_h=None, initial
     coupled = op == "LSTM" and bool(at("input_forget", 0))
     steps, batch = x.shape[0], x.shape[1]
     hidden = r.shape[-1]
-    mask = None
-    if lengths is not None and bool((lengths.to(torch.int64) < steps).any()):
-        lens = lengths.to(torch.int64)
-        mask = (torch.arange(steps).unsqueeze(1) < lens.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # [T, B, 1]
+    mask = _length_mask(lengths, steps, x.dtype)
     ys, hs, cs = [], [], []
     for d in range(directions):
         reverse = direction == "reverse" or d == 1
