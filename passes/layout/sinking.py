@@ -598,18 +598,7 @@ class _Rewriter:
         if not apply:
             return None
         for index in plan.data:
-            value = node.inputs[index]
-            transposed = self.local_transpose(value)
-            if transposed is not None and transposed[1] == perm:
-                node.replace_input_with(index, transposed[0].inputs[0])
-            elif (array := _constant(value)) is not None:
-                aligned = array.reshape((1,) * (rank - array.ndim) + array.shape)
-                new = self.constant(np.ascontiguousarray(np.transpose(aligned, inverse)), f"{value.name or 'c'}_relaid")
-                node.replace_input_with(index, new)
-            else:
-                inserted = self.transpose_node(value, inverse)
-                self.graph.insert_before(node, inserted)
-                node.replace_input_with(index, inserted.outputs[0])
+            self._relay_input(node, index, inverse, cancels=lambda p: p == perm)
         self._apply_constants(node, plan)
         for output, rho in zip(list(node.outputs), plan.outputs, strict=True):
             old_shape = output.shape
@@ -630,6 +619,30 @@ class _Rewriter:
         for transpose in released.values():
             self.remove_if_dead(transpose)
         self.report.changes["transposes_sunk"] += 1
+        return None
+
+    def _relay_input(
+        self, node: ir.Node, index: int, perm: Perm, *, cancels: Callable[[Perm], bool]
+    ) -> ir.Node | None:
+        """Feed ``node``'s input ``index`` through ``Transpose(perm)``; returns the Transpose it bypassed, if any.
+
+        An input that is a local Transpose whose permutation ``cancels(p)`` is bypassed (read from before it); a
+        constant is re-laid out (right-aligned to ``len(perm)`` dims, as broadcasting reads it); anything else gets
+        a new Transpose inserted before ``node``.
+        """
+        value = node.inputs[index]
+        transposed = self.local_transpose(value)
+        if transposed is not None and cancels(transposed[1]):
+            node.replace_input_with(index, transposed[0].inputs[0])
+            return transposed[0]
+        if (array := _constant(value)) is not None:
+            aligned = array.reshape((1,) * (len(perm) - array.ndim) + array.shape)
+            new = self.constant(np.ascontiguousarray(np.transpose(aligned, perm)), f"{value.name or 'c'}_relaid")
+            node.replace_input_with(index, new)
+        else:
+            inserted = self.transpose_node(value, perm)
+            self.graph.insert_before(node, inserted)
+            node.replace_input_with(index, inserted.outputs[0])
         return None
 
     def _apply_constants(self, node: ir.Node, plan: _Plan) -> None:
@@ -686,19 +699,9 @@ class _Rewriter:
             return False
         released = []
         for index in plan.data:
-            operand = producer.inputs[index]
-            transposed = self.local_transpose(operand)
-            if transposed is not None and _is_identity(_compose(transposed[1], perm)):
-                producer.replace_input_with(index, transposed[0].inputs[0])
-                released.append(transposed[0])
-            elif (array := _constant(operand)) is not None:
-                aligned = array.reshape((1,) * (rank - array.ndim) + array.shape)
-                new = self.constant(np.ascontiguousarray(np.transpose(aligned, perm)), f"{operand.name or 'c'}_relaid")
-                producer.replace_input_with(index, new)
-            else:
-                inserted = self.transpose_node(operand, perm)
-                self.graph.insert_before(producer, inserted)
-                producer.replace_input_with(index, inserted.outputs[0])
+            bypassed = self._relay_input(producer, index, perm, cancels=lambda p: _is_identity(_compose(p, perm)))
+            if bypassed is not None:
+                released.append(bypassed)
         self._apply_constants(producer, plan)
         output = node.outputs[0]
         value.shape = output.shape
