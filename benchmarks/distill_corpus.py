@@ -6,11 +6,15 @@ Usage (from the repo root)::
     python benchmarks/distill_corpus.py --models madmom_key_cnn --budget 60 --out benchmarks/DISTILL.md
 
 Rows:
-- ``digits 50% pruned``: ``prune-channels{ratio=0.5, reconstruct=false}`` (no least-squares refit), then ``distill``
+- ``digits_pruned``: ``prune-channels{ratio=0.5, reconstruct=false}`` (no least-squares refit), then ``distill``
   with its defaults (automatic lr) against the fp32 model; metric: top-1 on ``digits_test.npz`` (540 labelled
   samples). Calibration: the first 150 rows of ``digits_calib.npz``, verification the last 50 (as the pipeline
   splits it).
-- ``digits max``: the ``max`` preset without its ``distill`` step, and the ``max`` preset itself.
+- ``digits_pruned_train``: the same, but calibrated and distilled on the whole training split without its labels
+  (1257 images from ``models.digits.load_split``; needs scikit-learn): the unlabeled data a user distills with.
+- ``digits_refit``: ``prune-channels{ratio=0.5}`` with its least-squares refit on the 150 calibration rows (plain
+  refit, for comparison), then ``distill`` on the same rows.
+- ``digits_max``: the ``max`` preset without its ``distill`` step, and the ``max`` preset itself.
 - corpus models: ``compact`` without its ``distill`` step (calibration = ``N_CAL`` recipe samples, seed 1;
   verification = 4 samples, seed 0), then ``distill{time_budget=B}`` on that model with the original as teacher
   (what ``compact`` does in one run); metric: the corpus task metric (``tests.corpus.harness.task_metrics``:
@@ -75,15 +79,28 @@ def _distill_row(result) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- steps (children)
-def _digits_data(work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def _digits_data(work: pathlib.Path, *, train_split: bool = False) -> tuple[pathlib.Path, pathlib.Path]:
     data = np.load(DIGITS_CALIB)["input"]
     calibration, verification = work / "digits_cal.npz", work / "digits_verify.npz"
-    np.savez(calibration, input=data[:150])
+    if train_split:
+        from models.digits import load_split
+
+        calibration = work / "digits_train.npz"
+        np.savez(calibration, input=load_split()[0])
+    else:
+        np.savez(calibration, input=data[:150])
     np.savez(verification, input=data[150:])
     return calibration, verification
 
 
-def _corpus_data(model_id: str, work: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
+DIGITS_SPECS = {
+    "digits_pruned": "prune-channels{ratio=0.5, reconstruct=false}",
+    "digits_pruned_train": "prune-channels{ratio=0.5, reconstruct=false}",
+    "digits_refit": "prune-channels{ratio=0.5}",
+}
+
+
+def _corpus_data(model_id: str, work: pathlib.Path, n_cal: int) -> tuple[pathlib.Path, pathlib.Path, pathlib.Path]:
     from tests.corpus import harness
     from tests.corpus.fetch import model_path
     from tests.corpus.manifest import BY_ID
@@ -93,11 +110,11 @@ def _corpus_data(model_id: str, work: pathlib.Path) -> tuple[pathlib.Path, pathl
     path = model_path(entry)
     verification = harness.data_source(entry, samples(entry, n=N_VERIFY, seed=0), work, f"{model_id}_verify",
                                        model=path)
-    calibration = harness.data_source(entry, samples(entry, n=N_CAL, seed=1), work, f"{model_id}_cal", model=path)
+    calibration = harness.data_source(entry, samples(entry, n=n_cal, seed=1), work, f"{model_id}_cal", model=path)
     return path, calibration, verification
 
 
-def step(kind: str, name: str, work: pathlib.Path, budget: float) -> dict:
+def step(kind: str, name: str, work: pathlib.Path, budget: float, n_cal: int, options: dict) -> dict:
     """One child's work: ``before`` writes the compressed model, ``after`` distills it (or runs the full preset)."""
     from sftonnx import api
     from sftonnx.passes import PRESETS
@@ -105,16 +122,16 @@ def step(kind: str, name: str, work: pathlib.Path, budget: float) -> dict:
 
     before, after = work / f"{name}.before.onnx", work / f"{name}.after.onnx"
     start = time.perf_counter()
-    if name == "digits_pruned":
-        calibration, verification = _digits_data(work)
+    if name in DIGITS_SPECS:
+        calibration, verification = _digits_data(work, train_split=name == "digits_pruned_train")
         teacher = DIGITS
-        spec = "prune-channels{ratio=0.5, reconstruct=false}"
+        spec = DIGITS_SPECS[name]
     elif name == "digits_max":
         calibration, verification = _digits_data(work)
         teacher = DIGITS
         spec = PRESETS["max"]
     else:
-        teacher, calibration, verification = _corpus_data(name, work)
+        teacher, calibration, verification = _corpus_data(name, work, n_cal)
         spec = _without_distill(PRESETS["compact"])
     # the final check must not stop a run whose metric this table reports; max keeps the default budget, which its
     # int8 step also uses to choose a scheme
@@ -126,16 +143,16 @@ def step(kind: str, name: str, work: pathlib.Path, budget: float) -> dict:
     if name == "digits_max":  # distill sits between compact and quantize-int8: run the whole preset
         result = api.optimize(teacher, after, preset="max", **common)
     else:
-        distill = DistillPass(teacher=str(teacher), calibration_data=calibration, time_budget=budget)
+        distill = DistillPass(teacher=str(teacher), calibration_data=calibration, time_budget=budget, **options)
         result = api.optimize(before, after, passes=[distill], **common)
     return {"seconds": time.perf_counter() - start, "distill": _distill_row(result)}
 
 
-def _child(kind: str, name: str, work: pathlib.Path, budget: float) -> dict:
+def _child(kind: str, name: str, work: pathlib.Path, budget: float, n_cal: int, options: dict) -> dict:
     """Run ``step`` in a child process; its result plus the child's peak RSS in MB."""
     out = work / f"{name}.{kind}.json"
     command = [sys.executable, __file__, "--step", kind, name, "--work", str(work), "--budget", str(budget),
-               "--json", str(out)]
+               "--json", str(out), "--n-cal", str(n_cal), "--options", json.dumps(options)]
     process = subprocess.Popen(command, cwd=ROOT)
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -235,6 +252,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="corpus model ids (default: %(default)s)")
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--budget", type=float, default=60.0, help="distill time_budget, seconds")
+    parser.add_argument("--n-cal", type=int, default=N_CAL, help="corpus calibration samples (default: %(default)s)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help='extra distill options as JSON, e.g. \'{"feature_weight": 1}\'')
     parser.add_argument("--runs", type=int, default=30, help="latency rounds")
     parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "sftonnx" / "distill")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the markdown table here")
@@ -247,16 +267,17 @@ def main() -> None:
 
         logging.basicConfig(level=logging.WARNING, format="%(relativeCreated)7.0f ms %(message)s")
         logging.getLogger("sftonnx.passes.distillation").setLevel(logging.INFO)
-        args.json.write_text(json.dumps(step(args.step[0], args.step[1], args.work, args.budget)))
+        result = step(args.step[0], args.step[1], args.work, args.budget, args.n_cal, args.options)
+        args.json.write_text(json.dumps(result))
         return
-    names = ([] if args.no_digits else ["digits_pruned", "digits_max"]) + (
+    names = ([] if args.no_digits else [*DIGITS_SPECS, "digits_max"]) + (
         CORPUS if args.models is None else args.models
     )
     rows = []
     for name in names:
         if not (args.work / f"{name}.before.onnx").exists():
-            _child("before", name, args.work, args.budget)
-        rec = _child("after", name, args.work, args.budget)
+            _child("before", name, args.work, args.budget, args.n_cal, args.options)
+        rec = _child("after", name, args.work, args.budget, args.n_cal, args.options)
         rec.update(measure(name, args.work, args.runs))
         row = _row(name, rec)
         print(row, flush=True)

@@ -49,11 +49,14 @@ class DistillPass(SftPass):
     (``distillation skipped: install with pip install "sftonnx[torch]"``), no calibration data, ops the torch
     rendering cannot run (named), no teacher.
 
-    Learning rate: given (``lr``), or chosen by a probe: each of ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3,
-    3e-3) trains from the same start for the same few steps (30, or fewer when 25% of the time budget does not
-    allow them; the larger candidates are skipped when one step each already overran that share), and training
-    continues from the candidate with the lowest held-out loss among those that ended below the starting loss
-    (none: the smallest lr, from the start), finishing the probe's warm-up. Then cosine decay to the end of the
+    Learning rate: relative, each tensor's Adam step scaled by that tensor's RMS at the start (so one rate suits
+    weights of every size: a step changes each tensor by about the same share). Given (``lr``), or chosen by a
+    probe that walks over ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2): it starts at 1e-3, tries
+    3e-4, and keeps stepping in the direction that lowered the
+    held-out loss until a candidate is no better (or 25% of the time budget is spent); each candidate trains from
+    the same start for the same few steps (30, or fewer when the time does not allow them). Training continues
+    from the candidate with the lowest held-out loss among those that ended below the starting loss
+    (none: the smallest lr tried, from the start), finishing the probe's warm-up. Then cosine decay to the end of the
     epochs or the time budget; gradients are clipped to 4x their running norm, and an epoch whose held-out loss
     jumps back (half the gain so far lost, or not finite) restores the best weights at half the lr. Training
     samples: with ``augment=mixup``, half of them are blends of two calibration samples (cropped to a common
@@ -74,7 +77,7 @@ class DistillPass(SftPass):
 
     Args:
         epochs: Passes over the training samples at most.
-        lr: Adam learning rate; ``None``: chosen by the probe above.
+        lr: Relative Adam learning rate (per tensor, times its RMS); ``None``: chosen by the probe above.
         batch_size: Samples per optimizer step (at most 4 when samples cannot be stacked into one batch).
         temperature: Softmax temperature of the KL terms.
         time_budget: Seconds of training at most (teacher runs included); the best weights so far are kept.

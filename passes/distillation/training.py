@@ -43,9 +43,16 @@ __all__ = ["LR_CANDIDATES", "DistillResult", "Options", "distill"]
 logger = logging.getLogger(__name__)
 
 _EPS = 1e-8
-#: Learning rates the probe tries when none is given (3e-5: deep real models such as a CNN+LSTM text recognizer
-#: lost accuracy within a few steps of Adam at 1e-4).
-LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+#: Learning rates the probe may try when none is given, ascending. They are relative: each tensor's step is scaled by
+#: its RMS (``_lr_scales``), so 1e-3 moves a weight of RMS 0.1 by about 1e-4 per step. The probe starts at
+#: ``_PROBE_START`` and walks toward the better neighbour while the held-out loss keeps falling: a CNN+LSTM text
+#: recognizer (ddddocr) loses held-out loss within an epoch at the equivalent of 3e-4, the digits CNN pruned
+#: without refit wants 1e-2 or more.
+LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+#: Where the probe's walk starts (the candidate nearest to it).
+_PROBE_START = 1e-3
+#: Candidates the probe's time share is planned for (a walk usually tries 3-4; more run while time is left).
+_PROBE_PLANNED = 4
 #: Share of the time budget all probes together may use.
 _PROBE_SHARE = 0.25
 #: Steps per probe when the time allows (every candidate gets as many as the first one had time for).
@@ -351,6 +358,22 @@ class _Batches:
         return self.units[index], self._cache[index]
 
 
+def _lr_scales(weights: Mapping[str, torch.Tensor]) -> list[float]:
+    """Per trainable tensor, the factor its learning rate is multiplied by: its RMS at the start (relative steps).
+
+    Adam moves every weight by about ``lr`` per step whatever its size, so one absolute ``lr`` is too large for
+    small weights (basic-pitch's CQT filters, RMS 4e-3, shared by 9 convolutions, lost the front end within three
+    steps at 3e-5) while it is right for weights of RMS 0.1. Scaled by its RMS, a step changes every tensor by about
+    the same share (as Adafactor's relative step). Tensors that start near zero (biases of pruned or refitted
+    layers) get a tenth of the median RMS; log-space Q/DQ scale deltas (keys ``s*``, already relative) get 1.
+    """
+    rms = {key: float(value.detach().float().pow(2).mean().sqrt()) if value.numel() else 0.0
+           for key, value in weights.items()}
+    sizes = [r for key, r in rms.items() if r > 0 and not key.startswith("s")]
+    floor = 0.1 * float(np.median(sizes)) if sizes else 1.0
+    return [1.0 if key.startswith("s") else max(r, floor) for key, r in rms.items()]
+
+
 def _blend(a: np.ndarray, b: np.ndarray, lam: np.ndarray | float) -> np.ndarray:
     return (lam * a + (1 - lam) * b).astype(a.dtype, copy=False)
 
@@ -420,7 +443,8 @@ class _Run:
         self.batches = _Batches(self.train_units, teacher, stacked=stacked, augment=self.augment, batch_size=size)
         self.stacked = stacked
         self.holdout_count = len(holdout_units)
-        self.params = list(self.graph.parameters())
+        self.params = list(self.graph.weights.values())
+        self.lr_scales = _lr_scales(self.graph.weights)
         self.steps = self.epochs = self.clipped = self.backoffs = 0
         self.norm_mean: float | None = None
         self.probe_steps = 0
@@ -456,6 +480,12 @@ class _Run:
     def state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.graph.weights.state_dict().items()}
 
+    def optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Adam with one group per tensor: a step moves each tensor by about ``lr`` times its own scale."""
+        groups = [{"params": [p], "scale": scale, "lr": lr * scale} for p, scale in zip(self.params, self.lr_scales,
+                                                                                        strict=True)]
+        return torch.optim.Adam(groups, lr=lr)
+
     def step(self, optimizer: torch.optim.Optimizer, items: list[Item], lr: float) -> float:
         """One optimizer step at ``lr``: gradients clipped to ``_CLIP`` times their running mean norm."""
         optimizer.zero_grad()
@@ -476,7 +506,7 @@ class _Run:
         kept = min(norm, limit)
         self.norm_mean = kept if self.norm_mean is None else 0.9 * self.norm_mean + 0.1 * kept
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         optimizer.step()
         self.steps += 1
         return total
@@ -488,30 +518,37 @@ class _Run:
 
     # ------------------------------------------------------------------ phases
     def probe(self, loss_before: float, rng_seed: int) -> tuple[float, list[dict[str, float]], Any]:
-        """Train from the same start with each candidate lr for the same few steps; keep the best held-out one.
+        """Choose the lr by a walk over ``LR_CANDIDATES``, each candidate trained from the same start.
 
-        Returns the chosen lr, the table and the winner's (weights, optimizer) to continue from. A candidate
-        that ends worse than the start or not finite counts as diverged; with none below the start, the
-        smallest lr is chosen and training restarts from the starting weights.
+        The walk starts at the candidate nearest ``_PROBE_START`` and tries its smaller neighbour; it then keeps
+        going in the direction that lowered the held-out loss (down, or up from the start) until a candidate is
+        no better than the best so far, the candidates run out or the probe's share of the time budget is spent
+        (the untried candidates are listed as skipped). Every candidate trains the same number of steps: 30, or
+        as many as the first one had time for in its share.
+
+        Returns the chosen lr, the table (the candidates in the order tried, then the skipped ones) and the
+        winner's (weights, optimizer) to continue from. A candidate that ends worse than the start or not finite
+        counts as diverged; with none below the start, the smallest lr tried is chosen and training restarts from
+        the starting weights.
         """
         start_state = self.state()
         probe_start = self.elapsed()
         budget = _PROBE_SHARE * self.options.time_budget
         limit = _PROBE_STEPS
         table: list[dict[str, float]] = []
+        losses: dict[int, float] = {}
         best: tuple[float, float, Any] | None = None
-        for index, lr in enumerate(LR_CANDIDATES):
-            if index and self.elapsed() - probe_start > budget:
-                # steps so slow that a step per candidate overran the probe's share: choose among those tried
-                table.append({"lr": lr, "held_out": None, "steps": 0, "diverged": False, "skipped": True})
-                continue
+
+        def attempt(index: int) -> float:
+            nonlocal limit, best
+            lr = LR_CANDIDATES[index]
             self.graph.weights.load_state_dict(start_state)
             self.norm_mean = None
-            optimizer = torch.optim.Adam(self.params, lr=lr)
+            optimizer = self.optimizer(lr)
             rng = np.random.default_rng(rng_seed)
             # each candidate's share of the time counts from its first step (torch's first optimizer step in a
             # process imports for seconds)
-            share = (budget - (self.elapsed() - probe_start)) / (len(LR_CANDIDATES) - index)
+            share = (budget - (self.elapsed() - probe_start)) / max(1, _PROBE_PLANNED - len(losses))
             deadline = float("inf")
             done = 0
             warmup = _PROBE_STEPS // 4  # the same ramp whatever the time allows: one step is never at full lr
@@ -523,7 +560,7 @@ class _Run:
                         deadline = self.elapsed() + share
                     if done >= limit or self.elapsed() >= deadline:
                         break
-            limit = done if index == 0 else limit  # every candidate gets the steps the first one had time for
+            limit = done if not losses else limit  # every candidate gets the steps the first one had time for
             loss = self.evaluate()
             diverged = not loss < loss_before
             table.append({"lr": lr, "held_out": round(loss, 6) if np.isfinite(loss) else None, "steps": done,
@@ -533,9 +570,33 @@ class _Run:
             if not diverged and (best is None or loss < best[1]):
                 self.probe_steps = done
                 best = (lr, loss, (self.state(), copy.deepcopy(optimizer.state_dict())))
+            losses[index] = loss if np.isfinite(loss) else float("inf")
+            return losses[index]
+
+        def time_left() -> bool:
+            # steps so slow that the probe's share is spent: choose among the candidates tried
+            return self.elapsed() - probe_start <= budget
+
+        first = min(range(len(LR_CANDIDATES)), key=lambda i: abs(np.log(LR_CANDIDATES[i] / _PROBE_START)))
+        current = first
+        attempt(first)
+        direction = 1
+        if first > 0 and time_left():
+            if attempt(first - 1) < losses[first]:
+                current, direction = first - 1, -1
+        following = current + direction
+        while 0 <= following < len(LR_CANDIDATES) and following not in losses and time_left():
+            if not attempt(following) < losses[current]:
+                break
+            current, following = following, following + direction
+        table.extend(
+            {"lr": lr, "held_out": None, "steps": 0, "diverged": False, "skipped": True}
+            for index, lr in enumerate(LR_CANDIDATES)
+            if index not in losses
+        )
         if best is None:
             self.graph.weights.load_state_dict(start_state)
-            return LR_CANDIDATES[0], table, None
+            return LR_CANDIDATES[min(losses)], table, None
         return best[0], table, best[2]
 
     def run(self) -> tuple[DistillResult, TorchGraph]:
@@ -553,7 +614,7 @@ class _Run:
         lr = options.lr
         if lr is None:
             lr, table, resume = self.probe(loss_before, options.seed)
-        optimizer = torch.optim.Adam(self.params, lr=lr)
+        optimizer = self.optimizer(lr)
         if resume is not None:
             weights, optimizer_state = resume
             self.graph.weights.load_state_dict(weights)
@@ -598,7 +659,7 @@ class _Run:
                 if not current < best + _DIVERGED * max(loss_before - best, best):
                     # a too-large step wrecked the weights: back to the best ones, at half the learning rate
                     self.graph.weights.load_state_dict(best_state)
-                    optimizer = torch.optim.Adam(self.params, lr=lr)
+                    optimizer = self.optimizer(lr)
                     self.norm_mean = None
                     scale *= 0.5
                     self.backoffs += 1

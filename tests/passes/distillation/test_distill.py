@@ -160,11 +160,14 @@ def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
     assert row.name == "distill" and row.changes == {"initializers_trained": 6}
     assert row.details["loss_after"] < 0.05 * row.details["loss_before"]
     assert row.details["train_samples"] + row.details["holdout_samples"] == 150  # 50 held out for verification
-    # the probe: every candidate from the same start, the chosen one the best that did not diverge
+    # the probe: a walk from 1e-4 toward the better neighbour, every candidate from the same start; the chosen
+    # one the best that did not diverge
     probe = row.details["lr_probe"]
-    assert [p["lr"] for p in probe] == list(training.LR_CANDIDATES)
-    kept = [p for p in probe if not p["diverged"]]
-    assert row.details["lr"] == min(kept, key=lambda p: p["held_out"])["lr"] >= 1e-3  # 1e-4 is far too slow here
+    assert sorted(p["lr"] for p in probe) == list(training.LR_CANDIDATES)
+    tried = [p for p in probe if not p["skipped"]]
+    assert [p["lr"] for p in tried[:2]] == [1e-3, 3e-4]
+    kept = [p for p in tried if not p["diverged"]]
+    assert row.details["lr"] == min(kept, key=lambda p: p["held_out"])["lr"] >= 1e-2  # 1e-3 is far too slow here
     before, after = _top1(pruned.model), _top1(distilled.model)
     assert fp32 > 0.975
     assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
@@ -256,6 +259,34 @@ def test_lr_probe_chooses_the_best_candidate_that_did_not_diverge(monkeypatch):
     assert result.details["loss_after"] <= probe[1]["held_out"] < result.details["loss_before"]
 
 
+def test_lr_probe_walks_down_when_the_smaller_neighbour_is_better(monkeypatch):
+    # starting at a wrecking lr, the walk goes down while the held-out loss falls and stops at the first worse one
+    monkeypatch.setattr(training, "LR_CANDIDATES", (1e-6, 1e-2, 50.0, 100.0))
+    monkeypatch.setattr(training, "_PROBE_START", 50.0)
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=10, batch_size=8, time_budget=60)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    probe = result.details["lr_probe"]
+    assert [(row["lr"], row["skipped"]) for row in probe] == [(50.0, False), (1e-2, False), (1e-6, False),
+                                                              (100.0, True)]
+    assert probe[0]["diverged"] and probe[1]["held_out"] < probe[2]["held_out"]
+    assert result.details["lr"] == 1e-2
+
+
+def test_lr_probe_stops_walking_up_at_the_first_worse_candidate(monkeypatch):
+    monkeypatch.setattr(training, "LR_CANDIDATES", (1e-6, 1e-2, 50.0, 100.0))
+    monkeypatch.setattr(training, "_PROBE_START", 1e-2)
+    student = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=10, batch_size=8, time_budget=60)
+    pass_.original = io.to_bytes(mlp())
+    result = pass_(student)
+    probe = result.details["lr_probe"]
+    assert [(row["lr"], row["skipped"]) for row in probe] == [(1e-2, False), (1e-6, False), (50.0, False),
+                                                              (100.0, True)]
+    assert probe[2]["diverged"] and result.details["lr"] == 1e-2
+
+
 def test_explicit_lr_is_used_without_a_probe():
     student = mlp(noise=0.3)
     pass_ = DistillPass(calibration_data=feeds(32), epochs=10, batch_size=8, lr=0.02, time_budget=30)
@@ -283,8 +314,9 @@ def test_progress_hook_gets_the_probe_and_every_epoch():
     pass_.progress = lambda done, total, text: calls.append((done, total, text))
     result = pass_(mlp(noise=0.3))
     texts = [text for _, _, text in calls]
-    probes = len(training.LR_CANDIDATES)
-    assert [t.split(":")[0] for t in texts[:probes]] == [f"lr probe {lr:g}" for lr in training.LR_CANDIDATES]
+    tried = [row["lr"] for row in result.details["lr_probe"] if not row["skipped"]]
+    assert len(tried) >= 2
+    assert [t.split(":")[0] for t in texts[: len(tried)]] == [f"lr probe {lr:g}" for lr in tried]
     assert len([t for t in texts if t.startswith("epoch ")]) == result.details["epochs"] == 6
     assert "held-out" in texts[-1] and all(total == 30 for _, total, _ in calls)
     seconds = [done for done, _, _ in calls]
