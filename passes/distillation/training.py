@@ -17,8 +17,8 @@ under the same name and shape (pruning and factorization keep the names of the t
 Samples: units of one sample each (rows of one ``.npz``; files of a folder or feed dicts as they are). When
 every unit holds one row of a batch axis (and the model's first dimension is not fixed), mini-batches are
 stacked; otherwise the gradients of up to 4 units (whole sequences or images of their own shapes) make a step.
-``augment=mixup`` blends pairs of float samples (``lam ~ U(0, 1)``) and asks the teacher for those too,
-which multiplies a small calibration set. The last ``holdout`` fraction of units is never trained on: its
+``augment=mixup`` (off by default) blends pairs of float samples (``lam ~ U(0, 1)``) and asks the teacher for
+those too, which multiplies a small calibration set. The last ``holdout`` fraction of units is never trained on: its
 loss decides early stopping, and the weights with the lowest held-out loss are the ones kept.
 """
 

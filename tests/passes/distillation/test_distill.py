@@ -340,7 +340,7 @@ def test_mixup_crops_samples_of_different_lengths_to_a_common_shape():
 def test_max_samples_counts_samples_not_rows_of_unbatched_inputs():
     # [T, 6] sequences without a batch axis: 12 samples of 5 rows; max_samples=8 keeps 8 samples (not 8 rows)
     data = [{"x": seeded((5, 6), 40 + i)} for i in range(12)]
-    pass_ = DistillPass(calibration_data=data, epochs=2, max_samples=8, lr=0.01, time_budget=30)
+    pass_ = DistillPass(calibration_data=data, epochs=2, max_samples=8, lr=0.01, time_budget=30, augment="mixup")
     pass_.original = io.to_bytes(mlp())
     result = pass_(mlp(noise=0.3))
     assert result.details["train_samples"] + result.details["holdout_samples"] == 8
