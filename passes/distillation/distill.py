@@ -62,8 +62,10 @@ class DistillPass(SftPass):
     samples: the calibration samples as they are; with ``augment=mixup``, half of them are blends of two
     calibration samples (cropped to a common shape when they differ, e.g. sequences of other lengths) plus a
     little Gaussian noise, labelled by the teacher (off by default: on a text recognizer and a chord recognizer
-    it made the held-out agreement fall where the plain samples raised it). Progress: ``progress(seconds, time_budget, text)`` (the attribute, set by the caller) after each
-    probe and epoch, and the same lines as INFO logs (``sftonnx -v``).
+    it made the held-out agreement fall where the plain samples raised it). Tensors that are all zeros (terms
+    the exporter left out, such as zero biases) are not trained. Progress: ``progress(seconds, time_budget,
+    text)`` (the attribute, set by the caller) after each probe and epoch, and the same lines as INFO logs
+    (``sftonnx -v``).
 
     Statistics: changes ``initializers_trained``; skipped ``no_improvement`` (nothing written: training did
     not lower the held-out loss by 1%), ``agreement_fell`` (nothing written: the held-out top-1 agreement with

@@ -17,8 +17,8 @@ from sftonnx.passes.distillation.distill import DistillPass
 from sftonnx.verify import Budget, make_session
 from tests.helpers import make_model, run_ort, seeded
 
-pytest.importorskip("torch")
 training = pytest.importorskip("sftonnx.passes.distillation.training")
+torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.torch
 
@@ -285,6 +285,32 @@ def test_lr_probe_stops_walking_up_at_the_first_worse_candidate(monkeypatch):
     assert [(row["lr"], row["skipped"]) for row in probe] == [(1e-2, False), (1e-6, False), (50.0, False),
                                                               (100.0, True)]
     assert probe[2]["diverged"] and result.details["lr"] == 1e-2
+
+
+def test_steps_are_relative_to_each_tensor_and_all_zero_tensors_stay_zero():
+    # the teacher has a zero bias (a term the exporter left out); the student's weights are perturbed. The zero
+    # bias must stay exactly zero (in a CQT front end any bias makes silent bins loud under the log), the others
+    # move, each by a share of its own size
+    def zero_bias(noise: float) -> ir.Model:
+        rng = np.random.default_rng(7)
+        w1, w2 = seeded((8, 6), 1), 1e-3 * seeded((8, 4), 3)  # w2 is 1000x smaller than w1
+        return make_model(MLP, w1=w1 + noise * rng.standard_normal(w1.shape).astype(np.float32),
+                          b1=np.zeros(8, np.float32), w2=w2 * (1 + noise * rng.standard_normal(w2.shape)).astype(
+                              np.float32))
+
+    assert training._lr_scales({"w0": torch.zeros(3), "w1": torch.full((4,), 2.0), "s0": torch.zeros(2)}) == [
+        0.0, 2.0, 1.0]
+    student = zero_bias(0.3)
+    before = {n: v.const_value.numpy().copy() for n, v in student.graph.initializers.items()}
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=30, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(zero_bias(0.0))
+    result = pass_(student)
+    after = {n: v.const_value.numpy() for n, v in student.graph.initializers.items()}
+    assert result.details["loss_after"] < 0.5 * result.details["loss_before"]
+    assert not after["b1"].any()
+    for name in ("w1", "w2"):
+        moved = np.sqrt(np.mean((after[name] - before[name]) ** 2)) / np.sqrt(np.mean(before[name] ** 2))
+        assert 1e-3 < moved < 1.0, (name, moved)  # the 1000x smaller w2 moved by a share of its size too
 
 
 def test_explicit_lr_is_used_without_a_probe():
