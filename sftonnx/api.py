@@ -465,7 +465,7 @@ def optimize_auto(
             result = optimize(
                 model,
                 output,
-                passes=candidate.spec,
+                passes=_write_spec(candidate),
                 data=found.verify_data,
                 input_shapes=input_shapes,
                 budget=budget.verification_budget(candidate),
@@ -478,20 +478,12 @@ def optimize_auto(
             failures.append(f"{candidate.name}: {error}")
             logger.warning("auto: %s failed its final verification: %s", candidate.name, error)
             continue
-        if output_path is not None and (budget.max_accuracy_drop is not None or candidate.kind == "distill"):
+        if output_path is not None and budget.max_accuracy_drop is not None:
             written = search.measure_model(found, output_path)
             if not written.feasible:
                 output_path.unlink(missing_ok=True)
                 failures.append(f"{candidate.name}: written model has {_auto_figures(written)}")
                 continue
-            if candidate.kind == "distill":
-                # Rebuilding the spec trains again, and training stops on wall time: report what was written.
-                for name in _WRITTEN_FIGURES:
-                    setattr(candidate, name, getattr(written, name))
-                found.notes.append(
-                    "distill: trained again when its spec was rebuilt for writing (training stops on wall time); "
-                    "the chosen figures are the written model's"
-                )
         if candidate is not found.chosen:
             found.notes.append(f"{found.chosen.name} failed its final verification; wrote {candidate.name}")
             found.chosen = found.best = candidate
@@ -508,11 +500,17 @@ def optimize_auto(
     )
 
 
-#: The figures of a written model copied onto a distilled choice (see :func:`optimize_auto`).
-_WRITTEN_FIGURES = (
-    "metric", "drop", "error", "cosine", "max_abs", "top1_agreement", "agreement", "judged_error",
-    "within_budget", "budget_failure",
-)
+def _write_spec(candidate: Any) -> str:
+    """The spec that writes ``candidate``: its own, except for a distilled one.
+
+    A distilled candidate copies the weights it was measured with (``distill{weights_from=...}``, the search's
+    cached model) instead of training again: training stops on wall time and would not give the same weights twice.
+    """
+    if candidate.kind != "distill" or not candidate.model_path:
+        return candidate.spec
+    head = candidate.spec.rsplit("distill{", 1)[0].rstrip(",")
+    step = f"distill{{weights_from={candidate.model_path}}}"
+    return f"{head},{step}" if head else step
 
 
 def _auto_figures(candidate: Any) -> str:

@@ -11,7 +11,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 
-from sftonnx import api, search
+from sftonnx import api, io, search
 from sftonnx.errors import InputError
 from sftonnx.search.ladder import ladder, search_ladder
 from sftonnx.search.run import MIN_DISTILL_SECONDS
@@ -431,7 +431,7 @@ def test_distill_step_keeps_the_distilled_model_only_when_it_is_better_and_withi
     )
     assert step.status == "kept", step
     assert distilled is not None and distilled.kind == "distill" and distilled.feasible
-    assert MIN_DISTILL_SECONDS <= step.time_budget <= 18  # (40 s left - 3 x build) / 2, whole seconds
+    assert MIN_DISTILL_SECONDS <= step.time_budget <= 40  # 40 s left - 3 x build, whole seconds
     assert distilled.spec == f"{chosen.spec},distill{{time_budget={step.time_budget:g}}}"
     assert step.seconds > 0 and step.details["loss_after"] < step.details["loss_before"]
     assert budget.loss(distilled) < budget.loss(chosen)
@@ -516,9 +516,15 @@ def test_auto_writes_the_distilled_model_when_distillation_lowers_the_accuracy_d
     assert step.status == "kept" and step.candidate == "distill", step
     assert found.chosen.kind == "distill" and found.chosen.spec.startswith(pruned.spec + ",distill{time_budget=")
     assert result.report_json()["auto"]["spec"] == found.chosen.spec
-    assert [row.name for row in result.report.rows][-1] == "distill"  # the written model was trained too
+    # the write copies the weights the search measured instead of training again: the written model is that one
+    last = result.report.rows[-1]
+    assert last.name == "distill" and last.changes["initializers_loaded"] > 0
+    measured, written = io.load(found.chosen.model_path), io.load(output)
+    for name, value in measured.graph.initializers.items():
+        np.testing.assert_array_equal(written.graph.initializers[name].const_value.numpy(),
+                                      value.const_value.numpy(), err_msg=name)
     written_drop = _accuracy(DIGITS) - _accuracy(output)
-    assert found.chosen.drop == pytest.approx(written_drop)  # the figures are the written model's
+    assert found.chosen.drop == pytest.approx(written_drop)
     assert written_drop < pruned.drop  # distillation recovered top-1 on the held-out test set
     assert found.chosen.latency_ms == pruned.latency_ms
 

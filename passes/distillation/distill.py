@@ -12,9 +12,10 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import onnx_ir as ir
 
-from sftonnx.errors import PassConfigError
+from sftonnx.errors import InputError, PassConfigError
 from sftonnx.ir_utils import opset_version
 from sftonnx.pass_infra import Numerics, PassReport, SftPass
 from sftonnx.passes.distillation.support import TORCH_HINT, torch_available, unsupported_ops
@@ -94,6 +95,10 @@ class DistillPass(SftPass):
         seed: Seed of torch and of the sample order.
         teacher: Path of the teacher model; default: the model the pipeline started from.
         calibration_data: An ``.npz`` path, a folder of ``.npz`` files or an iterable of feed dicts.
+        weights_from: Do not train: copy the float weights of this model, which this pass distilled before from
+            the same start (same graph and initializers, else an input error). Needs neither torch nor data; the
+            ``auto`` search writes its distilled choice this way, so the written model is the one it measured.
+            Change ``initializers_loaded``.
     """
 
     name = "distill"
@@ -120,6 +125,7 @@ class DistillPass(SftPass):
         seed: int = 0,
         teacher: str | None = None,
         calibration_data: Any = None,
+        weights_from: str | None = None,
     ) -> None:
         checks = [
             (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
@@ -138,6 +144,9 @@ class DistillPass(SftPass):
                 raise PassConfigError(f"distill: {message}")
         if teacher is not None and not os.path.isfile(teacher):
             raise PassConfigError(f"distill: teacher model not found: {teacher}")
+        if weights_from is not None and not os.path.isfile(weights_from):
+            raise PassConfigError(f"distill: weights_from model not found: {weights_from}")
+        self.weights_from = weights_from
         self.epochs = int(epochs)
         self.lr = None if lr is None else float(lr)
         self.batch_size = int(batch_size)
@@ -161,6 +170,8 @@ class DistillPass(SftPass):
 
     def requires(self, model: ir.Model) -> None:
         """Decline when torch is missing, without data or teacher, or when the graph holds ops torch cannot run."""
+        if self.weights_from is not None:
+            return  # no training: the weights are read from a model distilled before
         if not torch_available():
             raise ir.passes.PreconditionError(f"distillation skipped: {TORCH_HINT}")
         if self.calibration_data is None:
@@ -176,6 +187,9 @@ class DistillPass(SftPass):
 
     def rewrite(self, model: ir.Model, report: PassReport) -> None:
         """Train against the teacher, then write the kept weights back (see the class docstring)."""
+        if self.weights_from is not None:
+            report.changes["initializers_loaded"] += _load_weights(model, self.weights_from)
+            return
         from sftonnx.passes.distillation import training
         from sftonnx.verify import calibration_feeds, input_specs
 
@@ -223,3 +237,42 @@ class DistillPass(SftPass):
             logger.info("distill: held-out loss did not improve (%.5f); weights left as they were", result.loss_before)
             return
         report.changes["initializers_trained"] += graph.write_back(model)
+
+
+def _load_weights(model: ir.Model, path: str) -> int:
+    """Copy the float initializer values of the model at ``path`` into ``model``; the number that differed.
+
+    ``path`` must hold the same graph with other weights (a model this pass trained from the same start): the
+    same op types in the same order and the same initializers (names, shapes, dtypes; int64 shape constants
+    aside). Anything else is refused, nothing copied.
+    """
+    from sftonnx import io
+
+    source = io.load(path)
+    ops = [node.op_type for node in model.graph]
+    if [node.op_type for node in source.graph] != ops:
+        raise InputError(f"distill: weights_from {path} holds another graph than the current model")
+    targets = model.graph.initializers
+    sources = source.graph.initializers
+
+    def signature(values: Any) -> dict[str, tuple]:
+        # shape constants (int64) may be named otherwise after a save and are never trained: not compared
+        return {name: (v.const_value.dtype, tuple(v.const_value.shape)) for name, v in values.items()
+                if v.const_value is not None and v.const_value.dtype != ir.DataType.INT64}
+
+    mine, theirs = signature(targets), signature(sources)
+    if mine != theirs:
+        differ = sorted(name for name in mine.keys() | theirs.keys() if mine.get(name) != theirs.get(name))
+        raise InputError(
+            f"distill: the initializers of weights_from {path} differ from the current model's: "
+            + ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        )
+    changed = 0
+    for name, value in targets.items():
+        if name not in mine:
+            continue
+        new = sources[name].const_value.numpy()
+        if not np.array_equal(new, value.const_value.numpy()):
+            value.const_value = ir.tensor(new.copy(), name=name)
+            changed += 1
+    return changed

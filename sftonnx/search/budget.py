@@ -112,15 +112,12 @@ class SearchBudget:
         With an output budget: exactly :meth:`output_budget` (the same limits on the same inputs the search
         judged every candidate with). With an accuracy budget only: the chosen model's own cosine on the
         verification inputs, minus a margin for float noise - so the check proves that the written model is the
-        one whose accuracy was measured. A distilled choice is trained again when its spec is rebuilt, and
-        training stops on wall time, so its written model is not bit-equal to the measured one: no cosine
-        limit then, the caller measures the written model's accuracy instead (``measure_model``).
+        one whose accuracy was measured (a distilled choice too: its trained weights are copied from the model
+        the search measured, see :func:`sftonnx.api.optimize_auto`).
         """
         budget = self.output_budget()
         if budget is not None:
             return budget
-        if chosen.kind == "distill":
-            return verification.Budget(min_cosine=-1.0, min_agreement=None)
         cosine = chosen.cosine if chosen.cosine is not None else 0.0
         return verification.Budget(min_cosine=max(-1.0, cosine - 1e-4), min_agreement=None)
 

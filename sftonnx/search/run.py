@@ -626,11 +626,12 @@ def _distill_step(
     held-out loss fell) *and* it meets the budget with a lower budgeted loss (:meth:`SearchBudget.loss`: the
     accuracy drop, else the share of the output budget used) than the chosen one; its graph is the chosen
     one's, so the chosen one's latency carries over. Its spec is the chosen spec plus
-    ``distill{time_budget=T}``.
+    ``distill{time_budget=T}`` (what reproduces it, training again); the final write copies the trained weights
+    from this step's cached model instead (``distill{weights_from=...}``), so the written model is the one measured.
 
-    Cost: training at most ``T`` seconds, twice (here, and when the final write rebuilds the spec), plus about
-    the chosen candidate's build time three times (this pipeline's checks and measurement, the rebuild). With a
-    deadline, ``T = min(DISTILL_SECONDS, (left - 3 * build) / 2)``; under :data:`MIN_DISTILL_SECONDS` the step
+    Cost: training at most ``T`` seconds, once, plus about the chosen candidate's build time three times (this
+    pipeline's checks and measurement, the final rebuild). With a deadline,
+    ``T = min(DISTILL_SECONDS, left - 3 * build)``; under :data:`MIN_DISTILL_SECONDS` the step
     is skipped. Without torch, calibration data or a lossy choice, the step is one ``skipped`` row saying why
     (torch's install hint, as ``compact``/``max`` say it); torch is imported only when training runs.
 
@@ -665,11 +666,11 @@ def _distill_step(
     seconds = DISTILL_SECONDS
     if deadline is not None:
         left = deadline - time.perf_counter()
-        seconds = min(seconds, (left - 3 * build) / 2)
+        seconds = min(seconds, left - 3 * build)
         if seconds < MIN_DISTILL_SECONDS:
             return skipped(
                 f"not enough time left: {max(left, 0.0):.0f} s of --time-budget, it needs about "
-                f"{2 * MIN_DISTILL_SECONDS + 3 * build:.0f} s (training twice: here and in the final rebuild)"
+                f"{MIN_DISTILL_SECONDS + 3 * build:.0f} s (training, and the chosen model's build three times)"
             )
         seconds = math.floor(seconds)
     spec = f"distill{{time_budget={seconds:g}}}"

@@ -313,6 +313,33 @@ def test_steps_are_relative_to_each_tensor_and_all_zero_tensors_stay_zero():
         assert 1e-3 < moved < 1.0, (name, moved)  # the 1000x smaller w2 moved by a share of its size too
 
 
+def test_weights_from_copies_a_distilled_model_without_training(tmp_path, monkeypatch):
+    trained = mlp(noise=0.3)
+    pass_ = DistillPass(calibration_data=feeds(64), epochs=20, batch_size=8, lr=0.01, time_budget=30)
+    pass_.original = io.to_bytes(mlp())
+    assert pass_(trained).changes == {"initializers_trained": 3}
+    path = tmp_path / "distilled.onnx"
+    io.save(trained, path)
+    # no torch, no data, no teacher needed: the weights are read, not trained
+    monkeypatch.setattr(support, "torch_available", lambda: False)
+    student = mlp(noise=0.3)
+    result = DistillPass(weights_from=str(path))(student)
+    assert result.changes == {"initializers_loaded": 3} and result.modified
+    for name, value in trained.graph.initializers.items():
+        np.testing.assert_array_equal(student.graph.initializers[name].const_value.numpy(), value.const_value.numpy())
+    # another graph is refused, and nothing is copied
+    other = make_model(MLP.replace("Relu", "Sigmoid"), w1=seeded((8, 6), 1), b1=seeded((8,), 2, 0.1),
+                       w2=seeded((8, 4), 3))
+    io.save(other, tmp_path / "other.onnx")
+    fresh = mlp(noise=0.3)
+    w1 = fresh.graph.initializers["w1"].const_value.numpy().copy()
+    with pytest.raises(InputError, match="holds another graph"):
+        DistillPass(weights_from=str(tmp_path / "other.onnx"))(fresh)
+    np.testing.assert_array_equal(fresh.graph.initializers["w1"].const_value.numpy(), w1)
+    with pytest.raises(PassConfigError, match="weights_from model not found"):
+        DistillPass(weights_from=str(tmp_path / "missing.onnx"))
+
+
 def test_explicit_lr_is_used_without_a_probe():
     student = mlp(noise=0.3)
     pass_ = DistillPass(calibration_data=feeds(32), epochs=10, batch_size=8, lr=0.02, time_budget=30)
