@@ -52,11 +52,11 @@ class DistillPass(SftPass):
 
     Learning rate: relative, each tensor's Adam step scaled by that tensor's RMS at the start (so one rate suits
     weights of every size: a step changes each tensor by about the same share). Given (``lr``), or chosen by a
-    probe that walks over ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2): it starts at 1e-3, tries
-    3e-4, and keeps stepping in the direction that lowered the
-    held-out loss until a candidate is no better (or 25% of the time budget is spent); each candidate trains from
-    the same start for the same few steps (30, or fewer when the time does not allow them). Training continues
-    from the candidate with the lowest held-out loss among those that ended below the starting loss
+    probe that walks over ``LR_CANDIDATES`` (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2): it starts at 1e-3,
+    tries 3e-4, goes down while the smaller rate is clearly better and up while the larger one is as good (80%
+    of the best held-out gain), until 25% of the time budget is spent; each candidate trains from the same start
+    for the same few steps (30, or fewer when the time does not allow them). Training continues from the largest
+    candidate that won at least 80% of the best gain without diverging
     (none: the smallest lr tried, from the start), finishing the probe's warm-up. Then cosine decay to the end of the
     epochs or the time budget; gradients are clipped to 4x their running norm, and an epoch whose held-out loss
     jumps back (half the gain so far lost, or not finite) restores the best weights at half the lr. Training

@@ -53,6 +53,9 @@ LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 _PROBE_START = 1e-3
 #: Candidates the probe's time share is planned for (a walk usually tries 3-4; more run while time is left).
 _PROBE_PLANNED = 4
+#: A probe candidate whose held-out gain is at least this share of the best one's counts as just as good (the walk
+#: goes on upward through it, and the largest such lr is chosen).
+_PROBE_TIE = 0.8
 #: Share of the time budget all probes together may use.
 _PROBE_SHARE = 0.25
 #: Steps per probe when the time allows (every candidate gets as many as the first one had time for).
@@ -524,16 +527,19 @@ class _Run:
     def probe(self, loss_before: float, rng_seed: int) -> tuple[float, list[dict[str, float]], Any]:
         """Choose the lr by a walk over ``LR_CANDIDATES``, each candidate trained from the same start.
 
-        The walk starts at the candidate nearest ``_PROBE_START`` and tries its smaller neighbour; it then keeps
-        going in the direction that lowered the held-out loss (down, or up from the start) until a candidate is
-        no better than the best so far, the candidates run out or the probe's share of the time budget is spent
+        The walk starts at the candidate nearest ``_PROBE_START`` and tries its smaller neighbour. It goes down
+        only while the smaller lr is clearly better (the current one wins less than ``_PROBE_TIE`` of its
+        held-out gain), else up while the larger lr is as good as the best so far (at least ``_PROBE_TIE`` of the
+        best gain); it also stops when the candidates run out or the probe's share of the time budget is spent
         (the untried candidates are listed as skipped). Every candidate trains the same number of steps: 30, or
-        as many as the first one had time for in its share.
+        as many as the first one had time for in its share. The choice is the largest lr that did not diverge
+        and won at least ``_PROBE_TIE`` of the best gain: a short probe cannot rank near-equal rates, and the
+        larger one learns faster in the many steps that follow while it is stable.
 
         Returns the chosen lr, the table (the candidates in the order tried, then the skipped ones) and the
-        winner's (weights, optimizer) to continue from. A candidate that ends worse than the start or not finite
-        counts as diverged; with none below the start, the smallest lr tried is chosen and training restarts from
-        the starting weights.
+        chosen candidate's (weights, optimizer) to continue from. A candidate that ends worse than the start or
+        not finite counts as diverged; with none below the start, the smallest lr tried is chosen and training
+        restarts from the starting weights.
         """
         start_state = self.state()
         probe_start = self.elapsed()
@@ -541,10 +547,18 @@ class _Run:
         limit = _PROBE_STEPS
         table: list[dict[str, float]] = []
         losses: dict[int, float] = {}
-        best: tuple[float, float, Any] | None = None
+        states: dict[int, tuple[Any, Any, int]] = {}
+
+        def holds(index: int, best_gain: float) -> bool:
+            # a candidate that did not diverge and won at least _PROBE_TIE of the best gain: as good, for a probe
+            return index in states and loss_before - losses[index] >= _PROBE_TIE * best_gain
+
+        def as_good(a: int, b: int) -> bool:
+            gain_a, gain_b = loss_before - losses[a], loss_before - losses[b]
+            return gain_a >= _PROBE_TIE * gain_b if gain_b > 0 else losses[a] <= losses[b]
 
         def attempt(index: int) -> float:
-            nonlocal limit, best
+            nonlocal limit
             lr = LR_CANDIDATES[index]
             self.graph.weights.load_state_dict(start_state)
             self.norm_mean = None
@@ -571,10 +585,12 @@ class _Run:
                           "diverged": diverged, "skipped": False})
             note = " (diverged)" if diverged else ""
             self.report(f"lr probe {lr:g}: held-out {loss:.5f} after {done} steps{note}")
-            if not diverged and (best is None or loss < best[1]):
-                self.probe_steps = done
-                best = (lr, loss, (self.state(), copy.deepcopy(optimizer.state_dict())))
             losses[index] = loss if np.isfinite(loss) else float("inf")
+            if not diverged:
+                states[index] = (self.state(), copy.deepcopy(optimizer.state_dict()), done)
+            best_gain = max(loss_before - losses[i] for i in states) if states else 0.0
+            for i in [i for i in states if not holds(i, best_gain)]:
+                del states[i]  # no longer a choice: only the weights of candidates that hold are kept
             return losses[index]
 
         def time_left() -> bool:
@@ -586,11 +602,17 @@ class _Run:
         attempt(first)
         direction = 1
         if first > 0 and time_left():
-            if attempt(first - 1) < losses[first]:
+            attempt(first - 1)
+            if not as_good(first, first - 1):  # down only when the smaller lr is clearly better
                 current, direction = first - 1, -1
         following = current + direction
         while 0 <= following < len(LR_CANDIDATES) and following not in losses and time_left():
-            if not attempt(following) < losses[current]:
+            attempt(following)
+            # up while the larger lr is as good as the best so far; down while the smaller one is clearly better
+            going_on = (
+                as_good(following, min(losses, key=losses.get)) if direction > 0 else not as_good(current, following)
+            )
+            if not going_on:
                 break
             current, following = following, following + direction
         table.extend(
@@ -598,10 +620,12 @@ class _Run:
             for index, lr in enumerate(LR_CANDIDATES)
             if index not in losses
         )
-        if best is None:
+        if not states:
             self.graph.weights.load_state_dict(start_state)
             return LR_CANDIDATES[min(losses)], table, None
-        return best[0], table, best[2]
+        chosen = max(states)  # the largest lr that holds: a short probe cannot tell near-equal ones apart, and
+        weights, optimizer_state, self.probe_steps = states[chosen]  # the larger learns faster while it is stable
+        return LR_CANDIDATES[chosen], table, (weights, optimizer_state)
 
     def run(self) -> tuple[DistillResult, TorchGraph]:
         options = self.options

@@ -167,7 +167,10 @@ def test_digits_half_channels_pruned_distilled_back_to_fp32_accuracy():
     tried = [p for p in probe if not p["skipped"]]
     assert [p["lr"] for p in tried[:2]] == [1e-3, 3e-4]
     kept = [p for p in tried if not p["diverged"]]
-    assert row.details["lr"] == min(kept, key=lambda p: p["held_out"])["lr"] >= 1e-2  # 1e-3 is far too slow here
+    # chosen: the largest lr within 80% of the best held-out gain (a short probe cannot rank near-equal rates)
+    gains = {p["lr"]: row.details["loss_before"] - p["held_out"] for p in kept}
+    assert row.details["lr"] == max(lr for lr, gain in gains.items() if gain >= 0.8 * max(gains.values()))
+    assert row.details["lr"] >= 1e-2  # 1e-3 is far too slow here
     before, after = _top1(pruned.model), _top1(distilled.model)
     assert fp32 > 0.975
     assert before < fp32 - 0.01  # plain pruning loses accuracy here ...
