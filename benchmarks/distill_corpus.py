@@ -4,6 +4,8 @@ Usage (from the repo root)::
 
     python benchmarks/distill_corpus.py                     # digits rows + the default corpus models
     python benchmarks/distill_corpus.py --models madmom_key_cnn --budget 60 --out benchmarks/DISTILL.md
+    python benchmarks/distill_corpus.py --no-digits --models ddddocr_common --n-cal 128 --budget 240
+    python benchmarks/distill_corpus.py --no-digits --models madmom_key_cnn --options '{"augment": "mixup"}'
 
 Rows:
 - ``digits_pruned``: ``prune-channels{ratio=0.5, reconstruct=false}`` (no least-squares refit), then ``distill``
@@ -256,11 +258,15 @@ def main() -> None:
     parser.add_argument("--options", type=json.loads, default={},
                         help='extra distill options as JSON, e.g. \'{"feature_weight": 1}\'')
     parser.add_argument("--runs", type=int, default=30, help="latency rounds")
-    parser.add_argument("--work", type=pathlib.Path, default=pathlib.Path.home() / ".cache" / "sftonnx" / "distill")
+    parser.add_argument("--work", type=pathlib.Path, default=None,
+                        help="working folder; a compressed model found there is reused (default: "
+                        "~/.cache/sftonnx/distill/cal<N-CAL>)")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the markdown table here")
     parser.add_argument("--step", nargs=2, metavar=("KIND", "NAME"), help=argparse.SUPPRESS)
     parser.add_argument("--json", type=pathlib.Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.work is None:
+        args.work = pathlib.Path.home() / ".cache" / "sftonnx" / "distill" / f"cal{args.n_cal}"
     args.work.mkdir(parents=True, exist_ok=True)
     if args.step:
         import logging
