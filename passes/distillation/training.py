@@ -45,9 +45,8 @@ logger = logging.getLogger(__name__)
 _EPS = 1e-8
 #: Learning rates the probe may try when none is given, ascending. They are relative: each tensor's step is scaled by
 #: its RMS (``_lr_scales``), so 1e-3 moves a weight of RMS 0.1 by about 1e-4 per step. The probe starts at
-#: ``_PROBE_START`` and walks toward the better neighbour while the held-out loss keeps falling: a CNN+LSTM text
-#: recognizer (ddddocr) loses held-out loss within an epoch at the equivalent of 3e-4, the digits CNN pruned
-#: without refit wants 1e-2 or more.
+#: ``_PROBE_START`` and walks (see ``_Run.probe``): a CNN+LSTM text recognizer (ddddocr) diverges at 3e-4 and trains at
+#: 1e-4, the digits CNN pruned without refit wants 3e-2.
 LR_CANDIDATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 #: Where the probe's walk starts (the candidate nearest to it).
 _PROBE_START = 1e-3
@@ -369,7 +368,7 @@ def _lr_scales(weights: Mapping[str, torch.Tensor]) -> list[float]:
     RMS 0.1. Scaled by its RMS, a step changes every tensor by about the same share (as Adafactor's relative
     step). A tensor that is all zeros gets 0, it stays as it is: it is a layer exported without that term
     (basic-pitch's CQT convolutions share a zero bias; any bias there turns silent frequency bins into
-    loud ones under the log, and the held-out loss rose 60% in one step). Log-space Q/DQ scale deltas (keys
+    loud ones under the log, and the training loss rose 60% in one step). Log-space Q/DQ scale deltas (keys
     ``s*``, zero at the start and relative already) get 1.
     """
     scales = []
